@@ -1,0 +1,53 @@
+# Every entry point of medens. The first target that needs Python creates .venv by itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PRESET ?= rbc-demo
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test lint format serve compile bench clean
+
+help:
+	@echo "make run [PRESET=rbc-demo]   run the demo experiment (today: the data stage and its summary)"
+	@echo "make test                    install everything needed and run the test suite"
+	@echo "make lint                    ruff"
+	@echo "make bench                   run benchmarks/*.py (JSON into benchmarks/results/)"
+	@echo "make clean                   remove .venv, runs/ and caches"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/medens data summary --preset $(PRESET)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks
+
+serve: $(STAMP)
+	@echo "make serve: the KServe endpoint is not built yet (issue 7)"; exit 1
+
+compile: $(STAMP)
+	@echo "make compile: the Kubeflow pipelines are not built yet (issue 6)"; exit 1
+
+bench: $(STAMP)
+	@mkdir -p benchmarks/results
+	@shopt -s nullglob; files=(benchmarks/*.py); \
+	if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks yet"; fi; \
+	for f in "$${files[@]}"; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache build src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

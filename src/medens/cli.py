@@ -1,0 +1,152 @@
+"""The ``medens`` command. Every sub-command loads a preset by name or a spec by path.
+
+Errors that come from bad input (``ValueError``) print one clear message and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from medens import __version__
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--preset", help="packaged preset name (see `medens presets`)")
+    g.add_argument("--spec", help="path to an experiment spec YAML file")
+
+
+def _load(args: argparse.Namespace):
+    from medens.config import load_spec
+
+    return load_spec(args.preset or args.spec)
+
+
+def format_summary(summary: dict, where: str | None = None) -> str:
+    """Human-readable dataset summary: class counts per split, rho, sizes, output folder."""
+    lines = []
+    info = summary.get("info", {})
+    lines.append(f"task: {summary['task']}   source: {info.get('source', '?')}   "
+                 f"images: {summary['image_size'][0]}x{summary['image_size'][1]}x{summary['channels']}")
+    names = summary["class_names"]
+    splits = summary["splits"]
+    if summary["task"] == "classification":
+        width = max(len(n) for n in [*names, "class"]) + 2
+        header = "class".ljust(width) + "".join(s.rjust(9) for s in splits)
+        lines.append(header)
+        for c in names:
+            lines.append(c.ljust(width) + "".join(str(splits[s].get("class_counts", {}).get(c, "")).rjust(9)
+                                                  for s in splits))
+        lines.append("total".ljust(width) + "".join(str(splits[s]["n"]).rjust(9) for s in splits))
+        rho = [splits[s].get("rho") for s in splits]
+        lines.append("rho".ljust(width) + "".join((f"{r:.2f}" if r is not None else "-").rjust(9) for r in rho))
+    else:
+        for s, e in splits.items():
+            frac = e.get("pixel_fraction")
+            extra = f"   lesion pixels {100 * frac[names[-1]]:.2f}%   images with lesion {e['images_with_lesion']}" if frac else ""
+            lines.append(f"{s:>12}: {e['n']} images{extra}")
+    if where:
+        lines.append(f"written to: {where}")
+    return "\n".join(lines)
+
+
+def cmd_data_summary(args: argparse.Namespace) -> int:
+    from medens.data import build_dataset
+
+    spec = _load(args)
+    data = build_dataset(spec)
+    out = Path(args.out) if args.out else Path("runs") / "data" / spec.name
+    data.save(out)
+    summary = data.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(f"experiment {spec.name}: {spec.description}".rstrip(": "))
+        print(format_summary(summary, str(out.resolve())))
+    return 0
+
+
+def _parse_counts(text: str | None) -> dict[str, int] | None:
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"--counts must look like codocyte=100,hypochromia=100,normal=800; got {item!r}")
+        out[name.strip()] = int(value)
+    return out
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from medens.data.export import write_synthetic
+
+    out = write_synthetic(args.kind, args.out, n=args.n, size=args.size, seed=args.seed,
+                          counts=_parse_counts(args.counts))
+    print(f"wrote {out['n_files']} files to {Path(args.out).resolve()} ({out['layout']})")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from medens.config import load_spec, preset_names
+
+    for name in preset_names():
+        spec = load_spec(name)
+        print(f"{name:16} {spec.task:15} {spec.description}")
+    return 0
+
+
+def cmd_losses_list(args: argparse.Namespace) -> int:
+    from medens.losses import format_table
+
+    print(format_table(task=args.task, fmt=args.format))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medens", description="Medical image ensembles on imbalanced data.")
+    parser.add_argument("--version", action="version", version=f"medens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("presets", help="list the packaged presets").set_defaults(func=cmd_presets)
+
+    data = sub.add_parser("data", help="data stage: summaries and synthetic data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("summary", help="run the data stage of a spec and print a summary")
+    _add_spec_args(s)
+    s.add_argument("--out", help="where to write the split arrays (default runs/data/<name>)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=cmd_data_summary)
+    m = dsub.add_parser("make-synthetic", help="write synthetic data as an image-folder layout")
+    m.add_argument("--kind", choices=["cells", "smears", "segmentation"], required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--n", type=int, default=None, help="smears or scans to write (cells: see --counts)")
+    m.add_argument("--size", type=int, default=None, help="crop, smear or scan side in pixels")
+    m.add_argument("--counts", help="cells per class, e.g. codocyte=100,hypochromia=100,normal=800")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=cmd_make_synthetic)
+
+    losses = sub.add_parser("losses", help="the loss library")
+    lsub = losses.add_subparsers(dest="losses_command", required=True)
+    ll = lsub.add_parser("list", help="table of every loss: formula, parameters, source")
+    ll.add_argument("--task", choices=["classification", "segmentation"], default=None)
+    ll.add_argument("--format", choices=["text", "markdown"], default="text")
+    ll.set_defaults(func=cmd_losses_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:
+        print(f"medens: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Experiment specification: one validated object that names data, models, losses, training,
+ensembles, evaluation and storage; loaded from YAML or from a packaged preset by name.
+
+Every problem in a spec is reported at once, each with its YAML path, in one ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medens.registry import close_matches
+
+DataSource = Literal[
+    "synthetic_cells",
+    "synthetic_smears",
+    "synthetic_segmentation",
+    "medmnist",
+    "image_folder",
+    "kermany",
+    "seg_folder",
+    "csv",
+]
+SEGMENTATION_SOURCES = {"synthetic_segmentation", "seg_folder"}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitSpec(_Spec):
+    """Stratified split fractions. Sources with their own test split (MedMNIST, a Kermany
+    ``test/`` folder, a manifest ``split`` column) keep it and use ``val`` of the remainder."""
+
+    train: float = Field(0.7, gt=0, le=1)
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitSpec:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test:g}")
+        return self
+
+
+class SyntheticSpec(_Spec):
+    """Generator settings for the synthetic sources (METHODS section 4)."""
+
+    counts: dict[str, int] | None = Field(
+        None, description="cells per class for synthetic_cells/synthetic_smears (class name -> count)"
+    )
+    n_images: int = Field(200, ge=1, description="number of smears or segmentation scans")
+    smear_size: int = Field(256, ge=64, description="side of a smear field in pixels")
+    cell_radius: float = Field(12.0, gt=2, description="cell radius in a smear, pixels")
+
+
+class DataSpec(_Spec):
+    """Where samples come from and how class balance and splits are controlled."""
+
+    source: DataSource = "synthetic_cells"
+    path: str | None = Field(None, description="file or folder for the non-synthetic sources")
+    image_size: int = Field(48, ge=8, le=1024)
+    channels: Literal[1, 3] = 3
+    class_names: list[str] | None = Field(None, description="class order; default from the source")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+    fractions: list[float] | None = Field(
+        None, description="target class distribution reached by resample_to_ratio before splitting"
+    )
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    balance: Literal["none", "oversample", "undersample"] = Field(
+        "none", description="applied to the training split only"
+    )
+    sampling_method: bool = Field(False, description="study 3 lesion-centred crops as a second training set")
+    normalize: Literal["unit", "zscore"] = Field(
+        "unit", description="unit: pixels/255; zscore: per-channel mean/std of the training split"
+    )
+
+    @field_validator("fractions")
+    @classmethod
+    def _positive(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) < 2 or any(x <= 0 for x in v)):
+            raise ValueError("fractions must list at least two positive numbers")
+        return v
+
+
+class ComponentSpec(_Spec):
+    """A registry entry: a name and its keyword parameters. YAML may give just the name."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @property
+    def key(self) -> str:
+        """A stable identifier such as ``focal`` or ``focal-alpha=1.5-gamma=2``."""
+        if not self.params:
+            return self.name
+        return self.name + "-" + "-".join(f"{k}={self.params[k]}" for k in sorted(self.params))
+
+
+class TrainingSpec(_Spec):
+    """Optimiser, schedule, stopping and imbalance handling for ``medens.training.fit``."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(20, ge=1)
+    patience: int | None = Field(5, ge=1, description="early stopping patience in epochs; null disables")
+    monitor: str = Field("val_loss", description="val_loss (minimised) or a validation metric (maximised)")
+    plateau_patience: int | None = Field(3, ge=1, description="ReduceLROnPlateau patience; null disables")
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    class_weights: Literal["none", "balanced", "effective"] = "none"
+    sampler: Literal["none", "balanced"] = "none"
+    augment: bool = Field(True, description="random flips and 90-degree rotations during training")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
+    num_workers: int | None = Field(None, ge=0, description="DataLoader workers; null chooses by device")
+    seed: int | None = Field(None, description="defaults to the experiment seed")
+
+
+class EnsembleSpec(_Spec):
+    """Which ensembles to build from the trained members."""
+
+    methods: list[Literal["vote", "mean", "weighted", "greedy", "stacking"]] = Field(
+        default_factory=lambda: ["vote", "mean", "weighted", "greedy", "stacking"]
+    )
+    top_k: list[int] = Field(default_factory=lambda: [3], description="member counts ranked by rank_metric")
+    rank_metric: str = "mcc"
+    model_level: bool = Field(False, description="also train a feature-fusion ensemble (study 1)")
+    seg_methods: list[Literal["weighted", "majority", "intersection"]] = Field(
+        default_factory=lambda: ["weighted", "majority", "intersection"]
+    )
+
+    @field_validator("top_k")
+    @classmethod
+    def _positive_k(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError("every top_k must be at least 1")
+        return v
+
+
+class EvaluationSpec(_Spec):
+    """Statistics and explanation settings."""
+
+    bootstrap: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    gate_metric: str = "mcc"
+    alpha: float = Field(0.05, gt=0, lt=1)
+    gradcam: bool = True
+    gradcam_per_class: int = Field(4, ge=1)
+
+
+class StoreSpec(_Spec):
+    """Where artifacts go: a local directory or ``s3://bucket/prefix`` (MinIO)."""
+
+    uri: str = "runs"
+    endpoint: str | None = Field(None, description="S3/MinIO endpoint; default from MINIO_ENDPOINT")
+
+
+class ExperimentSpec(_Spec):
+    """One experiment: every (model, loss) pair is trained, ensembled, evaluated and stored."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    task: Literal["classification", "segmentation"] = "classification"
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    models: list[ComponentSpec] = Field(min_length=1)
+    losses: list[ComponentSpec] = Field(min_length=1)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    store: StoreSpec = Field(default_factory=StoreSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentSpec:
+        problems = []
+        seg_source = self.data.source in SEGMENTATION_SOURCES
+        if self.task == "segmentation" and not seg_source and self.data.source != "csv":
+            problems.append(f"data.source: {self.data.source!r} is a classification source but task is segmentation")
+        if self.task == "classification" and seg_source:
+            problems.append(f"data.source: {self.data.source!r} is a segmentation source but task is classification")
+        if self.data.sampling_method and self.task != "segmentation":
+            problems.append("data.sampling_method: only applies to segmentation")
+        names = self.data.class_names
+        if names is not None and len(set(names)) != len(names):
+            problems.append("data.class_names: duplicate class names")
+        if self.data.fractions is not None and names is not None and len(self.data.fractions) != len(names):
+            problems.append(
+                f"data.fractions: {len(self.data.fractions)} fractions for {len(names)} classes"
+            )
+        for field_name in ("models", "losses"):
+            keys = [c.key for c in getattr(self, field_name)]
+            dupes = sorted({k for k in keys if keys.count(k) > 1})
+            if dupes:
+                problems.append(f"{field_name}: listed more than once: {', '.join(dupes)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def pairs(self) -> list[tuple[ComponentSpec, ComponentSpec]]:
+        """Every (model, loss) pair, models outer."""
+        return [(m, loss) for m in self.models for loss in self.losses]
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from medens.storage.atomic import atomic_write_text
+
+        return atomic_write_text(path, self.to_yaml())
+
+
+def _format_errors(err: ValidationError, schema: type[BaseModel]) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parent = _model_at(schema, e["loc"][:-1])
+            if parent is not None:
+                matches = close_matches(str(e["loc"][-1]), list(parent.model_fields))
+                if matches:
+                    msg += f"; did you mean {', '.join(repr(m) for m in matches)}?"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "literal_error" or e["type"].endswith("_type") or e["type"] == "missing":
+                if "input" in e and e["type"] != "missing":
+                    msg += f" (got {e['input']!r})"
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+def _model_at(schema: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    model: Any = schema
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def parse_spec(data: Any, source: str = "spec") -> ExperimentSpec:
+    """Validate a mapping as an :class:`ExperimentSpec`; every problem in one ``ValueError``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: an experiment spec must be a mapping, got {type(data).__name__}")
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as err:
+        lines = _format_errors(err, ExperimentSpec)
+        raise ValueError(
+            f"invalid experiment spec {source} ({len(lines)} problem{'s' if len(lines) != 1 else ''}):\n  "
+            + "\n  ".join(lines)
+        ) from None
+
+
+def preset_names() -> list[str]:
+    """Names of the packaged presets (``medens/presets/*.yaml``)."""
+    folder = resources.files("medens") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:
+    """Load a spec from a YAML file path or a packaged preset name (e.g. ``rbc-demo``)."""
+    text_name = str(name_or_path)
+    path = Path(text_name)
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from e
+        return parse_spec(data, source=str(path))
+    if text_name.endswith((".yaml", ".yml")) or os.sep in text_name:
+        raise ValueError(f"spec file {path} does not exist")
+    names = preset_names()
+    if text_name not in names:
+        msg = f"unknown preset {text_name!r}"
+        matches = close_matches(text_name, names)
+        if matches:
+            msg += f"; did you mean {', '.join(repr(m) for m in matches)}?"
+        raise ValueError(msg + f" (presets: {', '.join(names)}; or give a path to a YAML spec)")
+    text = (resources.files("medens") / "presets" / f"{text_name}.yaml").read_text()
+    return parse_spec(yaml.safe_load(text), source=f"preset {text_name}")

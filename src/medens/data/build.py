@@ -1,0 +1,126 @@
+"""The data stage: source -> validation -> imbalance control -> splits -> SplitData."""
+
+from __future__ import annotations
+
+from medens.config import DataSpec, ExperimentSpec
+from medens.data import sources
+from medens.data.imbalance import lesion_crops, oversample, resample_to_ratio, undersample_indices
+from medens.data.splits import stratified_split
+from medens.data.types import SPLITS, Split, SplitData
+from medens.data.validate import DataProblems, check_arrays
+
+
+def load_pool(data: DataSpec, seed: int) -> sources.Pool:
+    """Call the source named by ``data.source``."""
+    size, ch = data.image_size, data.channels
+    syn = data.synthetic
+    if data.source == "synthetic_cells":
+        return sources.synthetic_cells(syn.counts, size, ch, seed, data.class_names)
+    if data.source == "synthetic_smears":
+        return sources.synthetic_smears(syn.counts, syn.n_images, syn.smear_size, syn.cell_radius, size, ch, seed)
+    if data.source == "synthetic_segmentation":
+        return sources.synthetic_segmentation(syn.n_images, size, ch, seed, data.class_names)
+    if data.source == "medmnist":
+        return sources.medmnist(data.path, size, ch, data.class_names)
+    if data.source == "image_folder":
+        return sources.image_folder(data.path, size, ch, data.class_names)
+    if data.source == "kermany":
+        return sources.kermany(data.path, size, ch)
+    if data.source == "seg_folder":
+        return sources.seg_folder(data.path, size, ch, data.class_names)
+    if data.source == "csv":
+        return sources.csv_manifest(data.path, size, ch, data.class_names)
+    raise ValueError(f"unknown data source {data.source!r}")  # pragma: no cover - the spec forbids it
+
+
+def validate_pool(pool: sources.Pool, task: str, where: str) -> None:
+    """Every problem in every part of ``pool`` in one ``ValueError``."""
+    problems = DataProblems(where)
+    all_ids: list[str] = []
+    for name, part in pool.parts.items():
+        problems.extend(check_arrays(
+            part.images, ids=part.ids, labels=part.labels, masks=part.masks,
+            class_names=pool.class_names, split=name,
+            require_all_classes=task == "classification" and name in ("all", "train"),
+        ))
+        if task == "classification" and part.labels is None:
+            problems.add(f"{name}: classification data needs labels")
+        if task == "segmentation" and part.masks is None:
+            problems.add(f"{name}: segmentation data needs masks")
+        all_ids += part.ids
+    seen, dupes = set(), set()
+    for i in all_ids:
+        (dupes if i in seen else seen).add(i)
+    if dupes and len(pool.parts) > 1:
+        problems.add(f"ids appear in more than one split: {', '.join(sorted(dupes)[:10])}")
+    problems.raise_if_any()
+
+
+def _split_pool(pool: sources.Pool, data: DataSpec, task: str, seed: int) -> dict[str, Split]:
+    f = data.split
+    parts = dict(pool.parts)
+    labels_of = (lambda s: s.labels) if task == "classification" else (lambda s: None)
+    if "all" in parts:
+        whole = parts.pop("all")
+        tr, va, te = stratified_split(labels_of(whole), (f.train, f.val, f.test), seed=seed, n=len(whole))
+        return {"train": whole.subset(tr), "val": whole.subset(va), "test": whole.subset(te)}
+    if "train" not in parts:
+        raise ValueError(f"the source gave splits {sorted(parts)} but no training split")
+    if "val" not in parts:
+        train = parts["train"]
+        val_frac = f.val / (f.train + f.val) if f.val > 0 else 0.0
+        if val_frac == 0:
+            raise ValueError("data.split.val must be > 0 when the source has no validation split")
+        tr, va, _ = stratified_split(labels_of(train), (1 - val_frac, val_frac, 0.0), seed=seed, n=len(train))
+        parts["train"], parts["val"] = train.subset(tr), train.subset(va)
+    if "test" not in parts:
+        raise ValueError("the source has train/val splits but no test split; add one or use a single pool")
+    return parts
+
+
+def build_dataset(spec: ExperimentSpec) -> SplitData:
+    """Run the data stage of ``spec``: load, validate, control imbalance, split.
+
+    Order (study 2): an optional ``resample_to_ratio`` on the whole pool (or the training part
+    when the source has its own splits), then the stratified seeded split, then over- or
+    under-sampling on the training split only. For segmentation with ``sampling_method``,
+    the study 3 lesion crops of the training split are kept as ``extras['train_crops']``.
+    """
+    data, task, seed = spec.data, spec.task, spec.seed
+    pool = load_pool(data, seed)
+    validate_pool(pool, task, where=f"data source {data.source}" + (f" at {data.path}" if data.path else ""))
+    k = len(pool.class_names)
+    info = dict(pool.info)
+    if data.fractions is not None:
+        if task != "classification":
+            raise ValueError("data.fractions (resample_to_ratio) applies to classification only")
+        if len(data.fractions) != k:
+            raise ValueError(f"data.fractions has {len(data.fractions)} entries for {k} classes {pool.class_names}")
+        key = "all" if "all" in pool.parts else "train"
+        part = pool.parts[key]
+        kept = resample_to_ratio(part.labels, data.fractions, seed=seed)
+        pool.parts[key] = part.subset(kept)
+        info["resampled_to"] = list(data.fractions)
+    parts = _split_pool(pool, data, task, seed)
+    train = parts["train"]
+    if data.balance != "none":
+        if task != "classification":
+            raise ValueError("data.balance applies to classification only")
+        if data.balance == "undersample":
+            train = train.subset(undersample_indices(train.labels, seed=seed))
+        else:
+            images, labels, idx = oversample(train.images, train.labels, seed=seed)
+            ids = [train.ids[i] if j < len(train) else f"{train.ids[i]}:aug{j}" for j, i in enumerate(idx)]
+            train = Split(images=images, labels=labels, ids=ids)
+        info["balance"] = data.balance
+    out = SplitData(task=task, class_names=list(pool.class_names), train=train, val=parts["val"],
+                    test=parts["test"], info=info)
+    if data.sampling_method:
+        ci, cm, cids = lesion_crops(train.images, train.masks, data.image_size, ids=train.ids)
+        out.extras["train_crops"] = Split(images=ci, masks=cm, ids=cids)
+        info["sampling_method_crops"] = len(cids)
+    info.update({"seed": seed, "image_size": data.image_size, "channels": data.channels})
+    return out
+
+
+__all__ = ["build_dataset", "load_pool", "validate_pool", "SPLITS"]

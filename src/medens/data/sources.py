@@ -1,0 +1,465 @@
+"""Data sources. Each returns a :class:`Pool`: class names and one or more splits
+(``all`` when the source has no split of its own, else some of ``train``/``val``/``test``).
+
+Sources: synthetic cells, smears (through cell extraction) and segmentation scans; MedMNIST
+``.npz`` files; image folders (one folder per class), the Kermany chest X-ray layout with the
+3-class derivation of Rajaraman et al. 2021; segmentation image/mask folder pairs; CSV manifests.
+Nothing is downloaded: files load from a local path, or the error says where to put them.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medens.data.types import SPLITS, Split
+from medens.data.validate import DataProblems
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+KERMANY_CLASSES = ["bacterial", "normal", "viral"]
+MEDMNIST_HINT = (
+    "MedMNIST files are not downloaded at run time: fetch e.g. bloodmnist.npz (from the MedMNIST "
+    "release on Zenodo, or `python -m medmnist save` on a machine with network) and set data.path to "
+    "that file, or to a folder that holds it"
+)
+
+
+@dataclass
+class Pool:
+    """What a source returns: class names and splits keyed by ``all``/``train``/``val``/``test``."""
+
+    class_names: list[str]
+    parts: dict[str, Split]
+    info: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- file reading
+
+
+def read_image(path: str | Path, channels: int, size: int | None, *, mask: bool = False) -> np.ndarray:
+    """Read one image as uint8 ``(H, W, C)`` (or ``(H, W)`` for a mask), resized to ``size``.
+
+    Images are resized bilinearly, masks with nearest neighbour. Raises ``OSError``/``ValueError``
+    from PIL for unreadable files (callers collect them).
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if mask:
+            im = im.convert("L")
+        else:
+            im = im.convert("L" if channels == 1 else "RGB")
+        if size is not None and im.size != (size, size):
+            im = im.resize((size, size), Image.NEAREST if mask else Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    if mask:
+        return arr
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _read_many(paths: list[Path], channels: int, size: int, problems: DataProblems, *, mask: bool = False) -> list:
+    out = []
+    for p in paths:
+        try:
+            out.append(read_image(p, channels, size, mask=mask))
+        except Exception as e:  # PIL raises several types for bad files
+            problems.add(f"unreadable file {p}: {type(e).__name__}: {e}")
+            out.append(None)
+    return out
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _require_path(path: str | None, source: str, hint: str) -> Path:
+    if not path:
+        raise ValueError(f"data.path is required for source {source!r}: {hint}")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"data.path {p} does not exist (source {source!r}): {hint}")
+    return p
+
+
+def _masks_to_labels(masks: np.ndarray) -> np.ndarray:
+    """Binary masks stored as 0/255 images become 0/1; multi-class masks keep their values."""
+    values = np.unique(masks)
+    if values.size <= 2 and values.max(initial=0) == 255:
+        return (masks > 127).astype(np.uint8)
+    return masks.astype(np.uint8)
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def synthetic_cells(counts: dict[str, int] | None, size: int, channels: int, seed: int,
+                    class_names: list[str] | None = None) -> Pool:
+    """Synthetic red-blood-cell crops (METHODS section 4), any class distribution."""
+    from medens.data.synthetic import CELL_CLASSES, make_cells
+
+    names = list(class_names or CELL_CLASSES)
+    if set(names) != set(CELL_CLASSES):
+        raise ValueError(f"synthetic cells have classes {list(CELL_CLASSES)}, got class_names {names}")
+    counts = counts or {c: 200 for c in CELL_CLASSES}
+    unknown = sorted(set(counts) - set(CELL_CLASSES))
+    if unknown:
+        raise ValueError(f"data.synthetic.counts: unknown class(es) {unknown}; cell classes are {list(CELL_CLASSES)}")
+    images, labels, _ = make_cells({c: counts.get(c, 0) for c in CELL_CLASSES}, size=size, seed=seed)
+    # Re-index labels to the requested class order.
+    remap = np.array([names.index(c) for c in CELL_CLASSES])
+    labels = remap[labels]
+    images = _to_channels(images, channels)
+    ids = [f"cell-{i:05d}" for i in range(len(labels))]
+    return Pool(names, {"all": Split(images=images, labels=labels.astype(np.int64), ids=ids)},
+                {"source": "synthetic_cells", "counts": dict(counts)})
+
+
+def synthetic_smears(counts: dict[str, int] | None, n_images: int, smear_size: int, cell_radius: float,
+                     size: int, channels: int, seed: int) -> Pool:
+    """Cells cut out of synthetic smears by the study 2 extraction algorithm.
+
+    Each detection takes the class of the ground-truth cell it matches; unmatched detections
+    (false positives) are dropped and counted in ``info``.
+    """
+    from medens.data.cells import extract_cells, match_detections
+    from medens.data.synthetic import CELL_CLASSES, make_smears
+
+    fractions = None
+    if counts:
+        total = sum(counts.values())
+        fractions = [counts.get(c, 0) / total for c in CELL_CLASSES]
+    smears, truth = make_smears(n_images, size=smear_size, cell_radius=cell_radius,
+                                class_fractions=fractions, seed=seed)
+    crops, labels, ids = [], [], []
+    n_true = n_false = 0
+    for i, (smear, cells) in enumerate(zip(smears, truth)):
+        c, dets = extract_cells(smear, target_size=size, expected_radius=cell_radius)
+        match = match_detections(dets, cells)
+        n_true += len(cells)
+        matched = dict(match["matches"])
+        n_false += len(dets) - len(matched)
+        for d_i, t_j in sorted(matched.items()):
+            crops.append(c[d_i])
+            labels.append(cells[t_j]["label"])
+            ids.append(f"smear-{i:04d}-cell-{t_j:03d}")
+    if not crops:
+        raise ValueError("cell extraction found no cells in the synthetic smears")
+    images = _to_channels(np.stack(crops), channels)
+    return Pool(list(CELL_CLASSES), {"all": Split(images=images, labels=np.asarray(labels, np.int64), ids=ids)},
+                {"source": "synthetic_smears", "cells_in_smears": n_true, "cells_extracted": len(crops),
+                 "false_detections": n_false})
+
+
+def synthetic_segmentation(n_images: int, size: int, channels: int, seed: int,
+                           class_names: list[str] | None = None) -> Pool:
+    """Synthetic grey scans with low-contrast lesions and lesion masks (METHODS section 4)."""
+    from medens.data.synthetic import make_segmentation
+
+    images, masks = make_segmentation(n_images, size=size, seed=seed)
+    images = _to_channels(images, channels)
+    ids = [f"scan-{i:05d}" for i in range(n_images)]
+    names = list(class_names or ["background", "lesion"])
+    if len(names) != 2:
+        raise ValueError(f"synthetic segmentation has 2 classes (background, lesion), got class_names {names}")
+    return Pool(names, {"all": Split(images=images, masks=masks.astype(np.uint8), ids=ids)},
+                {"source": "synthetic_segmentation"})
+
+
+def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    if images.ndim == 3:
+        images = images[..., None]
+    c = images.shape[-1]
+    if c == channels:
+        return images
+    if c == 3 and channels == 1:
+        grey = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None]
+    if c == 1 and channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
+
+
+# ---------------------------------------------------------------- MedMNIST
+
+
+def medmnist(path: str | None, size: int, channels: int, class_names: list[str] | None = None) -> Pool:
+    """A MedMNIST ``.npz`` file: ``{train,val,test}_images`` and ``{train,val,test}_labels``.
+
+    Images are ``(N, H, W)`` grey or ``(N, H, W, 3)`` RGB uint8; labels ``(N, 1)`` class indices.
+    Multi-label files (ChestMNIST) are refused.
+    """
+    p = _require_path(path, "medmnist", MEDMNIST_HINT)
+    if p.is_dir():
+        files = sorted(p.glob("*.npz"))
+        if len(files) != 1:
+            raise ValueError(f"data.path {p} is a folder with {len(files)} .npz files; point it at one file. {MEDMNIST_HINT}")
+        p = files[0]
+    try:
+        z = np.load(p, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"cannot read MedMNIST file {p}: {type(e).__name__}: {e}") from e
+    with z:
+        missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in z.files]
+        if missing:
+            raise ValueError(f"{p} is not a MedMNIST file: missing arrays {', '.join(missing)} (has {', '.join(z.files)})")
+        parts = {}
+        max_label = -1
+        for s in SPLITS:
+            images = z[f"{s}_images"]
+            labels = z[f"{s}_labels"]
+            if labels.ndim == 2 and labels.shape[1] != 1:
+                raise ValueError(f"{p}: {s}_labels has shape {labels.shape}: multi-label MedMNIST is not supported")
+            labels = labels.reshape(-1).astype(np.int64)
+            if images.ndim == 3:
+                images = images[..., None]
+            if images.ndim == 4 and images.shape[-1] not in (1, 3) and images.shape[1] in (1, 3):
+                images = np.moveaxis(images, 1, -1)
+            if np.issubdtype(images.dtype, np.floating):
+                if np.isfinite(images).all():
+                    scale = 255.0 if images.max(initial=0) <= 1.0 else 1.0
+                    images = np.clip(np.rint(images * scale), 0, 255).astype(np.uint8)
+                # Non-finite pixels are left for validation to report.
+            if images.ndim == 4 and images.dtype == np.uint8:
+                images = _to_channels(images, channels)
+                if images.shape[1] != size or images.shape[2] != size:
+                    images = _resize_stack(images, size)
+            max_label = max(max_label, int(labels.max(initial=-1)))
+            parts[s] = Split(images=images, labels=labels.astype(np.int64),
+                             ids=[f"{s}-{i:06d}" for i in range(len(labels))])
+    names = list(class_names) if class_names else [str(i) for i in range(max_label + 1)]
+    return Pool(names, parts, {"source": "medmnist", "file": str(p)})
+
+
+def _resize_stack(images: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    out = []
+    for im in images:
+        pil = Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im)
+        arr = np.asarray(pil.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+        out.append(arr[..., None] if arr.ndim == 2 else arr)
+    return np.stack(out)
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def _class_folders(root: Path, class_names: list[str] | None, problems: DataProblems) -> list[str]:
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if class_names is None:
+        if not found:
+            problems.add(f"{root}: no class folders (expected one sub-folder per class)")
+        return found
+    for c in class_names:
+        if c not in found:
+            problems.add(f"{root}: class folder {c!r} is missing")
+    for c in found:
+        if c not in class_names:
+            problems.add(f"{root}: folder {c!r} is not in data.class_names {class_names}")
+    return list(class_names)
+
+
+def _load_class_folders(root: Path, names: list[str], size: int, channels: int, problems: DataProblems,
+                        split: str) -> Split | None:
+    paths, labels = [], []
+    for k, c in enumerate(names):
+        folder = root / c
+        if not folder.is_dir():
+            continue
+        files = _list_images(folder)
+        if not files:
+            problems.add(f"{split}: class {c!r} has no images in {folder}")
+        paths += files
+        labels += [k] * len(files)
+    return _assemble(paths, labels, size, channels, problems, root)
+
+
+def _assemble(paths: list[Path], labels: list[int], size: int, channels: int, problems: DataProblems,
+              root: Path) -> Split | None:
+    arrays = _read_many(paths, channels, size, problems)
+    keep = [i for i, a in enumerate(arrays) if a is not None]
+    if not keep:
+        return None
+    ids = [str(paths[i].relative_to(root)) if paths[i].is_relative_to(root) else str(paths[i]) for i in keep]
+    return Split(images=np.stack([arrays[i] for i in keep]),
+                 labels=np.asarray([labels[i] for i in keep], np.int64), ids=ids)
+
+
+def image_folder(path: str | None, size: int, channels: int, class_names: list[str] | None = None) -> Pool:
+    """One folder per class (``root/<class>/*.png``), or ``root/{train,val,test}/<class>/``."""
+    root = _require_path(path, "image_folder", "point it at a folder with one sub-folder of images per class")
+    problems = DataProblems(str(root))
+    split_dirs = [s for s in SPLITS if (root / s).is_dir()]
+    parts = {}
+    if split_dirs:
+        names = _class_folders(root / split_dirs[0], class_names, problems)
+        for s in split_dirs:
+            part = _load_class_folders(root / s, names, size, channels, problems, s)
+            if part is not None:
+                parts[s] = part
+    else:
+        names = _class_folders(root, class_names, problems)
+        part = _load_class_folders(root, names, size, channels, problems, "all")
+        if part is not None:
+            parts["all"] = part
+    problems.raise_if_any()
+    return Pool(names, parts, {"source": "image_folder", "path": str(root)})
+
+
+def kermany_class(path: Path) -> str | None:
+    """3-class label of a Kermany chest X-ray (Rajaraman et al. 2021): NORMAL -> normal;
+    PNEUMONIA split by file name into bacterial (``*_bacteria_*``) and viral (``*_virus_*``)."""
+    parent = path.parent.name.upper()
+    if parent == "NORMAL":
+        return "normal"
+    if parent == "PNEUMONIA":
+        name = path.name.lower()
+        if "_bacteria_" in name:
+            return "bacterial"
+        if "_virus_" in name:
+            return "viral"
+    return None
+
+
+def kermany(path: str | None, size: int, channels: int) -> Pool:
+    """The Kermany layout (``train/``, ``test/`` and optional ``val/`` with ``NORMAL/`` and
+    ``PNEUMONIA/``), relabelled into bacterial / normal / viral. ``val/`` (16 images in the
+    release) is merged into train; validation is then held out from train by ``data.split``."""
+    hint = "point it at the chest_xray folder of the Kermany release, holding train/ and test/ with NORMAL/ and PNEUMONIA/"
+    root = _require_path(path, "kermany", hint)
+    problems = DataProblems(str(root))
+    parts: dict[str, Split] = {}
+    groups = {"train": ["train", "val"], "test": ["test"]}
+    for part, dirs in groups.items():
+        paths, labels = [], []
+        for d in dirs:
+            for cls in ("NORMAL", "PNEUMONIA"):
+                folder = root / d / cls
+                if not folder.is_dir():
+                    if d != "val":
+                        problems.add(f"missing folder {folder} ({hint})")
+                    continue
+                for f in _list_images(folder):
+                    c = kermany_class(f)
+                    if c is None:
+                        problems.add(f"{f}: PNEUMONIA file name has neither '_bacteria_' nor '_virus_'")
+                        continue
+                    paths.append(f)
+                    labels.append(KERMANY_CLASSES.index(c))
+        split = _assemble(paths, labels, size, channels, problems, root)
+        if split is not None:
+            parts[part] = split
+    problems.raise_if_any()
+    return Pool(list(KERMANY_CLASSES), parts, {"source": "kermany", "path": str(root)})
+
+
+# ---------------------------------------------------------------- segmentation folders and manifests
+
+
+def _pair_folder(root: Path, size: int, channels: int, problems: DataProblems, split: str) -> Split | None:
+    img_dir, mask_dir = root / "images", root / "masks"
+    for d in (img_dir, mask_dir):
+        if not d.is_dir():
+            problems.add(f"{split}: missing folder {d} (expected images/ and masks/ with matching file names)")
+    if problems.items:
+        return None
+    masks_by_stem = {p.stem: p for p in _list_images(mask_dir)}
+    image_paths, mask_paths = [], []
+    for p in _list_images(img_dir):
+        m = masks_by_stem.pop(p.stem, None) or masks_by_stem.pop(p.stem + "_mask", None)
+        if m is None:
+            problems.add(f"{split}: image {p.name} has no mask in {mask_dir}")
+            continue
+        image_paths.append(p)
+        mask_paths.append(m)
+    for stem in sorted(masks_by_stem):
+        problems.add(f"{split}: mask {masks_by_stem[stem].name} has no image in {img_dir}")
+    return _assemble_pairs(image_paths, mask_paths, size, channels, problems, root)
+
+
+def _assemble_pairs(image_paths: list[Path], mask_paths: list[Path], size: int, channels: int,
+                    problems: DataProblems, root: Path) -> Split | None:
+    imgs = _read_many(image_paths, channels, size, problems)
+    masks = _read_many(mask_paths, channels, size, problems, mask=True)
+    keep = [i for i in range(len(imgs)) if imgs[i] is not None and masks[i] is not None]
+    if not keep:
+        return None
+    mask_arr = _masks_to_labels(np.stack([masks[i] for i in keep]))
+    ids = [str(image_paths[i].relative_to(root)) if image_paths[i].is_relative_to(root) else str(image_paths[i])
+           for i in keep]
+    return Split(images=np.stack([imgs[i] for i in keep]), masks=mask_arr, ids=ids)
+
+
+def seg_folder(path: str | None, size: int, channels: int, class_names: list[str] | None = None) -> Pool:
+    """Image/mask pairs: ``root/images/x.png`` with ``root/masks/x.png`` (or ``x_mask.png``),
+    optionally under ``root/{train,val,test}/``. Binary masks saved as 0/255 become 0/1."""
+    root = _require_path(path, "seg_folder",
+                         "point it at a folder with images/ and masks/ (e.g. the Kvasir-SEG release)")
+    problems = DataProblems(str(root))
+    split_dirs = [s for s in SPLITS if (root / s).is_dir()]
+    parts = {}
+    for s in split_dirs or ["all"]:
+        part = _pair_folder(root if s == "all" else root / s, size, channels, problems, s)
+        if part is not None:
+            parts[s] = part
+    problems.raise_if_any()
+    return Pool(list(class_names or ["background", "lesion"]), parts, {"source": "seg_folder", "path": str(root)})
+
+
+def csv_manifest(path: str | None, size: int, channels: int, class_names: list[str] | None = None) -> Pool:
+    """A CSV manifest with a header: ``path,label`` (classification) or ``image,mask``
+    (segmentation), and an optional ``split`` column (train/val/test). Relative paths are
+    relative to the CSV's folder. Labels are class names (or indices into ``class_names``)."""
+    p = _require_path(path, "csv", "point it at a CSV with columns path,label or image,mask")
+    problems = DataProblems(str(p))
+    with p.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{p}: the manifest has no rows")
+    cols = set(rows[0])
+    base = p.parent
+    if {"path", "label"} <= cols:
+        seg = False
+    elif {"image", "mask"} <= cols:
+        seg = True
+    else:
+        raise ValueError(f"{p}: columns must include path,label or image,mask; found {', '.join(sorted(cols))}")
+    has_split = "split" in cols
+    groups: dict[str, list[tuple[int, dict]]] = {}
+    for line, row in enumerate(rows, start=2):
+        s = (row.get("split") or "").strip() if has_split else "all"
+        if s not in (*SPLITS, "all") or (has_split and s == "all"):
+            problems.add(f"line {line}: split {s!r} is not one of train, val, test")
+            continue
+        groups.setdefault(s, []).append((line, row))
+    names = list(class_names) if class_names else None
+    if not seg and names is None:
+        raw = sorted({r["label"].strip() for r in rows})
+        names = raw
+    parts = {}
+    for s, items in groups.items():
+        if seg:
+            part = _assemble_pairs([base / r["image"] for _, r in items], [base / r["mask"] for _, r in items],
+                                   size, channels, problems, base)
+        else:
+            paths, labels = [], []
+            for line, r in items:
+                lab = r["label"].strip()
+                if lab in names:
+                    k = names.index(lab)
+                elif lab.lstrip("-").isdigit():
+                    k = int(lab)  # validated against the class list later
+                else:
+                    problems.add(f"line {line}: label {lab!r} is not one of {names}")
+                    continue
+                paths.append(base / r["path"])
+                labels.append(k)
+            part = _assemble(paths, labels, size, channels, problems, base)
+        if part is not None:
+            parts[s] = part
+    problems.raise_if_any()
+    return Pool(names or ["background", "lesion"], parts, {"source": "csv", "path": str(p)})
