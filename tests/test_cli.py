@@ -14,7 +14,7 @@ def test_losses_list_prints_the_registry_table(capsys):
 def test_unknown_preset_is_a_clean_error(capsys):
     assert main(["data", "summary", "--preset", "rbc-dem"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("medens: error: unknown preset 'rbc-dem'; did you mean 'rbc-demo'?")
+    assert err.startswith("medens: error: unknown preset 'rbc-dem'; did you mean 'rbc-demo'")
 
 
 def test_presets_command_lists_every_preset(capsys):
