@@ -1,0 +1,127 @@
+"""Model artifacts: self-describing directories (DESIGN section 3).
+
+``weights.pt`` (a state_dict) and ``model.json`` (architecture name and kwargs, loss, class
+names, input spec, training history, best epoch, validation metrics, the sha256 of every file,
+medens version). ``model.json`` is written last, so a directory without it is incomplete.
+:func:`load_artifact` rebuilds the module from the directory alone and refuses a file whose
+checksum does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medens import __version__
+from medens.storage.atomic import atomic_write_bytes, atomic_write_text
+
+MANIFEST = "model.json"
+WEIGHTS = "weights.pt"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_state_dict(path: str | os.PathLike, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def checksums(directory: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
+    """sha256 of every file under ``directory`` (relative posix paths), except ``exclude``."""
+    out = {}
+    for p in sorted(directory.rglob("*")):
+        rel = p.relative_to(directory).as_posix()
+        if p.is_file() and rel not in exclude and not p.name.startswith("."):
+            out[rel] = sha256_file(p)
+    return out
+
+
+def verify_checksums(directory: Path, files: dict[str, str]) -> None:
+    """Raise ``ValueError`` naming every file that is missing or whose sha256 differs."""
+    problems = []
+    for rel, digest in files.items():
+        p = directory / rel
+        if not p.is_file():
+            problems.append(f"{rel} is missing")
+        elif sha256_file(p) != digest:
+            problems.append(f"{rel} does not match its sha256 in {MANIFEST}")
+    if problems:
+        raise ValueError(f"artifact {directory} is corrupt: " + "; ".join(problems))
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``model.json`` last, with the checksums of every other file."""
+    manifest = dict(manifest)
+    manifest["files"] = checksums(directory)
+    manifest.setdefault("medens_version", __version__)
+    return atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    d = Path(path)
+    m = d / MANIFEST
+    if not m.is_file():
+        raise ValueError(f"{d} is not a model artifact: {MANIFEST} is missing (incomplete or wrong directory)")
+    return json.loads(m.read_text())
+
+
+@dataclass
+class LoadedModel:
+    """A rebuilt model with what its artifact says about it."""
+
+    model: torch.nn.Module
+    manifest: dict
+    path: Path
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def input_spec(self):
+        from medens.data.transforms import InputSpec
+
+        return InputSpec.from_dict(self.manifest["input"])
+
+    @property
+    def task(self) -> str:
+        return self.manifest.get("task", "classification")
+
+
+def load_artifact(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                  verify: bool = True) -> LoadedModel:
+    """Rebuild a model from its artifact directory alone (eval mode, on ``map_location``)."""
+    from medens.models import build
+
+    d = Path(path)
+    manifest = read_manifest(d)
+    if verify:
+        verify_checksums(d, manifest.get("files", {}))
+    arch = manifest["architecture"]
+    model = build(arch["name"], task=manifest.get("task", "classification"), **arch["kwargs"])
+    state = torch.load(d / WEIGHTS, map_location=map_location, weights_only=True)
+    model.load_state_dict(state)
+    model.to(map_location).eval()
+    return LoadedModel(model=model, manifest=manifest, path=d)
