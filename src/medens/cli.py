@@ -99,6 +99,70 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pick(components, wanted: str | None, what: str):
+    """A model/loss of the spec by name or key; a name not in the spec is used with no params."""
+    from medens.config import ComponentSpec
+
+    if wanted is None:
+        return components[0]
+    for c in components:
+        if wanted in (c.key, c.name):
+            return c
+    return ComponentSpec(name=wanted)
+
+
+def _dataset(args: argparse.Namespace, spec):
+    from medens.data import SplitData, build_dataset
+
+    return SplitData.load(args.data) if getattr(args, "data", None) else build_dataset(spec)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from medens.training import fit
+    from medens.training.engine import describe_run
+
+    spec = _load(args)
+    training = spec.training
+    if args.epochs is not None:
+        training = training.model_copy(update={"epochs": args.epochs})
+    data = _dataset(args, spec)
+    model, loss = _pick(spec.models, args.model, "model"), _pick(spec.losses, args.loss, "loss")
+    out = Path(args.out) if args.out else Path("runs") / spec.name / "members" / f"{model.key}__{loss.key}"
+    res = fit(model, loss, data, training, out, seed=spec.seed, resume=args.resume,
+              normalize=spec.data.normalize, train_on=args.train_on)
+    print(json.dumps(describe_run(res), indent=2))
+    return 0
+
+
+def _parse_grid(items: list[str]) -> dict[str, list]:
+    import yaml
+
+    grid = {}
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--grid must look like loss.alpha=0.25,0.5,1.0; got {item!r}")
+        grid[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+    return grid
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from medens.training.search import STUDY2_FOCAL_GRID, search
+
+    spec = _load(args)
+    training = spec.training
+    if args.epochs is not None:
+        training = training.model_copy(update={"epochs": args.epochs})
+    data = _dataset(args, spec)
+    grid = _parse_grid(args.grid) if args.grid else STUDY2_FOCAL_GRID
+    model, loss = _pick(spec.models, args.model, "model"), _pick(spec.losses, args.loss or "focal", "loss")
+    out = Path(args.out) if args.out else Path("runs") / spec.name / "search"
+    res = search(model, loss, data, grid, training, out, k=args.folds, metric=args.metric, seed=spec.seed)
+    print(res.markdown_path.read_text())
+    print(f"best: {res.best}   (table: {res.markdown_path}, folds: {res.csv_path})")
+    return 0
+
+
 def cmd_losses_list(args: argparse.Namespace) -> int:
     from medens.losses import format_table
 
@@ -128,6 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--counts", help="cells per class, e.g. codocyte=100,hypochromia=100,normal=800")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_make_synthetic)
+
+    t = sub.add_parser("train", help="train one (model, loss) pair into a model artifact")
+    _add_spec_args(t)
+    t.add_argument("--model", help="model name or key from the spec (default: the spec's first)")
+    t.add_argument("--loss", help="loss name or key from the spec (default: the spec's first)")
+    t.add_argument("--out", help="artifact directory (default runs/<name>/members/<model>__<loss>)")
+    t.add_argument("--data", help="a dataset directory written by `medens data summary --out` (skips the data stage)")
+    t.add_argument("--epochs", type=int, help="override training.epochs")
+    t.add_argument("--train-on", default="train", help="train, or train_crops (study 3 sampling method)")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.set_defaults(func=cmd_train)
+
+    se = sub.add_parser("search", help="k-fold cross-validated grid search (default: study 2 focal alpha grid)")
+    _add_spec_args(se)
+    se.add_argument("--model", help="model name or key (default: the spec's first)")
+    se.add_argument("--loss", help="loss name or key (default: focal)")
+    se.add_argument("--grid", action="append", help="KEY=V1,V2,... with KEY model.X, loss.X or training.X; repeatable")
+    se.add_argument("--folds", type=int, default=5)
+    se.add_argument("--metric", default="macro_f1")
+    se.add_argument("--epochs", type=int, help="override training.epochs")
+    se.add_argument("--data", help="a dataset directory written by `medens data summary --out`")
+    se.add_argument("--out", help="output folder (default runs/<name>/search)")
+    se.set_defaults(func=cmd_search)
 
     losses = sub.add_parser("losses", help="the loss library")
     lsub = losses.add_subparsers(dest="losses_command", required=True)

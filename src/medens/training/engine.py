@@ -1,0 +1,511 @@
+"""The training engine: ``fit`` is what every caller (CLI, pipeline, studies) uses.
+
+One run trains one (model, loss) pair on a :class:`~medens.data.types.SplitData` and writes a
+model artifact directory (DESIGN section 3). Device is chosen automatically (CUDA, then CPU);
+on CUDA it uses mixed precision (bf16 where supported, else fp16 with a grad scaler),
+channels_last, pinned memory and DataLoader workers. Optimisers: Adam, AdamW, SGD with
+Nesterov momentum; ReduceLROnPlateau; early stopping; the best epoch is the one with the lowest
+validation loss (Pasupa et al., study 2) or the highest named validation metric. A checkpoint is
+written atomically after every epoch, and ``resume=True`` continues from it bit for bit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medens.config import ComponentSpec, TrainingSpec
+from medens.data.transforms import InputSpec
+from medens.data.types import Split, SplitData
+from medens.models.artifact import MANIFEST, WEIGHTS, read_manifest, save_state_dict, write_manifest
+from medens.storage.atomic import atomic_write_bytes
+from medens.training.device import Precision, select_device, select_precision
+from medens.training.predictions import Predictions, logits_to_probs
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "train_log.jsonl"
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "mcc", "balanced_accuracy")
+SEGMENTATION_METRICS = ("dice",)
+
+
+@dataclass
+class FitResult:
+    """Where the artifact is and how training went."""
+
+    path: Path
+    best_epoch: int
+    history: list[dict]
+    val_metrics: dict
+    precision: str
+
+
+def _component(c: ComponentSpec | str | dict) -> ComponentSpec:
+    return c if isinstance(c, ComponentSpec) else ComponentSpec.model_validate(c)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- batches
+
+
+class _IndexedArrays(torch.utils.data.Dataset):
+    """Fetches a whole batch per ``__getitem__`` (a list of indices): one gather, no per-item collation."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.as_tensor(idx)
+        return self.images[i], self.targets[i]
+
+
+def _targets(split: Split, task: str) -> torch.Tensor:
+    if task == "classification":
+        return torch.as_tensor(split.labels, dtype=torch.long)
+    return torch.as_tensor(split.masks, dtype=torch.long)
+
+
+def make_loader(split: Split, task: str, batch_size: int, *, shuffle: bool, precision: Precision,
+                generator: torch.Generator | None = None, sample_weights: np.ndarray | None = None):
+    """A DataLoader of uint8 ``(B, H, W, C)`` image batches and long targets."""
+    ds = _IndexedArrays(torch.from_numpy(np.ascontiguousarray(split.images)), _targets(split, task))
+    n = len(ds)
+    if sample_weights is not None:
+        base = torch.utils.data.WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), n,
+                                                      replacement=True, generator=generator)
+    elif shuffle:
+        base = torch.utils.data.RandomSampler(ds, generator=generator)
+    else:
+        base = torch.utils.data.SequentialSampler(ds)
+    # A last batch of one sample breaks BatchNorm in training mode: drop it when shuffling.
+    drop_last = shuffle and n % batch_size == 1 and n > batch_size
+    batches = torch.utils.data.BatchSampler(base, batch_size, drop_last=drop_last)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=None, sampler=batches, num_workers=precision.num_workers,
+        pin_memory=precision.pin_memory, persistent_workers=precision.num_workers > 0,
+    )
+
+
+class DeviceTransform:
+    """uint8 ``(B, H, W, C)`` on any device -> normalised float ``(B, C, H, W)`` on the run's device,
+    with optional random flips and 90-degree rotations (masks transformed identically)."""
+
+    def __init__(self, spec: InputSpec, precision: Precision) -> None:
+        dev = precision.device
+        self.device = dev
+        self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+        self.std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+        self.channels_last = precision.channels_last
+        self.non_blocking = precision.pin_memory
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, *, augment: bool = False,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.to(self.device, non_blocking=self.non_blocking).permute(0, 3, 1, 2).float().div_(255.0)
+        x = (x - self.mean) / self.std
+        y = targets.to(self.device, non_blocking=self.non_blocking)
+        if augment:
+            x, y = _augment(x, y, generator)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+
+def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample horizontal/vertical flips and (square images) a transpose: the 8 dihedral
+    symmetries. Random draws come from ``g`` (on the CPU), so a resumed run repeats them."""
+    b = x.shape[0]
+    draws = torch.rand(b, 3, generator=g)
+    seg = y.dim() == 3
+
+    def where(mask: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        m = mask.to(a.device).view(-1, *([1] * (a.dim() - 1)))
+        return torch.where(m, t, a)
+
+    x = where(draws[:, 0] < 0.5, x, x.flip(-1))
+    x = where(draws[:, 1] < 0.5, x, x.flip(-2))
+    if seg:
+        y = where(draws[:, 0] < 0.5, y, y.flip(-1))
+        y = where(draws[:, 1] < 0.5, y, y.flip(-2))
+    if x.shape[-1] == x.shape[-2]:
+        x = where(draws[:, 2] < 0.5, x, x.transpose(-1, -2))
+        if seg:
+            y = where(draws[:, 2] < 0.5, y, y.transpose(-1, -2))
+    return x, y
+
+
+# ---------------------------------------------------------------- losses with trainer-side class weights
+
+
+class ClassWeightedLoss(nn.Module):
+    """Weights each sample's loss by its class weight: ``sum_i w_{y_i} l_i / sum_i w_{y_i}``
+    (the convention of class-weighted cross-entropy), for any loss with ``reduction='none'``."""
+
+    def __init__(self, loss: nn.Module, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.loss = loss
+        self.register_buffer("weights", weights.float())
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.loss, "set_epoch"):
+            self.loss.set_epoch(epoch)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per = self.loss(logits, target)
+        if per.shape != target.shape[:1]:
+            raise ValueError(f"class weights need a per-sample loss of shape {tuple(target.shape[:1])}, "
+                             f"got {tuple(per.shape)}")
+        w = self.weights[target]
+        return (per * w).sum() / w.sum()
+
+
+def build_loss(loss: ComponentSpec, task: str, class_counts: list[int], class_weights: str) -> nn.Module:
+    """The loss of a run, with the training spec's class weights applied by the trainer."""
+    from medens import losses
+
+    params = dict(loss.params)
+    if class_weights == "none":
+        return losses.build(loss.name, class_counts=class_counts, task=task, **params)
+    if task != "classification":
+        raise ValueError("training.class_weights applies to classification; segmentation losses weight classes "
+                         "through their own parameters")
+    from medens.data.imbalance import balanced_class_weights, effective_number_weights
+
+    w = balanced_class_weights(class_counts) if class_weights == "balanced" else effective_number_weights(class_counts)
+    params["reduction"] = "none"
+    inner = losses.build(loss.name, class_counts=class_counts, task=task, **params)
+    return ClassWeightedLoss(inner, torch.as_tensor(w, dtype=torch.float32))
+
+
+# ---------------------------------------------------------------- validation metrics
+
+
+def quick_metrics(task: str, probs: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """The few validation metrics the engine monitors (full evaluation lives in medens.evaluation)."""
+    if task == "classification":
+        from sklearn.metrics import balanced_accuracy_score, f1_score, matthews_corrcoef
+
+        pred = probs.argmax(1)
+        return {
+            "accuracy": float((pred == target).mean()),
+            "balanced_accuracy": float(balanced_accuracy_score(target, pred)),
+            "macro_f1": float(f1_score(target, pred, average="macro", zero_division=0)),
+            "mcc": float(matthews_corrcoef(target, pred)),
+        }
+    pred = probs.argmax(1)
+    fg_true, fg_pred = target > 0, pred > 0
+    inter = (fg_true & fg_pred).reshape(len(target), -1).sum(1)
+    denom = fg_true.reshape(len(target), -1).sum(1) + fg_pred.reshape(len(target), -1).sum(1)
+    dice = np.where(denom == 0, 1.0, 2 * inter / np.maximum(denom, 1))
+    return {"dice": float(dice.mean())}
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _optimizer(params, spec: TrainingSpec) -> torch.optim.Optimizer:
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0,
+                           weight_decay=spec.weight_decay)
+
+
+def _check_monitor(monitor: str, task: str) -> str:
+    allowed = ("val_loss", *(CLASSIFICATION_METRICS if task == "classification" else SEGMENTATION_METRICS))
+    if monitor not in allowed:
+        raise ValueError(f"training.monitor {monitor!r} is not one of {', '.join(allowed)}")
+    return "min" if monitor == "val_loss" else "max"
+
+
+def _rng_state(generators: dict[str, torch.Generator]) -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    for k, g in generators.items():
+        g.set_state(state["generators"][k])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(path: Path, payload: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def fit(
+    model: ComponentSpec | str | dict,
+    loss: ComponentSpec | str | dict,
+    data: SplitData,
+    training: TrainingSpec | None = None,
+    out_dir: str | os.PathLike = "model",
+    *,
+    seed: int | None = None,
+    resume: bool = False,
+    normalize: str = "unit",
+    train_on: str = "train",
+    progress: bool | None = None,
+    extra_manifest: dict | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Train one (model, loss) pair and write its artifact directory.
+
+    Args:
+        model: model registry name and params (``ComponentSpec``, name or mapping).
+        loss: loss registry name and params.
+        data: the splits; ``val`` chooses the best epoch, ``test`` is not touched.
+        training: optimiser, schedule, stopping, class weights, sampler, device.
+        out_dir: the artifact directory (created).
+        seed: random seed (default ``training.seed`` or 0).
+        resume: continue from ``out_dir/checkpoint.pt`` if present; a finished artifact is returned as is.
+        normalize: ``unit`` or ``zscore`` intensity normalisation fitted on the training split.
+        train_on: ``train`` or the name of an extra training split (``train_crops`` for the
+            study 3 sampling method).
+        progress: show a progress bar (default: only when stderr is a terminal).
+        extra_manifest: more keys for ``model.json``.
+        on_epoch_end: called with each epoch's log row after its checkpoint is written
+            (for example to report metrics to a pipeline UI).
+
+    Returns:
+        A :class:`FitResult`.
+    """
+    from tqdm.auto import tqdm
+
+    from medens.models import build as build_model
+    from medens.models import check_input_size
+
+    model_spec, loss_spec = _component(model), _component(loss)
+    spec = training or TrainingSpec()
+    seed = spec.seed if spec.seed is not None else (seed if seed is not None else 0)
+    task = data.task
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / MANIFEST).is_file():
+        m = read_manifest(out)
+        return FitResult(out, m["best_epoch"], m["history"], m["val_metrics"], m.get("precision", ""))
+    mode = _check_monitor(spec.monitor, task)
+    train_split = data.train if train_on == "train" else data.extras.get(train_on)
+    if train_split is None or len(train_split) == 0:
+        raise ValueError(f"training split {train_on!r} is missing or empty")
+    if len(data.val) == 0:
+        raise ValueError("fit needs a non-empty validation split to choose the best epoch")
+
+    seed_everything(seed)
+    device = select_device(spec.device)
+    precision = select_precision(device, amp=spec.amp, num_workers=spec.num_workers)
+    input_spec = InputSpec.fit(train_split.images, normalize)
+    k = data.num_classes
+    arch_kwargs = {"in_channels": input_spec.channels, "num_classes": k, **model_spec.params}
+    net = build_model(model_spec.name, task=task, **arch_kwargs)
+    check_input_size(net, input_spec.size)
+    net.to(device)
+    if precision.channels_last:
+        net.to(memory_format=torch.channels_last)
+    counts = (np.bincount(train_split.labels, minlength=k) if task == "classification"
+              else np.bincount(train_split.masks.reshape(-1), minlength=k)).tolist()
+    criterion = build_loss(loss_spec, task, counts, spec.class_weights).to(device)
+    optimizer = _optimizer(net.parameters(), spec)
+    scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=spec.plateau_factor,
+                                                            patience=spec.plateau_patience)
+                 if spec.plateau_patience else None)
+    scaler = torch.amp.GradScaler("cuda") if precision.use_scaler else None
+    gens = {"sampler": torch.Generator().manual_seed(seed), "augment": torch.Generator().manual_seed(seed + 1)}
+    sample_w = None
+    if spec.sampler == "balanced":
+        if task != "classification":
+            raise ValueError("training.sampler 'balanced' applies to classification")
+        from medens.data.imbalance import sample_weights
+
+        sample_w = sample_weights(train_split.labels, k)
+    train_loader = make_loader(train_split, task, spec.batch_size, shuffle=True, precision=precision,
+                               generator=gens["sampler"], sample_weights=sample_w)
+    val_loader = make_loader(data.val, task, max(spec.batch_size, 64), shuffle=False, precision=precision)
+    transform = DeviceTransform(input_spec, precision)
+
+    history: list[dict] = []
+    best_value = math.inf if mode == "min" else -math.inf
+    best_epoch, best_state, bad_epochs, start_epoch = 0, None, 0, 1
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        net.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if scheduler is not None and ck.get("scheduler") is not None:
+            scheduler.load_state_dict(ck["scheduler"])
+        if scaler is not None and ck.get("scaler") is not None:
+            scaler.load_state_dict(ck["scaler"])
+        history, best_value, best_epoch = ck["history"], ck["best_value"], ck["best_epoch"]
+        best_state, bad_epochs, start_epoch = ck["best_state"], ck["bad_epochs"], ck["epoch"] + 1
+        _set_rng_state(ck["rng"], gens)
+    log_path = out / LOG
+    if start_epoch == 1:
+        log_path.unlink(missing_ok=True)
+    autocast_kw = ({"device_type": device.type, "dtype": precision.autocast_dtype}
+                   if precision.autocast_dtype is not None else None)
+
+    stopped_early = bool(history) and bad_epochs >= (spec.patience or math.inf)
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, spec.epochs + 1):
+        if stopped_early:
+            break
+        if hasattr(criterion, "set_epoch"):
+            criterion.set_epoch(epoch - 1)  # the loss library counts epochs from 0
+        net.train()
+        t0 = time.perf_counter()
+        total, seen = 0.0, 0
+        bar = tqdm(train_loader, desc=f"{model_spec.name}/{loss_spec.name} epoch {epoch}/{spec.epochs}",
+                   leave=False, disable=None if progress is None else not progress)
+        for images, targets in bar:
+            x, y = transform(images, targets, augment=spec.augment, generator=gens["augment"])
+            optimizer.zero_grad(set_to_none=True)
+            if autocast_kw:
+                with torch.autocast(**autocast_kw):
+                    logits = net(x)
+                value = criterion(logits.float(), y)
+            else:
+                value = criterion(net(x), y)
+            if not torch.isfinite(value):
+                raise FloatingPointError(f"loss became {value.item()} at epoch {epoch}; lower training.lr")
+            if scaler is not None:
+                scaler.scale(value).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                value.backward()
+                optimizer.step()
+            total += value.item() * len(x)
+            seen += len(x)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        train_time = time.perf_counter() - t0
+        val_loss, probs, target = _evaluate(net, val_loader, transform, criterion, autocast_kw)
+        metrics = quick_metrics(task, probs, target)
+        row = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
+               **{f"val_{m}": v for m, v in metrics.items()}, "lr": optimizer.param_groups[0]["lr"],
+               "train_seconds": train_time, "train_images_per_s": seen / train_time if train_time else 0.0,
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        current = val_loss if spec.monitor == "val_loss" else metrics[spec.monitor]
+        improved = current < best_value if mode == "min" else current > best_value
+        if improved:
+            best_value, best_epoch, bad_epochs = current, epoch, 0
+            best_state = {k_: v.detach().to("cpu", copy=True) for k_, v in net.state_dict().items()}
+        else:
+            bad_epochs += 1
+        if scheduler is not None:
+            scheduler.step(current)
+        with log_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        stopped_early = spec.patience is not None and bad_epochs >= spec.patience
+        _save_checkpoint(ckpt_path, {
+            "epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "history": history, "best_value": best_value, "best_epoch": best_epoch, "best_state": best_state,
+            "bad_epochs": bad_epochs, "rng": _rng_state(gens),
+        })
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+
+    # The artifact: best weights, validation predictions, manifest last.
+    net.load_state_dict(best_state)
+    save_state_dict(out / WEIGHTS, best_state)
+    _, probs, target = _evaluate(net, val_loader, transform, criterion, autocast_kw)
+    val_metrics = {"val_loss": best_value if spec.monitor == "val_loss" else history[best_epoch - 1]["val_loss"],
+                   **quick_metrics(task, probs, target)}
+    preds = Predictions(probs=probs.astype(np.float16 if task == "segmentation" else np.float32), ids=data.val.ids,
+                        labels=data.val.labels, masks=data.val.masks, class_names=data.class_names)
+    preds.save(out / "predictions" / "val.npz")
+    manifest = {
+        "kind": "model",
+        "task": task,
+        "architecture": {"name": model_spec.name, "kwargs": arch_kwargs},
+        "loss": {"name": loss_spec.name, "params": loss_spec.params},
+        "class_names": data.class_names,
+        "class_counts": counts,
+        "input": input_spec.to_dict(),
+        "training": spec.model_dump(mode="json"),
+        "seed": seed,
+        "train_on": train_on,
+        "history": history,
+        "best_epoch": best_epoch,
+        "stopped_early": stopped_early and epoch < spec.epochs,
+        "val_metrics": val_metrics,
+        "precision": precision.describe(),
+        **(extra_manifest or {}),
+    }
+    ckpt_path.unlink(missing_ok=True)
+    write_manifest(out, manifest)
+    return FitResult(out, best_epoch, history, val_metrics, precision.describe())
+
+
+@torch.no_grad()
+def _evaluate(net: nn.Module, loader, transform: DeviceTransform, criterion: nn.Module,
+              autocast_kw: dict | None) -> tuple[float, np.ndarray, np.ndarray]:
+    net.eval()
+    total, n, probs, targets = 0.0, 0, [], []
+    for images, t in loader:
+        x, y = transform(images, t)
+        if autocast_kw:
+            with torch.autocast(**autocast_kw):
+                logits = net(x)
+        else:
+            logits = net(x)
+        logits = logits.float()
+        total += criterion(logits, y).item() * len(x)
+        n += len(x)
+        probs.append(logits_to_probs(logits).cpu())
+        targets.append(t)
+    return total / max(n, 1), torch.cat(probs).numpy(), torch.cat(targets).numpy()
+
+
+def predict_split(path: str | os.PathLike, split: Split, *, batch_size: int = 256,
+                  device: str | torch.device | None = None) -> Predictions:
+    """Predictions of the artifact at ``path`` on ``split`` (preprocessing from the artifact)."""
+    from medens.data.transforms import preprocess
+    from medens.models.artifact import load_artifact
+    from medens.training.predictions import predict_probs
+
+    dev = select_device("auto") if device is None else torch.device(device)
+    loaded = load_artifact(path, map_location=dev)
+    x = preprocess(split.images, loaded.input_spec)
+    probs = predict_probs(loaded.model, x, batch_size=batch_size, device=dev, task=loaded.task)
+    return Predictions(probs=probs, ids=list(split.ids), labels=split.labels, masks=split.masks,
+                       class_names=loaded.class_names)
+
+
+def describe_run(result: FitResult) -> dict[str, Any]:
+    """A compact summary of a run (for the CLI and logs)."""
+    return {"artifact": str(result.path), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            **{k: round(v, 4) for k, v in result.val_metrics.items()}, "precision": result.precision}
