@@ -1,0 +1,42 @@
+import csv
+
+import numpy as np
+import pytest
+
+from medens.config import TrainingSpec
+from medens.training.search import STUDY2_FOCAL_GRID, grid_settings, search
+
+
+def test_study2_grid():
+    settings = grid_settings(STUDY2_FOCAL_GRID)
+    assert [s["loss.alpha"] for s in settings] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert all(s["loss.gamma"] == 2.0 for s in settings)
+
+
+def test_search_writes_csv_and_markdown_and_picks_best(cells32, tmp_path):
+    spec = TrainingSpec(epochs=1, batch_size=32, patience=None, plateau_patience=None, augment=False)
+    grid = {"training.lr": [1e-12, 3e-3]}
+    res = search("compact_cnn", "ce", cells32, grid, spec, tmp_path, k=2, metric="val_loss", seed=0)
+    with open(res.csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["fold"] for r in rows} == {"0", "1"}
+    means = {}
+    for lr in ("1e-12", "0.003"):
+        vals = [float(r["val_loss"]) for r in rows if r["training.lr"] == lr]
+        means[lr] = (np.mean(vals), np.std(vals, ddof=1))
+    best_lr = min(means, key=lambda k: means[k][0])
+    assert res.best == {"training.lr": float(best_lr)}
+    md = res.markdown_path.read_text()
+    assert "| training.lr | val_loss mean | std | folds |" in md
+    assert f"{means[best_lr][0]:.4f} | {means[best_lr][1]:.4f} | 2 |" in md
+    # the best setting is listed first
+    first_row = md.splitlines()[4]
+    assert first_row.startswith(f"| {float(best_lr)} |")
+
+
+def test_bad_grid_fails_before_training(cells32, tmp_path):
+    with pytest.raises(ValueError, match="must start with model., loss. or training."):
+        search("compact_cnn", "ce", cells32, {"alpha": [1]}, TrainingSpec(epochs=1), tmp_path)
+    with pytest.raises(ValueError, match="training has no field 'lrr'"):
+        search("compact_cnn", "ce", cells32, {"training.lrr": [1]}, TrainingSpec(epochs=1), tmp_path)
+    assert not any(tmp_path.iterdir())
