@@ -43,3 +43,45 @@ def test_train_cli_writes_an_artifact(tmp_path, capsys):
     assert summary["artifact"] == str(out) and summary["epochs_run"] == 1
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["loss"]["name"] == "focal" and manifest["training"]["epochs"] == 1
+
+
+def test_make_synthetic_writes_layouts_the_sources_read(tmp_path, capsys):
+    import numpy as np
+
+    from medens.data.sources import image_folder, seg_folder
+
+    assert main(["data", "make-synthetic", "--kind", "cells", "--out", str(tmp_path / "cells"),
+                 "--counts", "codocyte=4,hypochromia=3,normal=5", "--size", "32"]) == 0
+    pool = image_folder(str(tmp_path / "cells"), size=32, channels=3)
+    assert pool.class_names == ["codocyte", "hypochromia", "normal"]
+    assert np.bincount(pool.parts["all"].labels).tolist() == [4, 3, 5]
+    assert main(["data", "make-synthetic", "--kind", "segmentation", "--out", str(tmp_path / "seg"),
+                 "--n", "6", "--size", "64"]) == 0
+    seg = seg_folder(str(tmp_path / "seg"), size=64, channels=1)
+    assert seg.parts["all"].masks.shape == (6, 64, 64)
+    assert main(["data", "make-synthetic", "--kind", "smears", "--out", str(tmp_path / "sm"), "--n", "2"]) == 0
+    ann = __import__("json").loads((tmp_path / "sm" / "annotations.json").read_text())
+    assert sorted(ann) == ["smear-0000.png", "smear-0001.png"]
+    assert all({"center", "radius", "class"} <= set(c) for c in ann["smear-0000.png"])
+    assert main(["data", "make-synthetic", "--kind", "cells", "--out", str(tmp_path / "x"),
+                 "--counts", "codocyte=abc"]) == 2
+    assert "--counts must look like" in capsys.readouterr().err
+
+
+def test_data_summary_writes_and_prints(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    spec = {"name": "tiny-seg", "task": "segmentation", "models": ["basic_unet"], "losses": ["dice"],
+            "data": {"source": "synthetic_segmentation", "image_size": 64, "channels": 1,
+                     "synthetic": {"n_images": 40}, "sampling_method": True}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["data", "summary", "--spec", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "d"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["splits"]["train"]["n"] == 28 and summary["splits"]["test"]["n"] == 6
+    assert summary["splits"]["train_crops"]["n"] == summary["info"]["sampling_method_crops"] > 0
+    from medens.data import SplitData
+
+    again = SplitData.load(tmp_path / "d")
+    assert again.extras["train_crops"].images.shape[1:] == (64, 64, 1)
