@@ -99,12 +99,16 @@ def test_balanced_sampler_and_class_weights_train(cells32, tmp_path):
     assert np.isfinite(res.history[0]["train_loss"])
 
 
-def test_short_training_learns_the_cells(tmp_path, make_cells_data):
-    """A lower bar than the benchmark (which asks macro-F1 >= 0.80 on rbc-demo in 3 minutes)."""
-    data = make_cells_data((60, 60, 240), size=32, seed=5)
+def test_short_training_learns_the_cells(tmp_path):
+    """A shorter run and a lower bar than benchmarks/rbc_demo_train.py (macro-F1 >= 0.80 in 3 min):
+    6 epochs of the compact CNN on the rbc-demo training split, ce and focal, macro-F1 > 0.70."""
+    from medens.config import load_spec
+    from medens.data import build_dataset
+
+    data = build_dataset(load_spec("rbc-demo"))
     for loss in ("ce", "focal"):
-        res = fit("compact_cnn", loss, data, spec(epochs=6, augment=True, lr=3e-3), tmp_path / loss,
+        res = fit("compact_cnn", loss, data, spec(epochs=6, augment=True, lr=1e-3, batch_size=64), tmp_path / loss,
                   seed=0, progress=False)
         test = predict_split(res.path, data.test, device="cpu")
         f1 = quick_metrics("classification", test.probs, data.test.labels)["macro_f1"]
-        assert f1 > 0.6, (loss, f1)
+        assert f1 > 0.70, (loss, f1)
