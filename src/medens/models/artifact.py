@@ -9,7 +9,6 @@ checksum does not match.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -21,17 +20,11 @@ import torch
 
 from medens import __version__
 from medens.storage.atomic import atomic_write_bytes, atomic_write_text
+from medens.storage.checksum import checksums as _checksums
+from medens.storage.checksum import sha256_file
 
 MANIFEST = "model.json"
 WEIGHTS = "weights.pt"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_state_dict(path: str | os.PathLike, state: dict) -> None:
@@ -41,13 +34,8 @@ def save_state_dict(path: str | os.PathLike, state: dict) -> None:
 
 
 def checksums(directory: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
-    """sha256 of every file under ``directory`` (relative posix paths), except ``exclude``."""
-    out = {}
-    for p in sorted(directory.rglob("*")):
-        rel = p.relative_to(directory).as_posix()
-        if p.is_file() and rel not in exclude and not p.name.startswith("."):
-            out[rel] = sha256_file(p)
-    return out
+    """sha256 of every file under ``directory`` except the manifest."""
+    return _checksums(directory, exclude)
 
 
 def verify_checksums(directory: Path, files: dict[str, str]) -> None:

@@ -279,6 +279,7 @@ def fit(
     progress: bool | None = None,
     extra_manifest: dict | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> FitResult:
     """Train one (model, loss) pair and write its artifact directory.
 
@@ -297,6 +298,8 @@ def fit(
         extra_manifest: more keys for ``model.json``.
         on_epoch_end: called with each epoch's log row after its checkpoint is written
             (for example to report metrics to a pipeline UI).
+        init_state: initial weights loaded into the new model (``strict=False``) before
+            training, e.g. the frozen members of a fusion model; unknown keys raise.
 
     Returns:
         A :class:`FitResult`.
@@ -330,6 +333,10 @@ def fit(
     arch_kwargs = {"in_channels": input_spec.channels, "num_classes": k, **model_spec.params}
     net = build_model(model_spec.name, task=task, **arch_kwargs)
     check_input_size(net, input_spec.size)
+    if init_state is not None:
+        result = net.load_state_dict(init_state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"init_state has keys the model does not: {', '.join(result.unexpected_keys[:5])}")
     net.to(device)
     if precision.channels_last:
         net.to(memory_format=torch.channels_last)
