@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed-stamp
 PRESET ?= rbc-demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test lint format serve compile bench clean
+# Debian packages the tests drive for real (a headless browser for the report test).
+# Installed by `make test` when running as root; otherwise install them yourself.
+SYSTEM_PACKAGES ?= chromium
+
+.PHONY: help venv system-deps run test lint format serve compile bench clean
 
 help:
 	@echo "make run [PRESET=rbc-demo]   run the demo experiment (today: the data stage and its summary)"
@@ -27,7 +31,16 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/medens data summary --preset $(PRESET)
 
-test: $(STAMP)
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian packages:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

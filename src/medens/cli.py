@@ -163,6 +163,52 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_leaderboard(summary: dict, limit: int = 12) -> None:
+    rows = summary["leaderboard"][:limit]
+    if not rows:
+        return
+    keys = [k for k in rows[0] if k not in ("#",)]
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(str(r[k]).ljust(widths[k]) for k in keys))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from medens.experiment import run_experiment
+
+    spec = _load(args)
+    if args.epochs is not None:
+        spec = spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": args.epochs})})
+    run = Path(args.out) if args.out else Path(spec.store.uri) / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run_experiment(spec, run)
+    print()
+    print_leaderboard(summary)
+    print(f"\nbest: {summary['best']}   report: {summary['report']}   ({summary['seconds']} s)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from medens.config import load_spec
+    from medens.evaluation.report import stage_evaluate
+
+    run = Path(args.run)
+    if not (run / "spec.yaml").is_file():
+        raise ValueError(f"{run} is not a medens run directory: spec.yaml is missing")
+    spec = load_spec(str(run / "spec.yaml"))
+    members = {p.name: p for p in sorted((run / "members").iterdir()) if (p / "model.json").is_file()}
+    ensembles = ({p.name: p for p in sorted((run / "ensembles").iterdir()) if (p / "ensemble.json").is_file()}
+                 if (run / "ensembles").is_dir() else {})
+    if not members:
+        raise ValueError(f"{run} has no trained members under members/")
+    summary = stage_evaluate(spec, run / "data", members, ensembles, Path(args.out) if args.out else run / "evaluation")
+    print_leaderboard(summary)
+    print(f"\nreport: {summary['report']}")
+    return 0
+
+
 def cmd_losses_list(args: argparse.Namespace) -> int:
     from medens.losses import format_table
 
@@ -215,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--data", help="a dataset directory written by `medens data summary --out`")
     se.add_argument("--out", help="output folder (default runs/<name>/search)")
     se.set_defaults(func=cmd_search)
+
+    r = sub.add_parser("run", help="run a whole experiment on this machine: data, members, ensembles, report")
+    _add_spec_args(r)
+    r.add_argument("--out", help="run directory (default <store.uri>/<name>-<time>)")
+    r.add_argument("--epochs", type=int, help="override training.epochs")
+    r.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="(re)evaluate a run directory and write its report")
+    rep.add_argument("--run", required=True, help="a run directory written by `medens run`")
+    rep.add_argument("--out", help="output folder (default <run>/evaluation)")
+    rep.set_defaults(func=cmd_report)
 
     losses = sub.add_parser("losses", help="the loss library")
     lsub = losses.add_subparsers(dest="losses_command", required=True)

@@ -43,6 +43,8 @@ def test_names():
         "densenet169",
         "densenet201",
         "efficientnet_b0",
+        "embedding_fusion",
+        "feature_fusion",
         "quadsnet",
         "resnet18",
         "resnet50",

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from medens.models import classification as classification
+from medens.models import fusion as fusion
 from medens.models import segmentation as segmentation
 from medens.models._common import (
     MODELS,

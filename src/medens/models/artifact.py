@@ -38,7 +38,7 @@ def checksums(directory: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[s
     return _checksums(directory, exclude)
 
 
-def verify_checksums(directory: Path, files: dict[str, str]) -> None:
+def verify_checksums(directory: Path, files: dict[str, str], manifest_name: str = MANIFEST) -> None:
     """Raise ``ValueError`` naming every file that is missing or whose sha256 differs."""
     problems = []
     for rel, digest in files.items():
@@ -46,7 +46,7 @@ def verify_checksums(directory: Path, files: dict[str, str]) -> None:
         if not p.is_file():
             problems.append(f"{rel} is missing")
         elif sha256_file(p) != digest:
-            problems.append(f"{rel} does not match its sha256 in {MANIFEST}")
+            problems.append(f"{rel} does not match its sha256 in {manifest_name}")
     if problems:
         raise ValueError(f"artifact {directory} is corrupt: " + "; ".join(problems))
 

@@ -1,0 +1,155 @@
+"""Ensemble artifacts (DESIGN section 3): ``ensemble.json`` plus ``members/<id>/`` model artifacts.
+
+This directory is what KServe mounts at ``/mnt/models``. ``ensemble.json`` names the method,
+member ids, the fitted combiner (weights or stacking coefficients as plain numbers, no pickles),
+class names, the preprocessing every member shares, and gate metrics; it is written last, with
+the sha256 of every other file. A model-level (fusion) ensemble is one member, method ``single``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medens import __version__
+from medens.models.artifact import LoadedModel, load_artifact, read_manifest, verify_checksums
+from medens.storage.atomic import atomic_write_text
+from medens.storage.checksum import checksums
+
+ENSEMBLE_MANIFEST = "ensemble.json"
+MEMBER_FILES = ("model.json", "weights.pt")
+
+
+def write_ensemble(
+    out_dir: str | os.PathLike,
+    *,
+    name: str,
+    member_dirs: dict[str, str | os.PathLike],
+    combiner: dict[str, Any] | None,
+    gate_metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write an ensemble artifact: copies of the member artifacts and ``ensemble.json`` last.
+
+    Args:
+        out_dir: the directory to create (replaced if it exists).
+        name: the ensemble's name (e.g. ``weighted-top3``).
+        member_dirs: member id -> model artifact directory, in the combiner's member order.
+        combiner: ``PredictionEnsemble.to_dict()`` / ``SegmentationEnsemble.to_dict()``, or
+            ``None`` for a single model (a fused model-level ensemble).
+        gate_metrics: validation (or test) figures that decide promotion.
+        extra: more keys for ``ensemble.json``.
+    """
+    if not member_dirs:
+        raise ValueError("an ensemble needs at least one member")
+    manifests = {mid: read_manifest(p) for mid, p in member_dirs.items()}
+    first_id, first = next(iter(manifests.items()))
+    for mid, m in manifests.items():
+        for key in ("class_names", "input", "task"):
+            if m.get(key) != first.get(key):
+                raise ValueError(f"member {mid!r} differs from {first_id!r} in {key}: {m.get(key)} vs {first.get(key)}")
+    if combiner is not None and list(combiner.get("member_ids", member_dirs)) != list(member_dirs):
+        raise ValueError(f"combiner members {combiner.get('member_ids')} differ from {list(member_dirs)}")
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    for mid, src in member_dirs.items():
+        dest = out / "members" / mid
+        dest.mkdir(parents=True)
+        for f in MEMBER_FILES:
+            shutil.copy2(Path(src) / f, dest / f)
+    manifest = {
+        "kind": "ensemble",
+        "name": name,
+        "task": first.get("task", "classification"),
+        "method": combiner["method"] if combiner else "single",
+        "members": list(member_dirs),
+        "combiner": combiner,
+        "class_names": first["class_names"],
+        "input": first["input"],
+        "gate_metrics": gate_metrics or {},
+        "medens_version": __version__,
+        **(extra or {}),
+    }
+    manifest["files"] = checksums(out, exclude=(ENSEMBLE_MANIFEST,))
+    atomic_write_text(out / ENSEMBLE_MANIFEST, json.dumps(manifest, indent=2, default=_plain))
+    return out
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, np.generic | np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_ensemble_manifest(path: str | os.PathLike) -> dict:
+    p = Path(path) / ENSEMBLE_MANIFEST
+    if not p.is_file():
+        raise ValueError(f"{Path(path)} is not an ensemble artifact: {ENSEMBLE_MANIFEST} is missing")
+    return json.loads(p.read_text())
+
+
+@dataclass
+class LoadedEnsemble:
+    """Members and combiner rebuilt from an ensemble artifact."""
+
+    manifest: dict
+    members: dict[str, LoadedModel]
+    combiner: Any | None
+    path: Path
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def input_spec(self):
+        from medens.data.transforms import InputSpec
+
+        return InputSpec.from_dict(self.manifest["input"])
+
+    @property
+    def task(self) -> str:
+        return self.manifest.get("task", "classification")
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor | np.ndarray, *, device: str | torch.device = "cpu"
+                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Ensemble probabilities and per-member probabilities for preprocessed inputs ``(N, C, H, W)``."""
+        from medens.training.predictions import logits_to_probs
+
+        t = torch.as_tensor(x).to(device)
+        member_probs = {}
+        for mid, m in self.members.items():
+            member_probs[mid] = logits_to_probs(m.model(t).float()).cpu().numpy().astype(np.float64)
+        if self.combiner is None:
+            probs = next(iter(member_probs.values()))
+        else:
+            probs = self.combiner.predict_proba([member_probs[mid] for mid in self.combiner.member_ids])
+        return np.asarray(probs, dtype=np.float64), member_probs
+
+
+def load_ensemble(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                  verify: bool = True) -> LoadedEnsemble:
+    """Rebuild an ensemble artifact (checksums verified; a mismatch names the file)."""
+    d = Path(path)
+    manifest = read_ensemble_manifest(d)
+    if verify:
+        verify_checksums(d, manifest.get("files", {}), ENSEMBLE_MANIFEST)
+    members = {mid: load_artifact(d / "members" / mid, map_location=map_location, verify=False)
+               for mid in manifest["members"]}
+    combiner = None
+    if manifest.get("combiner"):
+        if manifest.get("task") == "segmentation":
+            from medens.ensemble.segmentation import SegmentationEnsemble as Combiner
+        else:
+            from medens.ensemble.prediction import PredictionEnsemble as Combiner
+        combiner = Combiner.from_dict(manifest["combiner"])
+    return LoadedEnsemble(manifest=manifest, members=members, combiner=combiner, path=d)

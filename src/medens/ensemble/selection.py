@@ -1,0 +1,203 @@
+"""Member ranking and top-k selection on validation predictions (METHODS.md section 5).
+
+Study 1 (Rajaraman, Zamzmi, Antani, PLoS ONE 16(12) e0261307, 2021) ranks the twelve
+loss-specific members by a validation metric and ensembles the top 3 and the top 5; MCC is the
+default ranking metric because it stays informative on class-imbalanced data.
+
+The few metrics needed here (and by the greedy ensemble) are computed from the confusion matrix
+with numpy alone, following scikit-learn's definitions (``y_true`` first, higher-better except
+``log_loss``), so that this module does not depend on ``medens.evaluation``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medens.registry import unknown_name_message
+
+if TYPE_CHECKING:
+    from medens.training.predictions import Predictions
+
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "LOG_EPS",
+    "METRICS",
+    "accuracy",
+    "balanced_accuracy",
+    "check_aligned",
+    "confusion_matrix",
+    "is_better",
+    "log_loss",
+    "macro_f1",
+    "mcc",
+    "metric_score",
+    "rank_members",
+    "top_k",
+]
+
+LOG_EPS = 1e-15
+"""Probabilities are clipped to ``[LOG_EPS, 1]`` before taking logs (log-loss, log features)."""
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int) -> np.ndarray:
+    """``C[i, j]`` = number of samples of true class ``i`` predicted as ``j`` (int64, K x K)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def _labels_of(probs: np.ndarray) -> np.ndarray:
+    return np.argmax(probs, axis=1)
+
+
+def accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Fraction of samples whose argmax prediction equals the label."""
+    return float(np.mean(_labels_of(probs) == np.asarray(y_true)))
+
+
+def balanced_accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``y_true`` (as scikit-learn)."""
+    c = confusion_matrix(y_true, _labels_of(probs), n_classes=probs.shape[1]).astype(np.float64)
+    support = c.sum(axis=1)
+    present = support > 0
+    return float(np.mean(np.diag(c)[present] / support[present]))
+
+
+def macro_f1(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Unweighted mean F1 over the classes present in ``y_true`` or the predictions (as scikit-learn)."""
+    c = confusion_matrix(y_true, _labels_of(probs), n_classes=probs.shape[1]).astype(np.float64)
+    tp = np.diag(c)
+    denom = c.sum(axis=0) + c.sum(axis=1)  # = 2 tp + fp + fn
+    present = denom > 0
+    return float(np.mean(2 * tp[present] / denom[present]))
+
+
+def mcc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Matthews correlation coefficient, multiclass form (Gorodkin 2004), 0 when undefined.
+
+    ``(c s - t.p) / sqrt((s^2 - p.p)(s^2 - t.t))`` with ``c`` correct predictions, ``s`` samples,
+    ``t`` and ``p`` the true and predicted class counts; identical to ``sklearn.metrics.matthews_corrcoef``.
+    """
+    c = confusion_matrix(y_true, _labels_of(probs), n_classes=probs.shape[1]).astype(np.float64)
+    t, p = c.sum(axis=1), c.sum(axis=0)
+    s, correct = c.sum(), np.trace(c)
+    cov_tp = correct * s - t @ p
+    cov_pp = s * s - p @ p
+    cov_tt = s * s - t @ t
+    if cov_pp * cov_tt == 0:
+        return 0.0
+    return float(cov_tp / np.sqrt(cov_pp * cov_tt))
+
+
+def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-probability of the true class, probabilities clipped to ``[LOG_EPS, 1]``.
+
+    Rows are not renormalised: members' softmax outputs already sum to one.
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)[np.arange(len(y)), y]
+    return float(-np.mean(np.log(np.clip(p, LOG_EPS, 1.0))))
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": accuracy,
+    "balanced_accuracy": balanced_accuracy,
+    "log_loss": log_loss,
+    "macro_f1": macro_f1,
+    "mcc": mcc,
+}
+"""Validation metrics usable for ranking and greedy selection, ``f(y_true, probs) -> float``."""
+
+HIGHER_IS_BETTER: dict[str, bool] = {name: name != "log_loss" for name in METRICS}
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(unknown_name_message("metric", metric, list(METRICS)))
+    return metric
+
+
+def metric_score(y_true: np.ndarray, probs: np.ndarray, *, metric: str = "mcc") -> float:
+    """Score ``(N, K)`` probabilities against integer labels with ``metric`` (see ``METRICS``)."""
+    return METRICS[_check_metric(metric)](np.asarray(y_true), np.asarray(probs))
+
+
+def is_better(a: float, b: float, *, metric: str) -> bool:
+    """Whether score ``a`` is strictly better than ``b`` under ``metric``."""
+    return a > b if HIGHER_IS_BETTER[_check_metric(metric)] else a < b
+
+
+def check_aligned(val: Mapping[str, Predictions], *, target: str = "labels") -> None:
+    """Check that members were evaluated on the same samples in the same order.
+
+    Args:
+        val: member id -> validation ``Predictions``.
+        target: ``"labels"`` (classification) or ``"masks"`` (segmentation): the ground truth
+            every member must carry and agree on.
+
+    Raises:
+        ValueError: no members, a member without ``target``, or a member whose ids, ground truth
+            or probability shape disagrees with the first member's; the message names the member.
+    """
+    if target not in ("labels", "masks"):
+        raise ValueError(f"target must be 'labels' or 'masks', got {target!r}")
+    if not val:
+        raise ValueError("no members given")
+    items = list(val.items())
+    ref_id, ref = items[0]
+    for mid, p in items:
+        truth = getattr(p, target)
+        if truth is None:
+            raise ValueError(f"member {mid!r} has no {target}")
+        if mid == ref_id:
+            continue
+        if list(p.ids) != list(ref.ids):
+            raise ValueError(
+                f"member {mid!r} was evaluated on different validation samples than {ref_id!r} "
+                f"(ids differ in content or order); members must share the same validation ids"
+            )
+        ref_truth = getattr(ref, target)
+        if np.shape(truth) != np.shape(ref_truth) or not np.array_equal(truth, ref_truth):
+            raise ValueError(f"member {mid!r} has {target} that differ from those of {ref_id!r} on the same ids")
+        if np.shape(p.probs)[1:] != np.shape(ref.probs)[1:]:
+            raise ValueError(
+                f"member {mid!r} has probabilities of shape {np.shape(p.probs)}, "
+                f"{ref_id!r} has {np.shape(ref.probs)}"
+            )
+
+
+def rank_members(val: Mapping[str, Predictions], metric: str = "mcc") -> list[tuple[str, float]]:
+    """Rank members by a validation metric, best first (Rajaraman et al., PLoS ONE 2021).
+
+    Args:
+        val: member id -> validation ``Predictions`` (same ids and labels for every member).
+        metric: one of ``mcc`` (default), ``accuracy``, ``macro_f1``, ``balanced_accuracy``
+            (higher is better) or ``log_loss`` (lower is better).
+
+    Returns:
+        ``[(member_id, score), ...]`` best first; equal scores are ordered by member id so the
+        ranking is deterministic.
+
+    Raises:
+        ValueError: unknown metric, or members that disagree on ids or labels (see ``check_aligned``).
+    """
+    _check_metric(metric)
+    check_aligned(val, target="labels")
+    scores = [(mid, metric_score(p.labels, p.probs, metric=metric)) for mid, p in val.items()]
+    sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+    return sorted(scores, key=lambda item: (sign * item[1], item[0]))
+
+
+def top_k(val: Mapping[str, Predictions], k: int, metric: str = "mcc") -> list[str]:
+    """The ids of the ``k`` best members by ``metric`` (best first); study 1 uses k = 3 and 5.
+
+    Raises:
+        ValueError: ``k`` < 1 or larger than the number of members, or any ``rank_members`` error.
+    """
+    n = len(val)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= n:
+        raise ValueError(f"k must be an integer between 1 and the number of members ({n}), got {k!r}")
+    return [mid for mid, _ in rank_members(val, metric)[: int(k)]]
