@@ -30,14 +30,6 @@ SIZE, OBJ = 32, 8
 TOL = 2  # the peak may lie up to 2 px outside the 8x8 square (half a cell of the 16x16 feature map)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def squares(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Grey noise (mean 128) with one 8x8 square at a random position: dark (class 0) or bright (1).
 

@@ -33,14 +33,6 @@ MEMBERS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_data(size: int = 16, channels: int = 1, class_names: list[str] | None = None, seed: int = 0) -> SplitData:
     """Noise images whose class sets the mean brightness of a random square (learnable, deterministic)."""
     rng = np.random.default_rng(seed)

@@ -1,17 +1,8 @@
 import numpy as np
 import pytest
-import torch
 
 from medens.data.synthetic import make_cells
 from medens.data.types import Split, SplitData
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small_cells(n_per_class=(30, 30, 120), size=32, seed=0, k_test=True) -> SplitData:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from medens import __version__
-from medens.models.artifact import LoadedModel, load_artifact, read_manifest, verify_checksums
+from medens.models.artifact import LoadedModel, ManifestView, load_artifact, read_manifest, verify_checksums
 from medens.storage.atomic import atomic_write_text
 from medens.storage.checksum import checksums
 
@@ -97,27 +97,13 @@ def read_ensemble_manifest(path: str | os.PathLike) -> dict:
 
 
 @dataclass
-class LoadedEnsemble:
+class LoadedEnsemble(ManifestView):
     """Members and combiner rebuilt from an ensemble artifact."""
 
     manifest: dict
     members: dict[str, LoadedModel]
     combiner: Any | None
     path: Path
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.manifest["class_names"])
-
-    @property
-    def input_spec(self):
-        from medens.data.transforms import InputSpec
-
-        return InputSpec.from_dict(self.manifest["input"])
-
-    @property
-    def task(self) -> str:
-        return self.manifest.get("task", "classification")
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor | np.ndarray, *, device: str | torch.device = "cpu"

@@ -58,6 +58,25 @@ def attach_info(factory: Callable[..., Any], info: LossInfo) -> Callable[..., An
     return factory
 
 
+def loss_registrar(registry: Any, task: str) -> Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """The ``_register(name, formula, source, needs=None, note="no")`` decorator of one task's registry."""
+
+    def register(
+        name: str,
+        formula: str,
+        source: str,
+        needs: Callable[[dict[str, Any]], bool] | None = None,
+        note: str = "no",
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            attach_info(factory, LossInfo(name, task, formula, source, needs or (lambda params: False), note))
+            return registry.register(name)(factory)
+
+        return decorator
+
+    return register
+
+
 # ---------------------------------------------------------------------------------------------
 # validation of settings
 # ---------------------------------------------------------------------------------------------

@@ -26,10 +26,8 @@ from torch import Tensor
 from medens.losses._common import (
     BaseLoss,
     Batch,
-    LossInfo,
     as_counts,
     as_scalar_or_vector,
-    attach_info,
     check_choice,
     check_length,
     check_number,
@@ -38,6 +36,7 @@ from medens.losses._common import (
     effective_number_weights,
     entropy,
     focal_terms,
+    loss_registrar,
     no_autocast,
     reduce,
     resolve_weight,
@@ -472,19 +471,7 @@ def _counts_if(option: str, value: str) -> Callable[[dict[str, Any]], bool]:
     return lambda params: params.get(option) == value
 
 
-def _register(
-    name: str,
-    formula: str,
-    source: str,
-    needs: Callable[[dict[str, Any]], bool] | None = None,
-    note: str = "no",
-) -> Callable[[Callable[..., BaseLoss]], Callable[..., BaseLoss]]:
-    def decorator(factory: Callable[..., BaseLoss]) -> Callable[..., BaseLoss]:
-        info = LossInfo(name, "classification", formula, source, needs or (lambda params: False), note)
-        attach_info(factory, info)
-        return LOSSES.register(name)(factory)
-
-    return decorator
+_register = loss_registrar(LOSSES, "classification")
 
 
 _CE_SOURCE = "standard; torch.nn.CrossEntropyLoss"

@@ -19,7 +19,6 @@ corresponding MONAI loss with ``reduction="mean"``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,15 +27,14 @@ from torch import Tensor
 from medens.losses._common import (
     BaseLoss,
     Batch,
-    LossInfo,
     as_scalar_or_vector,
-    attach_info,
     check_choice,
     check_length,
     check_number,
     class_view,
     cross_entropy_terms,
     focal_terms,
+    loss_registrar,
     no_autocast,
     reduce,
     resolve_weight,
@@ -493,19 +491,7 @@ class ExpLogLoss(SegmentationLoss):
 # ---------------------------------------------------------------------------------------------
 
 
-def _register(
-    name: str,
-    formula: str,
-    source: str,
-    needs: Callable[[dict[str, Any]], bool] | None = None,
-    note: str = "no",
-) -> Callable[[Callable[..., BaseLoss]], Callable[..., BaseLoss]]:
-    def decorator(factory: Callable[..., BaseLoss]) -> Callable[..., BaseLoss]:
-        info = LossInfo(name, "segmentation", formula, source, needs or (lambda params: False), note)
-        attach_info(factory, info)
-        return SEG_LOSSES.register(name)(factory)
-
-    return decorator
+_register = loss_registrar(SEG_LOSSES, "segmentation")
 
 
 _DICE = "1 - (2 sum p y + smooth_nr) / (sum p + sum y + smooth_dr) per image and class"

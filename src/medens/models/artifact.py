@@ -20,8 +20,8 @@ import torch
 
 from medens import __version__
 from medens.storage.atomic import atomic_write_bytes, atomic_write_text
+from medens.storage.checksum import checksum_problems
 from medens.storage.checksum import checksums as _checksums
-from medens.storage.checksum import sha256_file
 
 MANIFEST = "model.json"
 WEIGHTS = "weights.pt"
@@ -40,13 +40,7 @@ def checksums(directory: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[s
 
 def verify_checksums(directory: Path, files: dict[str, str], manifest_name: str = MANIFEST) -> None:
     """Raise ``ValueError`` naming every file that is missing or whose sha256 differs."""
-    problems = []
-    for rel, digest in files.items():
-        p = directory / rel
-        if not p.is_file():
-            problems.append(f"{rel} is missing")
-        elif sha256_file(p) != digest:
-            problems.append(f"{rel} does not match its sha256 in {manifest_name}")
+    problems = checksum_problems(directory, files, f"does not match its sha256 in {manifest_name}")
     if problems:
         raise ValueError(f"artifact {directory} is corrupt: " + "; ".join(problems))
 
@@ -75,13 +69,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return json.loads(m.read_text())
 
 
-@dataclass
-class LoadedModel:
-    """A rebuilt model with what its artifact says about it."""
+class ManifestView:
+    """What a loaded artifact's manifest says: class names, input spec, task."""
 
-    model: torch.nn.Module
     manifest: dict
-    path: Path
 
     @property
     def class_names(self) -> list[str]:
@@ -96,6 +87,15 @@ class LoadedModel:
     @property
     def task(self) -> str:
         return self.manifest.get("task", "classification")
+
+
+@dataclass
+class LoadedModel(ManifestView):
+    """A rebuilt model with what its artifact says about it."""
+
+    model: torch.nn.Module
+    manifest: dict
+    path: Path
 
 
 def load_artifact(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",

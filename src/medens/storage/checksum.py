@@ -23,3 +23,15 @@ def checksums(directory: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
         if p.is_file() and rel not in exclude and not any(part.startswith(".") for part in Path(rel).parts):
             out[rel] = sha256_file(p)
     return out
+
+
+def checksum_problems(directory: Path, files: dict[str, str], mismatch: str) -> list[str]:
+    """One line per file of ``files`` that is missing under ``directory`` or whose sha256 differs."""
+    problems = []
+    for rel, digest in files.items():
+        p = directory / rel
+        if not p.is_file():
+            problems.append(f"{rel} is missing")
+        elif sha256_file(p) != digest:
+            problems.append(f"{rel} {mismatch}")
+    return problems

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medens.storage.atomic import atomic_write_text
-from medens.storage.checksum import checksums, sha256_file
+from medens.storage.checksum import checksum_problems, checksums
 
 STORE_MANIFEST = "STORE_MANIFEST.json"
 T = TypeVar("T")
@@ -40,13 +40,7 @@ def _check_name(name: str) -> str:
 
 def verify_download(directory: Path, manifest: dict) -> None:
     """Raise ``ValueError`` naming every file that is missing or does not match its sha256."""
-    bad = []
-    for rel, digest in manifest["files"].items():
-        p = directory / rel
-        if not p.is_file():
-            bad.append(f"{rel} is missing")
-        elif sha256_file(p) != digest:
-            bad.append(f"{rel} does not match its sha256 (corrupted or changed after publishing)")
+    bad = checksum_problems(directory, manifest["files"], "does not match its sha256 (corrupted or changed after publishing)")
     if bad:
         raise ValueError(f"refusing artifact {manifest.get('name', directory)}: " + "; ".join(bad))
 
