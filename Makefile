@@ -14,7 +14,7 @@ SYSTEM_PACKAGES ?= chromium
 .PHONY: help venv system-deps run test lint format serve compile bench clean
 
 help:
-	@echo "make run [PRESET=rbc-demo]   run the demo experiment (today: the data stage and its summary)"
+	@echo "make run [PRESET=rbc-demo]   run the demo experiment end to end on this machine (runs/<name>-<time>/)"
 	@echo "make test                    install everything needed and run the test suite"
 	@echo "make lint                    ruff"
 	@echo "make bench                   run benchmarks/*.py (JSON into benchmarks/results/)"
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/medens data summary --preset $(PRESET)
+	$(VENV)/bin/medens run --preset $(PRESET)
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

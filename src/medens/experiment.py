@@ -40,13 +40,32 @@ def stage_data(spec: ExperimentSpec, run_dir: str | os.PathLike) -> Path:
     return build_dataset(spec).save(run / "data")
 
 
+def training_sets(spec: ExperimentSpec) -> list[str]:
+    """``train``, plus ``train_crops`` (study 3's sampling-method model) when the spec asks for it."""
+    return ["train", "train_crops"] if spec.task == "segmentation" and spec.data.sampling_method else ["train"]
+
+
+def member_runs(spec: ExperimentSpec) -> list[tuple[str, ComponentSpec, ComponentSpec, str]]:
+    """Every member to train: (id, model, loss, training set); ids of crop models end in ``__sampling``."""
+    out = []
+    for m, lo in spec.pairs():
+        for train_on in training_sets(spec):
+            suffix = "" if train_on == "train" else "__sampling"
+            out.append((member_id(m, lo) + suffix, m, lo, train_on))
+    return out
+
+
 def stage_train(spec: ExperimentSpec, data_dir: str | os.PathLike, model: ComponentSpec, loss: ComponentSpec,
-                out_dir: str | os.PathLike, *, resume: bool = True, progress: bool | None = None) -> Path:
-    """Train one (model, loss) pair and save its test predictions next to the validation ones."""
+                out_dir: str | os.PathLike, *, train_on: str = "train", resume: bool = True,
+                progress: bool | None = None) -> Path:
+    """Train one (model, loss) pair and save its test predictions next to the validation ones.
+
+    ``train_on="train_crops"`` trains on study 3's lesion-centred crops; validation and test are
+    the full images either way, so both members of study 3's ensemble are scored alike.
+    """
     from medens.training import fit, predict_split
 
     data = SplitData.load(data_dir)
-    train_on = "train"
     res = fit(model, loss, data, spec.training, out_dir, seed=spec.seed, resume=resume,
               normalize=spec.data.normalize, train_on=train_on, progress=progress)
     test_path = res.path / "predictions" / "test.npz"
@@ -145,12 +164,11 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | os.PathLike, *, progress
     data_dir = stage_data(spec, run)
     log(f"[data] {data_dir}")
     members = {}
-    pairs = spec.pairs()
-    for i, (m, lo) in enumerate(pairs, 1):
-        mid = member_id(m, lo)
+    todo = member_runs(spec)
+    for i, (mid, m, lo, train_on) in enumerate(todo, 1):
         t = time.perf_counter()
-        members[mid] = stage_train(spec, data_dir, m, lo, run / "members" / mid, progress=progress)
-        log(f"[train {i}/{len(pairs)}] {mid} ({time.perf_counter() - t:.0f} s)")
+        members[mid] = stage_train(spec, data_dir, m, lo, run / "members" / mid, train_on=train_on, progress=progress)
+        log(f"[train {i}/{len(todo)}] {mid} ({time.perf_counter() - t:.0f} s)")
     ensembles = stage_ensemble(spec, members, run / "ensembles", data_dir=data_dir, progress=progress)
     log(f"[ensemble] {', '.join(ensembles) or 'none'}")
     summary = stage_evaluate(spec, data_dir, members, ensembles, run / "evaluation")

@@ -234,7 +234,8 @@ def fig_training(members: dict[str, Path]) -> str:
 
 def fig_segmentation_examples(images: np.ndarray, masks: np.ndarray, probs: np.ndarray, n: int = 6) -> str:
     plt = _plt()
-    idx = np.argsort(-masks.reshape(len(masks), -1).sum(1))[:n]
+    # largest lesions first (cast: negating an unsigned sum would wrap around)
+    idx = np.argsort(-masks.reshape(len(masks), -1).sum(1).astype(np.int64), kind="stable")[:n]
     fig, axes = plt.subplots(2, len(idx), figsize=(2.2 * len(idx), 4.4), squeeze=False)
     for j, i in enumerate(idx):
         img = images[i][..., 0] if images.shape[-1] == 1 else images[i]

@@ -1,0 +1,46 @@
+"""Unit checks of the evaluation stage's building blocks on planted predictions."""
+
+import numpy as np
+
+from medens.evaluation.report import evaluate_classification, evaluate_segmentation, leaderboard, table_rows
+
+
+def onehot_probs(pred, k, conf=0.9):
+    p = np.full((len(pred), k), (1 - conf) / (k - 1))
+    p[np.arange(len(pred)), pred] = conf
+    return p
+
+
+def test_classification_reference_and_holm():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    good = np.where(rng.random(400) < 0.95, y, (y + 1) % 3)
+    bad = np.where(rng.random(400) < 0.6, y, (y + 1) % 3)
+    systems = {"good": ("ensemble", onehot_probs(good, 3)), "ref": ("member", onehot_probs(bad, 3)),
+               "same": ("member", onehot_probs(bad, 3))}
+    r = evaluate_classification(y, systems, reference="ref", class_names=["a", "b", "c"], n_resamples=300)
+    assert "vs_reference" not in r["systems"]["ref"]
+    g = r["systems"]["good"]["vs_reference"]
+    assert g["mcnemar"]["p_value"] < 1e-6 and g["mcnemar_p_holm"] <= 2 * g["mcnemar"]["p_value"] + 1e-12
+    s = r["systems"]["same"]["vs_reference"]
+    assert s["mcnemar"]["p_value"] == 1.0 and s["mcnemar_p_holm"] == 1.0
+    assert leaderboard(r, "mcc")[0] == "good"
+    head, rows = table_rows(r, leaderboard(r, "mcc"), "classification")
+    assert rows[0][1] == "good" and "reference" in [row[7] for row in rows]
+
+
+def test_segmentation_perfect_system_beats_reference():
+    rng = np.random.default_rng(1)
+    masks = np.zeros((30, 16, 16), np.uint8)
+    for i in range(30):
+        r, c = rng.integers(2, 10, 2)
+        masks[i, r:r + 4, c:c + 4] = 1
+    perfect = np.stack([1 - masks, masks], 1).astype(float)
+    shifted = np.roll(perfect, 2, axis=3)
+    r = evaluate_segmentation(masks, {"perfect": ("ensemble", perfect), "ref": ("member", shifted)}, reference="ref",
+                              n_resamples=500)
+    p = r["systems"]["perfect"]
+    assert p["metrics"]["dice"] == 1.0 and p["ci"]["dice"]["low"] == 1.0
+    # a 4x4 square shifted by 2 overlaps by half: Dice 0.5 on every image
+    assert abs(r["systems"]["ref"]["metrics"]["dice"] - 0.5) < 1e-9
+    assert p["vs_reference"]["dice_difference"] == 0.5 and p["vs_reference"]["p_value"] < 0.01
