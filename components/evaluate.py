@@ -1,0 +1,73 @@
+"""Evaluation stage: every member and ensemble on test, paired tests, the winner packaged."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components._image import COMPONENT_OPTIONS
+
+
+@dsl.component(**COMPONENT_OPTIONS)
+def evaluate(spec: str, dataset: Input[Dataset], members: Input[list[Model]], ensembles: Input[Model],
+             evaluation: Output[Artifact], best: Output[Model], metrics: Output[Metrics],
+             classification_metrics: Output[ClassificationMetrics]) -> str:
+    """Score all systems on test; log the best one's metrics, confusion matrix and ROC curve.
+
+    Args:
+        spec: the experiment spec as YAML text.
+        dataset: the dataset directory.
+        members: the trained members.
+        ensembles: the directory of ensemble artifacts.
+        evaluation: metrics.json, kfp_metrics.json, report.html, report.md, summary.json.
+        best: the best system on the gate metric as a servable ensemble artifact.
+        metrics: scalar test metrics of the best system.
+        classification_metrics: its confusion matrix and micro-average ROC curve
+            (classification only; empty for segmentation).
+
+    Returns:
+        The name of the best system.
+    """
+    import json
+    import os
+
+    from medens.workflow import evaluate_systems, spec_from_text
+
+    summary = evaluate_systems(spec_from_text(spec), dataset.path, [m.path for m in members], ensembles.path,
+                               evaluation.path, best.path)
+    for name, value in summary["best_metrics"].items():
+        metrics.log_metric(name, value)
+    kfp_path = os.path.join(evaluation.path, "kfp_metrics.json")
+    if os.path.isfile(kfp_path):
+        kfp = json.load(open(kfp_path))
+        classification_metrics.log_confusion_matrix(**kfp["confusion_matrix"])
+        classification_metrics.log_roc_curve(**kfp["roc"])
+    best.metadata.update({"system": summary["best"], "gate_metric": summary["gate_metric"]})
+    print(f"best: {summary['best']} (by test {summary['gate_metric']}); reference: {summary['reference']}")
+    return summary["best"]
+
+
+@dsl.component(**COMPONENT_OPTIONS)
+def evaluate_segmentation(spec: str, dataset: Input[Dataset], members: Input[list[Model]], ensembles: Input[Model],
+                          evaluation: Output[Artifact], best: Output[Model], metrics: Output[Metrics]) -> str:
+    """Score all segmentation systems on test (Dice, IoU, HD95, paired per-image tests).
+
+    Args:
+        spec: the experiment spec as YAML text.
+        dataset: the dataset directory.
+        members: the trained members (main and sampling-method models).
+        ensembles: the directory of ensemble artifacts (weighted, majority, intersection).
+        evaluation: metrics.json, report.html, report.md, summary.json.
+        best: the best system on Dice as a servable ensemble artifact.
+        metrics: scalar test metrics of the best system.
+
+    Returns:
+        The name of the best system.
+    """
+    from medens.workflow import evaluate_systems, spec_from_text
+
+    summary = evaluate_systems(spec_from_text(spec), dataset.path, [m.path for m in members], ensembles.path,
+                               evaluation.path, best.path)
+    for name, value in summary["best_metrics"].items():
+        metrics.log_metric(name, value)
+    best.metadata.update({"system": summary["best"], "gate_metric": summary["gate_metric"]})
+    print(f"best: {summary['best']} (by test {summary['gate_metric']}); reference: {summary['reference']}")
+    return summary["best"]

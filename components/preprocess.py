@@ -1,0 +1,31 @@
+"""Data stage: build the train/val/test splits of the spec and the training grid."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from components._image import COMPONENT_OPTIONS
+
+
+@dsl.component(**COMPONENT_OPTIONS)
+def preprocess(spec: str, dataset: Output[Dataset], data_uri: str = "", store_endpoint: str = "") -> list:
+    """Write the ``SplitData`` directory of ``spec`` to ``dataset`` and return the training grid.
+
+    Args:
+        spec: the experiment spec as YAML text (``ExperimentSpec.to_yaml()``).
+        dataset: the dataset directory (train/val/test .npz, dataset.json, spec.yaml).
+        data_uri: new data replacing ``data.path`` (a folder or ``s3://bucket/prefix``), for retraining.
+        store_endpoint: S3 endpoint for ``data_uri`` (default: the spec's, then ``MINIO_ENDPOINT``).
+
+    Returns:
+        One JSON string per member to train (``medens.workflow.training_grid``).
+    """
+    import json
+
+    from medens.workflow import prepare_data, spec_from_text, training_grid
+
+    s = spec_from_text(spec)
+    summary = prepare_data(s, dataset.path, data_uri=data_uri, endpoint=store_endpoint or s.store.endpoint)
+    dataset.metadata.update({"task": summary["task"], "class_names": summary["class_names"],
+                             "n": {k: v["n"] for k, v in summary["splits"].items()}})
+    print(f"{s.name}: " + ", ".join(f"{k} {v['n']}" for k, v in summary["splits"].items()))
+    return [json.dumps(m) for m in training_grid(s)]

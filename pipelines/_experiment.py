@@ -1,0 +1,48 @@
+"""The part every experiment pipeline shares: data, the training loop, ensembles, evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kfp import dsl
+
+from components import ensemble, predict, preprocess, report, train
+from pipelines.settings import ClusterSettings
+
+
+@dataclass
+class ExperimentTasks:
+    """The tasks :func:`experiment_dag` adds, for the pipeline around it to wire further."""
+
+    preprocess: dsl.PipelineTask
+    ensemble: dsl.PipelineTask
+    evaluate: dsl.PipelineTask
+    report: dsl.PipelineTask
+    predict: dsl.PipelineTask
+
+
+def experiment_dag(spec: str, settings: ClusterSettings, evaluate_component, *, data_uri: str = "",
+                   store_endpoint: str = "") -> ExperimentTasks:
+    """preprocess -> ParallelFor(train) -> ensemble -> evaluate -> report, and predict with the winner.
+
+    The training grid comes from the spec at run time (``preprocess`` returns it), so one
+    compiled pipeline serves every spec; each grid entry is its own train task on a GPU node.
+    ``dsl.Collected`` hands all trained members to the ensemble and evaluation tasks.
+    """
+    prep = preprocess(spec=spec, data_uri=data_uri, store_endpoint=store_endpoint).set_display_name("preprocess")
+    settings.cpu_task(prep, cache=True)
+    settings.store_access(prep)
+    dataset = prep.outputs["dataset"]
+    with dsl.ParallelFor(prep.outputs["Output"], name="members") as member:
+        tr = train(spec=spec, dataset=dataset, member=member).set_display_name("train (model, loss)")
+        settings.gpu_task(tr, settings.train_gpus, retries=True)
+    ens = ensemble(spec=spec, dataset=dataset, members=dsl.Collected(tr.outputs["model"]))
+    settings.gpu_task(ens, settings.ensemble_gpus)
+    ev = evaluate_component(spec=spec, dataset=dataset, members=dsl.Collected(tr.outputs["model"]),
+                            ensembles=ens.outputs["ensembles"])
+    settings.cpu_task(ev)
+    rep = report(evaluation=ev.outputs["evaluation"])
+    settings.cpu_task(rep)
+    pred = predict(model=ev.outputs["best"], dataset=dataset, split="test").set_display_name("predict (best, test)")
+    settings.cpu_task(pred)
+    return ExperimentTasks(prep, ens, ev, rep, pred)

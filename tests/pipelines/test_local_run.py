@@ -1,0 +1,136 @@
+"""The embedded local run: a tiny spec through kfp.local end to end (the real pipeline functions)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "tests" / "pipelines" / "tiny.yaml"
+
+
+def run_pipelines(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDENS_")}
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def test_local_thread_policy(monkeypatch):
+    from pipelines.local import _threaded_subprocess, torch_threads
+
+    loop = ["sh", "-c", "...", '{"outputs": {"outputFile": "/r/kfp/p/for-loop-1-iteration-0/train/'
+                               'executor_output.json"}}']
+    # the ensemble task reads the loop's outputs but runs alone
+    alone = ["sh", "-c", "...", '{"inputs": {"uri": "/r/kfp/p/for-loop-1-iteration-0/train/model"}, '
+                                '"outputs": {"outputFile": "/r/kfp/p/ensemble/executor_output.json"}}']
+    assert torch_threads(loop, cpus=8) == 4 and torch_threads(alone, cpus=8) == 7
+    assert torch_threads(loop, cpus=2) == 1 and torch_threads(alone, cpus=2) == 1
+    assert torch_threads(loop, cpus=1) == 1 and torch_threads(alone, cpus=1) == 1
+    seen = []
+    wrapped = _threaded_subprocess(lambda full_command, env_vars: seen.append(env_vars) or 0)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    wrapped(loop, {"A": "1"})
+    assert seen[-1]["A"] == "1" and seen[-1]["OMP_NUM_THREADS"] == str(torch_threads(loop))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
+    wrapped(alone, None)
+    assert "OMP_NUM_THREADS" not in seen[-1]
+
+
+@pytest.fixture(scope="module")
+def classification_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    proc = run_pipelines("--spec", str(TINY), "--out", str(out), "--run-id", "t1")
+    return out, proc.stdout
+
+
+def test_run_directory_layout(classification_run):
+    out, _ = classification_run
+    run = out / "t1"
+    assert (out / "latest").is_symlink() and (out / "latest").resolve() == run.resolve()
+    for f in ("spec.yaml", "pipeline.yaml", "run.log", "summary.json", "data/dataset.json", "evaluation/metrics.json",
+              "evaluation/report.html", "evaluation/report.md", "best/ensemble.json"):
+        assert (run / f).is_file(), f
+    assert sorted(p.name for p in (run / "members").iterdir()) == ["compact_cnn__ce", "compact_cnn__focal"]
+    for m in (run / "members").iterdir():
+        assert (m / "model.json").is_file() and (m / "predictions" / "test.npz").is_file()
+    ensembles = sorted(p.name for p in (run / "ensembles").iterdir() if (p / "ensemble.json").is_file())
+    assert ensembles == ["fusion-top2", "mean-top2", "weighted-top2"]  # prediction-level and model-level
+    # links are relative, so the run directory can move
+    assert not os.path.isabs(os.readlink(run / "evaluation"))
+
+
+def test_registered_artifact_loads(classification_run):
+    from medens.ensemble.artifact import load_ensemble
+
+    out, _ = classification_run
+    run = out / "t1"
+    summary = json.loads((run / "summary.json").read_text())
+    registered = run / "registry" / "tiny" / "versions" / "t1"
+    assert summary["uri"] == str(registered)
+    ens = load_ensemble(registered)  # every checksum verified
+    assert ens.manifest["evaluation"]["system"] == summary["best"]
+    champion = json.loads((run / "registry" / "tiny" / "champion" / "champion.json").read_text())
+    assert champion["version"] == "t1" and champion["artifact"] == "tiny/versions/t1"
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert metrics["best"] == summary["best"] and metrics["n_test"] == 60
+    assert set(metrics["systems"]) == {"compact_cnn__ce", "compact_cnn__focal", "fusion-top2", "mean-top2",
+                                       "weighted-top2"}
+
+
+def test_progress_and_leaderboard_printed(classification_run):
+    out, stdout = classification_run
+    assert "Executing task 'train'" in stdout.replace("\x1b[96m", "").replace("\x1b[0m", "")
+    assert "compact_cnn__focal: best epoch" in stdout  # the components' own progress lines
+    assert "Got executor_input" not in stdout and '"parameterValues"' not in stdout  # kfp internals stay in run.log
+    board = stdout[stdout.index("Leaderboard (test split, ranked by mcc):"):]
+    for system in ("compact_cnn__ce", "compact_cnn__focal", "fusion-top2", "mean-top2", "weighted-top2"):
+        assert system in board
+    assert f"medens serve --model-dir {out / 't1' / 'registry' / 'tiny' / 'versions' / 't1'}" in stdout
+    assert "Got executor_input" in (out / "t1" / "run.log").read_text()
+
+
+def test_existing_run_directory_is_refused(classification_run):
+    out, _ = classification_run
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "run", "--spec", str(TINY), "--out", str(out),
+                           "--run-id", "t1"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "already exists and is not empty" in proc.stderr
+
+
+@pytest.mark.slow
+def test_retraining_promotes_a_challenger_that_beats_a_planted_champion(classification_run, tmp_path):
+    """dsl.If on the gate's output through kfp.local: a useless champion is replaced and registered."""
+    import shutil
+
+    import torch
+
+    from medens.ensemble.artifact import write_ensemble
+    from medens.models.artifact import read_manifest, save_state_dict, write_manifest
+    from medens.workflow import register_artifact
+
+    out, _ = classification_run
+    bad = tmp_path / "bad"
+    shutil.copytree((out / "t1" / "members" / "compact_cnn__ce").resolve(), bad)
+    state = torch.load(bad / "weights.pt", weights_only=True)
+    save_state_dict(bad / "weights.pt", {k: torch.zeros_like(v) for k, v in state.items()})
+    manifest = read_manifest(bad)
+    manifest.pop("files")
+    write_manifest(bad, manifest)
+    store = tmp_path / "registry"
+    register_artifact(write_ensemble(tmp_path / "bad-ens", name="bad", member_dirs={"bad": bad}, combiner=None),
+                      str(store), "tiny", version="planted")
+
+    proc = run_pipelines("--spec", str(TINY), "--out", str(tmp_path / "runs"), "--run-id", "r1",
+                         "--pipeline", "retraining", "--store", str(store))
+    assert "challenger wins" in proc.stdout
+    assert "champion gate: challenger promoted" in proc.stdout
+    champion = json.loads((store / "tiny" / "champion" / "champion.json").read_text())
+    assert champion["version"] == "r1"
+    assert (store / "tiny" / "versions" / "r1" / "ensemble.json").is_file()
+    summary = json.loads((tmp_path / "runs" / "r1" / "summary.json").read_text())
+    assert summary["promoted"] is True and summary["uri"] == str(store / "tiny" / "versions" / "r1")

@@ -1,0 +1,247 @@
+"""medens.workflow: the stage functions the Kubeflow components call, run in-process on tiny data."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from medens.config import load_spec, parse_spec
+from medens.storage import ArtifactStore
+from medens.workflow import (
+    build_ensembles,
+    champion_gate,
+    evaluate_systems,
+    export_report,
+    fetch_champion,
+    member_dirs,
+    package_best,
+    prepare_data,
+    register_artifact,
+    registered_uri,
+    spec_from_text,
+    train_member,
+    training_grid,
+)
+
+TINY = {
+    "name": "wf",
+    "task": "classification",
+    "data": {"source": "synthetic_cells", "image_size": 32, "synthetic": {"counts": {"codocyte": 40, "hypochromia": 40,
+                                                                                    "normal": 120}}},
+    "models": ["compact_cnn"],
+    "losses": ["ce", {"name": "focal", "params": {"gamma": 2.0}}],
+    "training": {"epochs": 4, "batch_size": 16, "lr": 0.003, "patience": None, "plateau_patience": None,
+                 "class_weights": "balanced"},
+    "ensemble": {"methods": ["mean", "weighted"], "top_k": [2]},
+    "evaluation": {"bootstrap": 100, "gradcam": False},
+}
+
+
+def test_spec_from_text_round_trip_and_errors():
+    spec = parse_spec(TINY)
+    assert spec_from_text(spec.to_yaml()) == spec
+    assert spec_from_text(json.dumps(spec.to_dict())) == spec
+    with pytest.raises(ValueError, match="not valid YAML"):
+        spec_from_text("name: [unclosed")
+    with pytest.raises(ValueError, match="pipeline parameter spec"):
+        spec_from_text("name: x\nmodels: []\nlosses: [ce]\n")
+
+
+def test_training_grid_classification():
+    grid = training_grid(parse_spec(TINY))
+    assert [g["id"] for g in grid] == ["compact_cnn__ce", "compact_cnn__focal-gamma=2.0"]
+    assert grid[1] == {"id": "compact_cnn__focal-gamma=2.0", "model": {"name": "compact_cnn", "params": {}},
+                       "loss": {"name": "focal", "params": {"gamma": 2.0}}, "train_on": "train"}
+    assert all(json.loads(json.dumps(g)) == g for g in grid)  # JSON-ready for the ParallelFor
+
+
+def test_training_grid_segmentation_sampling_method():
+    spec = load_spec("seg-demo")
+    grid = training_grid(spec)
+    assert [(g["id"], g["train_on"]) for g in grid] == [
+        ("basic_unet__exponential", "train"), ("basic_unet__dice_ce", "train"),
+        ("basic_unet__exponential__sampling", "train_crops")]
+    no_sampling = spec.model_copy(update={"data": spec.data.model_copy(update={"sampling_method": False})})
+    assert [g["train_on"] for g in training_grid(no_sampling)] == ["train", "train"]
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """The pipeline's stages in-process: data, two members, ensembles, evaluation."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("wf")
+    spec = parse_spec(TINY)
+    summary = prepare_data(spec, root / "data")
+    paths = [train_member(spec, root / "data", json.dumps(m), root / "m" / str(i))
+             for i, m in enumerate(training_grid(spec))]
+    made = build_ensembles(spec, root / "data", paths, root / "ens")
+    ev = evaluate_systems(spec, root / "data", paths, root / "ens", root / "eval", root / "best")
+    torch.set_num_threads(threads)
+    return {"root": root, "spec": spec, "data_summary": summary, "paths": paths, "ensembles": made, "summary": ev}
+
+
+def test_stages_write_their_artifacts(stages):
+    root, spec = stages["root"], stages["spec"]
+    assert stages["data_summary"]["splits"]["train"]["n"] > 0
+    assert (root / "data" / "dataset.json").is_file() and (root / "data" / "spec.yaml").is_file()
+    assert yaml.safe_load((root / "data" / "spec.yaml").read_text())["name"] == "wf"
+    members = member_dirs(stages["paths"])
+    assert list(members) == ["compact_cnn__ce", "compact_cnn__focal-gamma=2.0"]  # ids from model.json
+    for d in members.values():
+        assert (d / "predictions" / "val.npz").is_file() and (d / "predictions" / "test.npz").is_file()
+    assert sorted(stages["ensembles"]) == ["mean-top2", "weighted-top2"]
+    s = stages["summary"]
+    assert s["members"] == list(members) and s["ensembles"] == ["mean-top2", "weighted-top2"]
+    assert {r["system"] for r in s["leaderboard"]} == set(members) | {"mean-top2", "weighted-top2"}
+    assert s["best_metrics"]["mcc"] == pytest.approx(
+        json.loads((root / "eval" / "metrics.json").read_text())["systems"][s["best"]]["metrics"]["mcc"])
+    for f in ("metrics.json", "kfp_metrics.json", "report.html", "report.md", "summary.json"):
+        assert (root / "eval" / f).is_file(), f
+    assert spec.name == "wf"
+
+
+def test_member_dirs_refuses_duplicates(stages):
+    with pytest.raises(ValueError, match="appears twice"):
+        member_dirs([stages["paths"][0], stages["paths"][0]])
+
+
+def test_best_is_a_servable_ensemble(stages):
+    from medens.ensemble.artifact import load_ensemble
+
+    root, best = stages["root"], stages["summary"]["best"]
+    ens = load_ensemble(root / "best")  # checksums verified
+    assert ens.manifest["evaluation"]["system"] == best
+    assert ens.manifest["evaluation"]["gate_metric"] == "mcc"
+    assert not (root / "best" / "predictions").exists()
+
+
+@pytest.mark.parametrize("system", ["compact_cnn__ce", "mean-top2"])
+def test_package_best_member_and_ensemble(stages, system, tmp_path):
+    from medens.ensemble.artifact import load_ensemble
+    from medens.workflow import ensemble_dirs
+
+    root = stages["root"]
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    metrics["best"] = system
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    out = package_best(tmp_path / "eval", member_dirs(stages["paths"]), ensemble_dirs(root / "ens"), tmp_path / "b")
+    ens = load_ensemble(out)
+    assert ens.manifest["evaluation"]["system"] == system
+    if system == "mean-top2":
+        assert ens.manifest["method"] == "mean" and len(ens.members) == 2
+    else:
+        assert ens.manifest["method"] == "single" and list(ens.members) == ["compact_cnn__ce"]
+    metrics["best"] = "nope"
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match="neither a member nor an ensemble"):
+        package_best(tmp_path / "eval", {}, {}, tmp_path / "c")
+
+
+def test_export_report(stages, tmp_path):
+    text = export_report(stages["root"] / "eval", tmp_path / "h" / "report.html", tmp_path / "r.md")
+    assert (tmp_path / "h" / "report.html").read_bytes() == (stages["root"] / "eval" / "report.html").read_bytes()
+    assert (tmp_path / "r.md").read_text().startswith("# medens report: wf")
+    assert text.splitlines()[0].startswith("#  system") and stages["summary"]["best"] in text
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_uri(request, tmp_path, monkeypatch):
+    if request.param == "local":
+        return str(tmp_path / "registry")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    # moto accepts any credentials; these are placeholders, not secrets
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-access")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    monkeypatch.setenv("MINIO_ENDPOINT", endpoint)
+    return f"s3://medens-{time.time_ns()}/models"
+
+
+def test_register_fetch_and_champion_gate(stages, store_uri, tmp_path):
+    from medens.ensemble.artifact import write_ensemble
+
+    root, spec = stages["root"], stages["spec"]
+    assert fetch_champion(store_uri, "wf", tmp_path / "none") is None
+    assert registered_uri(store_uri, "wf", "v1") is None
+    # nothing serves yet: the challenger is promoted
+    first = champion_gate(spec, root / "best", root / "data", store_uri=store_uri)
+    assert first["promote"] is True and first["champion_version"] is None
+    out = register_artifact(root / "best", store_uri, "wf", version="v1")
+    assert out["uri"].endswith("wf/versions/v1") and out["version"] == "v1"
+    assert registered_uri(store_uri, "wf", "v1") == out["uri"]
+    champ = fetch_champion(store_uri, "wf", tmp_path / "champ")
+    assert champ["version"] == "v1" and champ["uri"] == out["uri"]
+    assert (tmp_path / "champ" / "ensemble.json").read_bytes() == (root / "best" / "ensemble.json").read_bytes()
+    # the same system again is not better: the champion stays
+    again = champion_gate(spec, root / "best", root / "data", store_uri=store_uri)
+    assert again["promote"] is False and again["champion_version"] == "v1" and again["difference"] == 0
+    # a useless champion (the best member with weights scrambled) loses to the real one
+    bad_member = tmp_path / "bad"
+    src = member_dirs(stages["paths"])["compact_cnn__ce"]
+    _scrambled_copy(src, bad_member)
+    write_ensemble(tmp_path / "bad-ens", name="bad", member_dirs={"bad": bad_member}, combiner=None)
+    register_artifact(tmp_path / "bad-ens", store_uri, "wf", version="v2")
+    assert fetch_champion(store_uri, "wf", tmp_path / "c2")["version"] == "v2"
+    won = champion_gate(spec, root / "best", root / "data", store_uri=store_uri)
+    assert won["champion_version"] == "v2"
+    assert won["challenger"] > won["champion"]
+    assert won["promote"] is True, won["reason"]
+    assert set(ArtifactStore.from_uri(store_uri).list("wf/")) == {"wf/champion", "wf/versions/v1", "wf/versions/v2"}
+
+
+def _scrambled_copy(src, dest):
+    """A model artifact whose weights are all zero: it predicts one constant distribution."""
+    import shutil
+
+    import torch
+
+    from medens.models.artifact import read_manifest, save_state_dict, write_manifest
+
+    shutil.copytree(src, dest)
+    state = torch.load(dest / "weights.pt", weights_only=True)
+    save_state_dict(dest / "weights.pt", {k: torch.zeros_like(v) for k, v in state.items()})
+    manifest = read_manifest(dest)
+    manifest.pop("files", None)
+    write_manifest(dest, manifest)
+
+
+def test_register_refuses_a_non_ensemble(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ValueError, match="is not an ensemble artifact"):
+        register_artifact(tmp_path / "x", str(tmp_path / "reg"), "wf")
+
+
+def test_prepare_data_from_new_data_in_s3(s3_endpoint, monkeypatch, tmp_path):
+    """Retraining's new data: an image folder in MinIO replaces data.path."""
+    from medens.data.export import write_synthetic
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-access")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    write_synthetic("cells", tmp_path / "cells", size=32, counts={"codocyte": 10, "hypochromia": 10, "normal": 30})
+    bucket = f"incoming-{time.time_ns()}"
+    store = ArtifactStore.from_uri(f"s3://{bucket}", endpoint=s3_endpoint)
+    for f in sorted((tmp_path / "cells").rglob("*.png")):
+        store.put_file(f, f"rbc/batch-1/{f.relative_to(tmp_path / 'cells').as_posix()}")
+    spec = parse_spec({**TINY, "data": {"source": "image_folder", "image_size": 32}})
+    summary = prepare_data(spec, tmp_path / "ds", data_uri=f"s3://{bucket}/rbc/batch-1", endpoint=s3_endpoint)
+    assert sum(v["n"] for k, v in summary["splits"].items() if k in ("train", "val", "test")) == 50
+    assert summary["class_names"] == ["codocyte", "hypochromia", "normal"]
+    with pytest.raises(ValueError, match="no objects under"):
+        prepare_data(spec, tmp_path / "ds2", data_uri=f"s3://{bucket}/nothing", endpoint=s3_endpoint)
+    assert np.load(tmp_path / "ds" / "train.npz")["images"].shape[1:] == (32, 32, 3)
