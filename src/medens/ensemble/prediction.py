@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from medens.ensemble._members import MemberEnsemble
 from medens.ensemble.selection import (
     HIGHER_IS_BETTER,
     LOG_EPS,
@@ -94,7 +95,7 @@ def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
 
-class PredictionEnsemble:
+class PredictionEnsemble(MemberEnsemble):
     """Base class: member bookkeeping, input checks, fit/predict and JSON (de)serialisation.
 
     Subclasses set ``method``, list their constructor options in ``option_names``, and implement
@@ -116,23 +117,9 @@ class PredictionEnsemble:
     method: ClassVar[str] = ""
     option_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, member_ids: Sequence[str] | None = None) -> None:
-        if isinstance(member_ids, str):
-            raise ValueError(f"member_ids must be a sequence of ids, got the string {member_ids!r}")
-        self.member_ids: list[str] | None = None if member_ids is None else [str(m) for m in member_ids]
-        if self.member_ids is not None and len(set(self.member_ids)) != len(self.member_ids):
-            raise ValueError(f"member_ids must be unique, got {self.member_ids}")
-        self.n_classes: int | None = None
-        self.class_names: list[str] | None = None
-        self.validation_: dict[str, Any] = {}
-        self.fitted = False
 
     # -- public API -------------------------------------------------------------------------
 
-    @property
-    def options(self) -> dict[str, Any]:
-        """Constructor options (JSON-ready), as given to ``build_ensemble``."""
-        return {name: getattr(self, name) for name in self.option_names}
 
     def fit(self, val_probs: ProbsInput, y_val: np.ndarray) -> Self:
         """Fit on validation predictions only.

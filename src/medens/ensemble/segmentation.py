@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from medens.ensemble._members import MemberEnsemble
 from medens.ensemble.selection import check_aligned
 from medens.registry import Registry, check_options, unknown_name_message
 
@@ -107,7 +108,7 @@ def simplex_grid(n_members: int, resolution: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64) / r
 
 
-class SegmentationEnsemble:
+class SegmentationEnsemble(MemberEnsemble):
     """Base class: member bookkeeping, checks, fit/predict and JSON (de)serialisation.
 
     Args:
@@ -121,21 +122,7 @@ class SegmentationEnsemble:
     method: ClassVar[str] = ""
     option_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, member_ids: Sequence[str] | None = None) -> None:
-        if isinstance(member_ids, str):
-            raise ValueError(f"member_ids must be a sequence of ids, got the string {member_ids!r}")
-        self.member_ids: list[str] | None = None if member_ids is None else [str(m) for m in member_ids]
-        if self.member_ids is not None and len(set(self.member_ids)) != len(self.member_ids):
-            raise ValueError(f"member_ids must be unique, got {self.member_ids}")
-        self.n_classes: int | None = None
-        self.class_names: list[str] | None = None
-        self.validation_: dict[str, Any] = {}
-        self.fitted = False
 
-    @property
-    def options(self) -> dict[str, Any]:
-        """Constructor options (JSON-ready)."""
-        return {name: getattr(self, name) for name in self.option_names}
 
     def fit(self, val_probs: MapsInput, masks_val: np.ndarray) -> Self:
         """Fit on validation probability maps only.
