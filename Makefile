@@ -5,16 +5,25 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PRESET ?= rbc-demo
+KFP_HOST ?= http://localhost:8080
+CRON ?= 0 0 2 * * *
 PYTEST_ARGS ?=
 
-# Debian packages the tests drive for real (a headless browser for the report test).
-# Installed by `make test` when running as root; otherwise install them yourself.
-SYSTEM_PACKAGES ?= chromium
+# Debian packages the tests drive for real (a headless browser for the report test, the
+# Prometheus server that scrapes a live endpoint). Installed by `make test` when running as
+# root; otherwise install them yourself.
+SYSTEM_PACKAGES ?= chromium prometheus
+PORT ?= 8080
+MODEL_DIR ?= runs/latest
 
-.PHONY: help venv system-deps run test lint format serve compile bench clean
+.PHONY: help venv system-deps run test lint format serve compile submit schedule bench clean
 
 help:
-	@echo "make run [PRESET=rbc-demo]   run the demo experiment end to end on this machine (runs/<name>-<time>/)"
+	@echo "make run [PRESET=rbc-demo]   the pipeline end to end on this machine with kfp.local (runs/<run-id>/, runs/latest)"
+	@echo "make serve [MODEL_DIR=runs/latest] [PORT=8080]   serve an ensemble with KServe (v1/v2 REST, /metrics)"
+	@echo "make compile                 recompile pipelines/compiled/*.yaml (MEDENS_* settings)"
+	@echo "make submit [PRESET=..] [KFP_HOST=http://localhost:8080]   one run on a Kubeflow cluster"
+	@echo "make schedule [PRESET=..] [KFP_HOST=..] [CRON='0 0 2 * * *'] scheduled retraining on the cluster"
 	@echo "make test                    install everything needed and run the test suite"
 	@echo "make lint                    ruff"
 	@echo "make bench                   run benchmarks/*.py (JSON into benchmarks/results/)"
@@ -29,7 +38,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/medens run --preset $(PRESET)
+	$(PY) -m pipelines run --preset $(PRESET)
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -44,16 +53,22 @@ test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src components pipelines tests benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff format src components pipelines tests benchmarks
 
 serve: $(STAMP)
-	@echo "make serve: the KServe endpoint is not built yet (issue 7)"; exit 1
+	$(VENV)/bin/medens serve --model-dir $(MODEL_DIR) --http-port $(PORT)
 
 compile: $(STAMP)
 	$(PY) -m pipelines compile
+
+submit: $(STAMP)
+	$(PY) -m pipelines submit --host $(KFP_HOST) --preset $(PRESET)
+
+schedule: $(STAMP)
+	$(PY) -m pipelines schedule --host $(KFP_HOST) --preset $(PRESET) --cron '$(CRON)'
 
 bench: $(STAMP)
 	@mkdir -p benchmarks/results

@@ -274,6 +274,8 @@ def format_result(summary: dict[str, Any]) -> str:
             model_dir = model_dir.relative_to(Path.cwd())
         except ValueError:
             pass
-        lines += [f"registered: {uri}", "serve it:", f"  medens serve --model-dir {model_dir} --http-port 8080"]
+        lines += [f"registered: {uri}", "serve it (KServe v1/v2 REST and /metrics on port 8080):",
+                  f"  .venv/bin/medens serve --model-dir {model_dir} --http-port 8080",
+                  "  or: make serve   (serves runs/latest)"]
     lines.append(f"run: {shown} ({summary['seconds']} s; {run_dir.parent / 'latest'} points here)")
     return "\n".join(lines)

@@ -113,3 +113,24 @@ def test_spec_is_a_pydantic_model():
     spec = ExperimentSpec(name="x", models=["compact_cnn"], losses=["ce"])
     assert spec.training.monitor == "val_loss"
     assert Path(spec.store.uri) == Path("runs")
+
+
+def test_unknown_or_lower_better_gate_metric_is_refused_before_training():
+    with pytest.raises(ValueError) as e:
+        parse_spec({**minimal(), "evaluation": {"gate_metric": "mmc"}})
+    assert "evaluation.gate_metric: unknown gate metric 'mmc'; did you mean 'mcc'?" in str(e.value)
+    # Brier and ECE are lower-is-better: the leaderboard ranks higher first, so they cannot gate
+    with pytest.raises(ValueError, match="gate_metric: unknown gate metric 'brier'"):
+        parse_spec({**minimal(), "evaluation": {"gate_metric": "brier"}})
+    assert parse_spec({**minimal(), "evaluation": {"gate_metric": "auroc_macro"}}).evaluation.gate_metric == "auroc_macro"
+    with pytest.raises(ValueError, match="ensemble.rank_metric: unknown metric 'f1_macro'; did you mean 'macro_f1'"):
+        parse_spec({**minimal(), "ensemble": {"rank_metric": "f1_macro"}})
+
+
+def test_segmentation_gate_metric_is_dice_or_iou():
+    seg = load_spec("seg-demo").to_dict()
+    seg["evaluation"]["gate_metric"] = "mcc"          # the default: gated on Dice
+    assert parse_spec(seg).evaluation.gate_metric == "mcc"
+    seg["evaluation"]["gate_metric"] = "hd95"          # lower is better
+    with pytest.raises(ValueError, match="unknown gate metric 'hd95'.*known: dice, iou"):
+        parse_spec(seg)

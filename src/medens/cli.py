@@ -209,6 +209,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from medens.serving.server import serve
+    from medens.serving.settings import ServingSettings
+
+    settings = ServingSettings.from_env(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                        max_instances=args.max_instances, max_bytes=args.max_bytes,
+                                        max_pixels=args.max_pixels)
+    serve(args.model_dir, name=args.model_name, http_port=args.http_port, settings=settings, device=args.device,
+          endpoint=args.endpoint)
+    return 0
+
+
 def cmd_losses_list(args: argparse.Namespace) -> int:
     from medens.losses import format_table
 
@@ -272,6 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--run", required=True, help="a run directory written by `medens run`")
     rep.add_argument("--out", help="output folder (default <run>/evaluation)")
     rep.set_defaults(func=cmd_report)
+
+    sv = sub.add_parser("serve", help="serve an ensemble artifact with KServe (v1 and v2 REST, /metrics)")
+    sv.add_argument("--model-dir", required=True,
+                    help="ensemble artifact: a directory (a run directory serves its best/), /mnt/models, or "
+                         "s3://bucket/prefix/name (MinIO; MINIO_ENDPOINT and AWS_* credentials from the environment)")
+    sv.add_argument("--model-name", help="served name (default: the experiment that produced the artifact)")
+    sv.add_argument("--http-port", type=int, default=8080)
+    sv.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    sv.add_argument("--endpoint", help="S3/MinIO endpoint for an s3:// model dir (default MINIO_ENDPOINT)")
+    sv.add_argument("--max-batch", type=int, help="images per forward; 1 disables micro-batching (default 32)")
+    sv.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 5)")
+    sv.add_argument("--max-instances", type=int, help="images per request (default 64)")
+    sv.add_argument("--max-bytes", type=int, help="request body bytes (default 32 MiB)")
+    sv.add_argument("--max-pixels", type=int, help="pixels per image (default 4096 x 4096)")
+    sv.set_defaults(func=cmd_serve)
 
     losses = sub.add_parser("losses", help="the loss library")
     lsub = losses.add_subparsers(dest="losses_command", required=True)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medens.registry import close_matches
+from medens.registry import close_matches, unknown_name_message
 
 DataSource = Literal[
     "synthetic_cells",
@@ -27,6 +27,7 @@ DataSource = Literal[
     "csv",
 ]
 SEGMENTATION_SOURCES = {"synthetic_segmentation", "seg_folder"}
+SEGMENTATION_GATE_METRICS = ["dice", "iou"]
 
 
 class _Spec(BaseModel):
@@ -206,9 +207,27 @@ class ExperimentSpec(_Spec):
             dupes = sorted({k for k in keys if keys.count(k) > 1})
             if dupes:
                 problems.append(f"{field_name}: listed more than once: {', '.join(dupes)}")
+        problems += self._metric_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _metric_problems(self) -> list[str]:
+        """Unknown ranking or gate metrics are refused at load time, before any training."""
+        from medens.ensemble.selection import METRICS as RANK_METRICS
+        from medens.evaluation.metrics import HIGHER_IS_BETTER
+
+        problems = []
+        if self.task == "classification" and self.ensemble.rank_metric not in RANK_METRICS:
+            problems.append(f"ensemble.rank_metric: {unknown_name_message('metric', self.ensemble.rank_metric, list(RANK_METRICS))}")
+        gate_ok = SEGMENTATION_GATE_METRICS if self.task == "segmentation" else [
+            m for m, higher in HIGHER_IS_BETTER.items() if higher]
+        gate = self.evaluation.gate_metric
+        # "mcc" is the default; a segmentation spec that keeps it is gated on Dice
+        if gate not in gate_ok and not (self.task == "segmentation" and gate == "mcc"):
+            problems.append(f"evaluation.gate_metric: {unknown_name_message('gate metric', gate, gate_ok)}"
+                            f" (higher-is-better {self.task} metrics only)")
+        return problems
 
     def pairs(self) -> list[tuple[ComponentSpec, ComponentSpec]]:
         """Every (model, loss) pair, models outer."""

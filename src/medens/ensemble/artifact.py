@@ -74,6 +74,8 @@ def write_ensemble(
         "combiner": combiner,
         "class_names": first["class_names"],
         "input": first["input"],
+        # the first member's training intensity histogram: the drift reference of a server
+        "reference": first.get("reference"),
         "gate_metrics": gate_metrics or {},
         "medens_version": __version__,
         **(extra or {}),

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from medens.config import ComponentSpec, TrainingSpec
+from medens.data.drift import intensity_reference
 from medens.data.transforms import InputSpec
 from medens.data.types import Split, SplitData
 from medens.models.artifact import MANIFEST, WEIGHTS, read_manifest, save_state_dict, write_manifest
@@ -462,6 +463,7 @@ def fit(
         "class_names": data.class_names,
         "class_counts": counts,
         "input": input_spec.to_dict(),
+        "reference": intensity_reference(train_split.images),
         "training": spec.model_dump(mode="json"),
         "seed": seed,
         "train_on": train_on,

@@ -1,0 +1,129 @@
+"""Adaptive micro-batching: concurrent requests share one model forward.
+
+Requests put preprocessed images on an asyncio queue and await their rows. One collector task
+takes whatever is waiting: a forward starts as soon as ``max_batch`` images are queued, or
+``max_wait_ms`` after the first image of the batch arrived, whichever comes first, and while a
+forward runs new images queue up for the next one (so under load batches grow by themselves and
+an idle server answers a lone request after at most ``max_wait_ms``). The forward runs in one
+dedicated worker thread, off the event loop: health checks and ``/metrics`` are answered while a
+slow batch computes, and forwards never run two at a time (torch already uses every core).
+``max_batch=1`` turns batching off (every image is its own forward).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+class MicroBatcher:
+    """Batch ``(C, H, W)`` inputs across requests into ``forward((N, C, H, W)) -> rows``.
+
+    ``forward`` returns a sequence (or a dict of arrays) indexed by row; each caller gets its rows
+    back in order. An exception in ``forward`` fails exactly the requests of that batch.
+    """
+
+    def __init__(self, forward: Callable[[np.ndarray], Any], *, max_batch: int = 32, max_wait_ms: float = 5.0,
+                 on_batch: Callable[[int, float], None] | None = None,
+                 on_queue: Callable[[int], None] | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        self.forward = forward
+        self.max_batch = int(max_batch)
+        self.max_wait = float(max_wait_ms) / 1000.0
+        self.on_batch = on_batch
+        self.on_queue = on_queue
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="medens-forward")
+        self._pending = 0
+
+    def _ensure_started(self) -> asyncio.Queue:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._loop is not loop:
+            self._loop = loop
+            self._queue = asyncio.Queue()
+            self._task = loop.create_task(self._collect(), name="medens-micro-batcher")
+        return self._queue
+
+    async def submit(self, items: np.ndarray) -> list[Any]:
+        """Queue ``(n, C, H, W)`` inputs and return their ``n`` result rows."""
+        queue = self._ensure_started()
+        loop = asyncio.get_running_loop()
+        futures = []
+        for row in items:
+            fut = loop.create_future()
+            futures.append(fut)
+            queue.put_nowait((row, fut))
+        self._pending += len(futures)
+        self._report_queue()
+        return list(await asyncio.gather(*futures))
+
+    def _report_queue(self) -> None:
+        if self.on_queue is not None:
+            self.on_queue(self._pending)
+
+    async def _collect(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await queue.get()
+            batch = [first]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            live = [(x, f) for x, f in batch if not f.cancelled()]
+            self._pending -= len(batch)
+            self._report_queue()
+            if not live:
+                continue
+            await self._run(live)
+
+    async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        loop = asyncio.get_running_loop()
+        x = np.stack([b[0] for b in batch])
+        start = time.perf_counter()
+        try:
+            rows = await loop.run_in_executor(self._executor, self.forward, x)
+        except Exception as e:  # fail this batch's requests, keep serving
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - start)
+        for i, (_, fut) in enumerate(batch):
+            if not fut.done():
+                fut.set_result(rows[i])
+
+    async def run_exclusive(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in the forward thread (after any batch in progress), off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._task
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,220 @@
+"""The input codec: request instances -> uint8 images ``(H, W, C)``, every problem a named 400.
+
+Accepted images (any size up to ``max_pixels``, grey or RGB):
+
+- encoded PNG/JPEG (any format Pillow reads) as base64 text (v1 instance, ``{"b64": ...}``, a
+  ``data:image/...;base64,`` URI, or a v2 ``BYTES`` element) or raw bytes (v2 binary extension);
+- arrays of pixel intensities in [0, 255]: a v1 nested list ``(H, W)`` or ``(H, W, C)``, or a v2
+  ``FP32``/``FP64``/``UINT8`` tensor ``(N, H, W)`` or ``(N, H, W, C)``, with ``C`` 1 or 3.
+
+Colour images given to a grey model are converted with ITU-R 601 luma, grey images given to an
+RGB model are repeated, 16-bit images are scaled to 8 bits; everything else the artifact's input
+spec does (resize, normalise) happens in :func:`medens.data.transforms.preprocess`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+ARRAY_DATATYPES = {"FP32": np.float32, "FP64": np.float64, "UINT8": np.uint8, "FP16": np.float16}
+CHANNELS = (1, 3)
+
+
+class InputError(ValueError):
+    """A request problem: ``reason`` is a short code for the error counter, the message names it."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def decode_base64(text: str, where: str) -> bytes:
+    """Strict base64 (an optional ``data:...;base64,`` prefix is dropped)."""
+    if text.startswith("data:"):
+        head, sep, text = text.partition(",")
+        if not sep or ";base64" not in head:
+            raise InputError("invalid_base64", f"{where}: a data URI must be ';base64,' encoded")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError("invalid_base64", f"{where}: invalid base64 ({e})") from e
+    if not data:
+        raise InputError("empty_image", f"{where}: the encoded image is empty")
+    return data
+
+
+def decode_image_bytes(data: bytes, where: str, max_pixels: int) -> np.ndarray:
+    """Encoded image bytes -> uint8 ``(H, W, C)``; the size is checked before pixels are decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # Pillow's own guard, far above ours
+        raise InputError("image_too_large", f"{where}: {e} (the limit here is {max_pixels} pixels per image)") from e
+    except UnidentifiedImageError as e:
+        raise InputError("not_an_image", f"{where}: the bytes are not an image Pillow can read "
+                                         f"({len(data)} bytes starting {data[:8]!r})") from e
+    except Exception as e:  # malformed headers raise assorted errors inside Pillow
+        raise InputError("not_an_image", f"{where}: unreadable image header ({type(e).__name__}: {e})") from e
+    w, h = img.size
+    _check_pixels(h, w, where, max_pixels)
+    try:
+        img.load()
+    except Exception as e:
+        raise InputError("corrupt_image", f"{where}: the {img.format} image is truncated or corrupt "
+                                          f"({type(e).__name__}: {e})") from e
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)[..., None]
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("L" if img.mode in ("1", "LA", "F") else "RGB")
+    a = np.asarray(img, dtype=np.uint8)
+    return a[..., None] if a.ndim == 2 else a
+
+
+def _check_pixels(h: int, w: int, where: str, max_pixels: int) -> None:
+    if h < 1 or w < 1:
+        raise InputError("empty_image", f"{where}: the image has size {w}x{h}")
+    if h * w > max_pixels:
+        raise InputError("image_too_large", f"{where}: {w}x{h} = {h * w} pixels is over the limit of "
+                                            f"{max_pixels} pixels per image")
+
+
+def check_array_image(a: np.ndarray, where: str, max_pixels: int) -> np.ndarray:
+    """A numeric ``(H, W)`` or ``(H, W, C)`` array of intensities in [0, 255] -> float32 ``(H, W, C)``."""
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3:
+        raise InputError("wrong_rank", f"{where}: an image array must be (H, W) or (H, W, C), got rank "
+                                       f"{a.ndim} with shape {tuple(a.shape)}")
+    if a.shape[-1] not in CHANNELS:
+        raise InputError("wrong_channels", f"{where}: {a.shape[-1]} channels in shape {tuple(a.shape)}; "
+                                           f"images must have 1 (grey) or 3 (RGB) channels, last axis")
+    _check_pixels(a.shape[0], a.shape[1], where, max_pixels)
+    if not np.isfinite(a).all():
+        raise InputError("non_finite", f"{where}: the array contains NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 or hi > 255:
+        raise InputError("out_of_range", f"{where}: intensities must be in [0, 255], got [{lo:g}, {hi:g}]")
+    return a.astype(np.float32, copy=False)
+
+
+def _nested_array(value: list, where: str, max_pixels: int) -> np.ndarray:
+    # a bound on the element count before numpy builds anything (rows x cols x channels)
+    rows = len(value)
+    cols = len(value[0]) if rows and isinstance(value[0], list) else 0
+    if rows * max(cols, 1) > max_pixels:
+        raise InputError("image_too_large", f"{where}: {rows}x{cols} array is over the limit of {max_pixels} pixels")
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError) as e:
+        kind = "ragged_array" if "inhomogeneous" in str(e) or "sequence" in str(e) else "not_numeric"
+        raise InputError(kind, f"{where}: not a rectangular numeric array ({e})") from e
+    return check_array_image(a, where, max_pixels)
+
+
+def decode_instance(value: Any, where: str, max_pixels: int) -> np.ndarray:
+    """One v1 instance: base64 text, ``{"b64": text}``, raw bytes or a nested list."""
+    if isinstance(value, dict):
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+            raise InputError("bad_instance", f"{where}: an object instance must be {{\"b64\": \"<base64 image>\"}}, "
+                                             f"got keys {sorted(value)}")
+        value = value["b64"]
+    if isinstance(value, str):
+        return decode_image_bytes(decode_base64(value, where), where, max_pixels)
+    if isinstance(value, bytes | bytearray):
+        if not value:
+            raise InputError("empty_image", f"{where}: the encoded image is empty")
+        return decode_image_bytes(bytes(value), where, max_pixels)
+    if isinstance(value, list):
+        if not value:
+            raise InputError("empty_image", f"{where}: the image array is empty")
+        return _nested_array(value, where, max_pixels)
+    raise InputError("bad_instance", f"{where}: expected a base64 image, {{\"b64\": ...}} or a nested list "
+                                     f"of intensities, got {type(value).__name__}")
+
+
+def check_count(n: int, max_instances: int, what: str = "instances") -> None:
+    if n == 0:
+        raise InputError("empty_request", f"no {what}: send at least one image")
+    if n > max_instances:
+        raise InputError("batch_too_large", f"{n} {what} is over the limit of {max_instances} per request")
+
+
+def decode_v1(body: Any, max_instances: int, max_pixels: int) -> tuple[list[np.ndarray], dict]:
+    """A v1 body ``{"instances": [...], "parameters": {...}}`` -> images and request parameters."""
+    if not isinstance(body, dict):
+        raise InputError("bad_request", f"the request body must be a JSON object, got {type(body).__name__}")
+    if "instances" not in body:
+        raise InputError("bad_request", f"the request has no 'instances' (keys: {sorted(body)})")
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise InputError("bad_request", f"'instances' must be a list, got {type(instances).__name__}")
+    check_count(len(instances), max_instances)
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InputError("bad_request", "'parameters' must be an object")
+    images = [decode_instance(v, f"instances[{i}]", max_pixels) for i, v in enumerate(instances)]
+    return images, params
+
+
+def decode_v2_input(name: str, datatype: str, shape: list[int], data: Any, max_instances: int,
+                    max_pixels: int) -> list[np.ndarray]:
+    """One v2 input tensor -> images. ``data`` is a flat list (JSON), a numpy array or raw byte strings."""
+    where = f"input {name!r}"
+    dt = str(datatype).upper()
+    shape = [int(s) for s in shape]
+    if any(s < 0 for s in shape):
+        raise InputError("bad_shape", f"{where}: negative dimension in shape {shape}")
+    if dt == "BYTES":
+        items = list(np.asarray(data, dtype=object).reshape(-1)) if not isinstance(data, list) else _flatten(data)
+        n = math.prod(shape) if shape else 0
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+            raise InputError("bad_shape", f"{where}: BYTES images need shape [N] or [N, 1], got {shape}")
+        if n != len(items):
+            raise InputError("shape_mismatch", f"{where}: shape {shape} holds {n} elements but {len(items)} were sent")
+        check_count(n, max_instances, "images")
+        return [decode_instance(v, f"{where}[{i}]", max_pixels) for i, v in enumerate(items)]
+    if dt not in ARRAY_DATATYPES:
+        raise InputError("wrong_datatype", f"{where}: datatype {datatype!r} is not supported; send BYTES "
+                                           f"(encoded images) or one of {', '.join(ARRAY_DATATYPES)} (intensities)")
+    if len(shape) not in (3, 4):
+        raise InputError("wrong_rank", f"{where}: an image tensor must be [N, H, W] or [N, H, W, C], got {shape}")
+    check_count(shape[0], max_instances, "images")
+    for i in range(shape[0]):
+        _check_pixels(shape[1], shape[2], f"{where}[{i}]", max_pixels)
+    if isinstance(data, np.ndarray):
+        flat = data.reshape(-1)
+    else:
+        try:
+            flat = np.asarray(_flatten(data) if isinstance(data, list) else data, dtype=np.float64)
+        except (ValueError, TypeError) as e:
+            raise InputError("not_numeric", f"{where}: {dt} data must be numbers ({e})") from e
+    if flat.ndim != 1:
+        flat = flat.reshape(-1)
+    if flat.size != math.prod(shape):
+        raise InputError("shape_mismatch", f"{where}: shape {shape} holds {math.prod(shape)} elements but "
+                                           f"{flat.size} were sent")
+    arr = flat.astype(np.float64, copy=False).reshape(shape)
+    return [check_array_image(arr[i], f"{where}[{i}]", max_pixels) for i in range(shape[0])]
+
+
+def _flatten(data: list) -> list:
+    out: list = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out

@@ -1,0 +1,125 @@
+"""Prometheus metrics of the served ensemble, at ``/metrics`` beside KServe's own.
+
+All live in prometheus-client's default registry (the one KServe's ``/metrics`` renders) and
+carry a ``model`` label. A server runs one worker per pod, so counters are whole.
+
+==========================================  =========  ============================================
+metric                                      type       what
+==========================================  =========  ============================================
+medens_predictions_total{model,class}       counter    images predicted, by predicted class
+medens_prediction_confidence{model}         histogram  top-class probability of each image
+medens_prediction_entropy{model}            histogram  predictive entropy (nats) of each image
+medens_member_disagreement{model}           histogram  fraction of members whose label differs
+                                                       from the ensemble's
+medens_input_drift_psi{model}               gauge      PSI of the recent images' intensity histogram
+                                                       against the training reference
+medens_input_images_total{model}            counter    images decoded (the drift sample)
+medens_request_errors_total{model,reason}   counter    rejected or failed requests, by reason
+medens_batch_size{model}                    histogram  images per model forward
+medens_forward_seconds{model}               histogram  time of one batched ensemble forward
+medens_queue_images{model}                  gauge      images waiting for a forward
+medens_model_info{model,method,...}         gauge      1, labelled with the artifact's description
+==========================================  =========  ============================================
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections import deque
+
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+
+from medens.data.drift import intensity_counts, psi
+
+PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+FRACTION_BUCKETS = (0.0, 0.1, 0.2, 0.25, 0.34, 0.5, 0.67, 0.75, 1.0)
+ENTROPY_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+PREDICTIONS = Counter("medens_predictions", "Images predicted, by predicted class", ["model", "class"])
+CONFIDENCE = Histogram("medens_prediction_confidence", "Top-class probability per image", ["model"],
+                       buckets=PROBABILITY_BUCKETS)
+ENTROPY = Histogram("medens_prediction_entropy", "Predictive entropy (nats) per image", ["model"],
+                    buckets=ENTROPY_BUCKETS)
+DISAGREEMENT = Histogram("medens_member_disagreement", "Fraction of members whose label differs from the "
+                         "ensemble's, per image", ["model"], buckets=FRACTION_BUCKETS)
+DRIFT_PSI = Gauge("medens_input_drift_psi", "Population stability index of the recent images' intensity "
+                  "histogram against the training reference", ["model"])
+INPUT_IMAGES = Counter("medens_input_images", "Images decoded from requests", ["model"])
+ERRORS = Counter("medens_request_errors", "Rejected or failed requests, by reason", ["model", "reason"])
+BATCH_SIZE = Histogram("medens_batch_size", "Images per ensemble forward", ["model"], buckets=BATCH_BUCKETS)
+FORWARD_SECONDS = Histogram("medens_forward_seconds", "Seconds per batched ensemble forward", ["model"],
+                            buckets=SECONDS_BUCKETS)
+QUEUE_IMAGES = Gauge("medens_queue_images", "Images waiting for a forward", ["model"])
+MODEL_INFO = Gauge("medens_model_info", "The served ensemble artifact", ["model", "method", "members", "task",
+                                                                        "medens_version"])
+
+
+class DriftMonitor:
+    """PSI of the last ``window`` images' pooled intensity histogram against the training reference.
+
+    Thread-safe; without a reference (an artifact from before references were stored) it only
+    counts images and leaves the gauge unset.
+    """
+
+    def __init__(self, model: str, reference: dict | None, window: int = 500) -> None:
+        self.model = model
+        self.reference = None
+        self.bins = 32
+        if reference and reference.get("fractions"):
+            self.reference = np.asarray(reference["fractions"], dtype=np.float64)
+            self.bins = int(reference.get("bins", len(self.reference)))
+        self._recent: deque[np.ndarray] = deque(maxlen=window)
+        self._sum = np.zeros(self.bins, dtype=np.float64)
+        self._lock = threading.Lock()
+        self.value: float | None = None
+
+    def observe(self, images: list[np.ndarray]) -> float | None:
+        """Add images (each ``(H, W, C)`` intensities); returns the updated PSI (None without reference)."""
+        INPUT_IMAGES.labels(self.model).inc(len(images))
+        if self.reference is None or not images:
+            return None
+        # each image weighs the same whatever its size: its own normalised histogram
+        hists = []
+        for img in images:
+            c = intensity_counts(img, self.bins).astype(np.float64)
+            hists.append(c / max(c.sum(), 1.0))
+        with self._lock:
+            for h in hists:
+                if len(self._recent) == self._recent.maxlen:
+                    self._sum -= self._recent[0]
+                self._recent.append(h)
+                self._sum += h
+            self.value = psi(self.reference, np.maximum(self._sum, 0.0))
+        DRIFT_PSI.labels(self.model).set(self.value)
+        return self.value
+
+
+def record_predictions(model: str, class_names: list[str], probs: np.ndarray, entropy: np.ndarray,
+                       disagreement: np.ndarray) -> None:
+    """Count predicted classes and observe confidence, entropy and disagreement of a batch."""
+    labels = probs.argmax(1)
+    for k, n in zip(*np.unique(labels, return_counts=True)):
+        PREDICTIONS.labels(model, class_names[int(k)]).inc(int(n))
+    conf = CONFIDENCE.labels(model)
+    ent = ENTROPY.labels(model)
+    dis = DISAGREEMENT.labels(model)
+    for c, e, d in zip(probs.max(1), entropy, disagreement):
+        conf.observe(float(c))
+        ent.observe(float(e))
+        dis.observe(float(d))
+
+
+# per request (set by medens.serving.server.RequestGuard): whether its error was counted already
+ERROR_COUNTED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("medens_error_counted", default=None)
+
+
+def record_error(model: str, reason: str) -> None:
+    """Count one failed request by reason (once per request: the guard skips counted ones)."""
+    ERRORS.labels(model, reason).inc()
+    holder = ERROR_COUNTED.get()
+    if holder is not None:
+        holder["counted"] = True

@@ -1,0 +1,179 @@
+"""The KServe predictor: :class:`EnsembleModel`, a ``kserve.Model`` serving one ensemble artifact.
+
+- ``load()`` fetches the artifact (local path, KServe's ``/mnt/models`` mount, or ``s3://`` via
+  :mod:`medens.storage`), verifies every checksum and builds every member; ``ready`` is set only
+  when all of that succeeded.
+- v1 ``POST /v1/models/<name>:predict`` with ``{"instances": [...], "parameters": {"return_members": true}}``
+  returns ``{"predictions": [{"label", "class_name", "probabilities", "confidence", "entropy",
+  "disagreement"[, "members"]}, ...]}``; ``:explain`` adds a Grad-CAM ``overlay_png`` (base64).
+- v2 ``POST /v2/models/<name>/infer`` with one ``BYTES`` (encoded images) or ``FP32``/``FP64``/``UINT8``
+  (intensities ``[N, H, W(, C)]``) input returns the tensors ``probabilities`` ``[N, K]``,
+  ``label`` ``[N]``, ``class_name`` ``[N]``, ``entropy`` ``[N]``, ``disagreement`` ``[N]``, and
+  ``member_probabilities`` ``[N, M, K]`` when the request parameter ``return_members`` is true.
+
+Every request problem raises ``kserve.errors.InvalidInput`` (HTTP 400 with ``{"error": ...}``)
+naming it, and is counted in ``medens_request_errors_total`` by reason. Decoding runs in a worker
+thread, the forward in the micro-batcher's own thread: the event loop stays free for health checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve.errors import InvalidInput
+
+from medens.serving import metrics as m
+from medens.serving.batching import MicroBatcher
+from medens.serving.inputs import InputError, decode_v1, decode_v2_input
+from medens.serving.predictor import EnsemblePredictor
+from medens.serving.settings import ServingSettings
+
+log = logging.getLogger("medens.serving")
+
+
+def _flag(params: Any, key: str) -> bool:
+    if not params:
+        return False
+    value = params.get(key, False) if isinstance(params, dict) else getattr(params, key, False)
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
+
+
+class EnsembleModel(Model):
+    """One ensemble artifact behind KServe's v1 and v2 REST protocols."""
+
+    def __init__(self, name: str, model_dir: str, *, settings: ServingSettings | None = None,
+                 device: str = "cpu", endpoint: str | None = None) -> None:
+        super().__init__(name)
+        self.model_dir = model_dir
+        self.settings = settings or ServingSettings()
+        self.device = device
+        self.endpoint = endpoint
+        self.predictor: EnsemblePredictor | None = None
+        self.batcher: MicroBatcher | None = None
+        self.drift: m.DriftMonitor | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def load(self) -> bool:
+        """Fetch, verify and build every member; ``ready`` only when all of it worked."""
+        self.ready = False
+        predictor = EnsemblePredictor.load(self.model_dir, device=self.device, endpoint=self.endpoint)
+        s = self.settings
+        self.batcher = MicroBatcher(
+            predictor.forward, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
+            on_batch=lambda n, secs: (m.BATCH_SIZE.labels(self.name).observe(n),
+                                      m.FORWARD_SECONDS.labels(self.name).observe(secs)),
+            on_queue=lambda n: m.QUEUE_IMAGES.labels(self.name).set(n))
+        self.drift = m.DriftMonitor(self.name, predictor.reference, window=s.drift_window)
+        d = predictor.describe()
+        m.MODEL_INFO.labels(self.name, str(d["method"]), ",".join(d["members"]), d["task"],
+                            str(d["medens_version"])).set(1)
+        self.predictor = predictor
+        self.ready = True
+        log.info("loaded ensemble %s (%s, %d members) from %s", d["name"], d["method"], len(d["members"]),
+                 self.model_dir)
+        return self.ready
+
+    # ------------------------------------------------------------------ decoding
+    def _invalid(self, e: InputError) -> InvalidInput:
+        m.record_error(self.name, e.reason)
+        return InvalidInput(str(e))
+
+    async def _decode(self, payload: dict | InferRequest) -> tuple[list[np.ndarray], bool, bool]:
+        """Images, whether per-member probabilities were asked for, and whether this is v2."""
+        s = self.settings
+        try:
+            if isinstance(payload, InferRequest):
+                if len(payload.inputs) != 1:
+                    raise InputError("bad_request", f"send exactly one input tensor of images, got "
+                                                    f"{len(payload.inputs)}")
+                inp = payload.inputs[0]
+                data = inp.data
+                if data is None or getattr(inp, "_raw_data", None) is not None:
+                    try:
+                        data = inp.as_numpy()
+                    except Exception as e:
+                        raise InputError("shape_mismatch", f"input {inp.name!r}: binary data does not match "
+                                                           f"shape {inp.shape} and datatype {inp.datatype} ({e})") from e
+                images = await asyncio.to_thread(decode_v2_input, inp.name, inp.datatype, list(inp.shape), data,
+                                                 s.max_instances, s.max_pixels)
+                return images, _flag(payload.parameters, "return_members"), True
+            images, params = await asyncio.to_thread(decode_v1, payload, s.max_instances, s.max_pixels)
+            return images, _flag(params, "return_members") or _flag(payload, "return_members"), False
+        except InputError as e:
+            raise self._invalid(e) from e
+
+    async def _rows(self, images: list[np.ndarray]) -> list[dict]:
+        assert self.predictor is not None and self.batcher is not None
+        try:
+            x = await asyncio.to_thread(self.predictor.prepare, images)
+        except ValueError as e:  # e.g. a channel count the model cannot take
+            raise self._invalid(InputError("preprocess", str(e))) from e
+        self.drift.observe(images)
+        try:
+            rows = await self.batcher.submit(x)
+        except Exception:
+            m.record_error(self.name, "forward")
+            raise
+        return rows
+
+    # ------------------------------------------------------------------ handlers
+    async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> dict | InferResponse:
+        images, want_members, v2 = await self._decode(payload)
+        rows = await self._rows(images)
+        p = self.predictor
+        probs = np.stack([r["probs"] for r in rows])
+        ent = np.array([np.mean(r["entropy"]) for r in rows])
+        dis = np.array([np.mean(r["disagreement"]) for r in rows])
+        if p.task == "classification":
+            m.record_predictions(self.name, p.class_names, probs, ent, dis)
+        if not v2:
+            return {"predictions": [p.result(r, members=want_members) for r in rows]}
+        return self._v2_response(payload, rows, probs, ent, dis, want_members)
+
+    def _v2_response(self, req: InferRequest, rows: list[dict], probs: np.ndarray, ent: np.ndarray,
+                     dis: np.ndarray, want_members: bool) -> InferResponse:
+        p = self.predictor
+        n = len(rows)
+        if p.task == "segmentation":
+            masks = probs.argmax(1).astype(np.uint8)
+            outputs = [("mask", masks), ("probabilities", probs.astype(np.float32))]
+        else:
+            labels = probs.argmax(1).astype(np.int64)
+            names = np.array([p.class_names[k].encode() for k in labels], dtype=object)
+            outputs = [("probabilities", probs.astype(np.float32)), ("label", labels), ("class_name", names)]
+        outputs += [("entropy", ent.astype(np.float32)), ("disagreement", dis.astype(np.float32))]
+        if want_members:
+            mp = np.stack([np.stack([r["members"][mid] for mid in p.member_ids]) for r in rows]).astype(np.float32)
+            outputs.append(("member_probabilities", mp))
+        infer_outputs = []
+        for name, arr in outputs:
+            dtype = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.uint8): "UINT8"}.get(
+                arr.dtype, "BYTES")
+            out = InferOutput(name=name, shape=list(arr.shape), datatype=dtype)
+            out.set_data_from_numpy(arr, binary_data=False)
+            infer_outputs.append(out)
+        assert len(infer_outputs[0].shape) and infer_outputs[0].shape[0] == n
+        return InferResponse(response_id=req.id or "", model_name=self.name, infer_outputs=infer_outputs,
+                             parameters={"members": ",".join(p.member_ids)} if want_members else None)
+
+    async def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict:
+        if isinstance(payload, InferRequest):
+            raise self._invalid(InputError("bad_request", "explain takes a v1 request {\"instances\": [...]}"))
+        images, _, _ = await self._decode(payload)
+        params = payload.get("parameters") or {}
+        cls = params.get("class_index") if isinstance(params, dict) else None
+        if cls is not None and (not isinstance(cls, int) or isinstance(cls, bool)):
+            raise self._invalid(InputError("bad_request", f"parameters.class_index must be an integer, got {cls!r}"))
+        try:
+            # Grad-CAM needs gradients: it runs in the forward thread, after any queued batch
+            result = await self.batcher.run_exclusive(self.predictor.explain, images, cls)
+        except ValueError as e:
+            raise self._invalid(InputError("explain", str(e))) from e
+        return {"explanations": result}

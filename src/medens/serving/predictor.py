@@ -1,0 +1,169 @@
+"""The served ensemble without the web server: load, preprocess, predict, explain.
+
+:class:`EnsemblePredictor` is what :class:`medens.serving.model.EnsembleModel` wraps; it has no
+KServe dependency, so the in-process forward it runs is the reference the endpoint is measured
+against (``benchmarks/serve.py``) and the one offline evaluation uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medens.data.transforms import preprocess
+from medens.ensemble.artifact import ENSEMBLE_MANIFEST, LoadedEnsemble, load_ensemble
+
+ENTROPY_EPS = 1e-12
+
+
+def fetch_artifact(model_dir: str, *, endpoint: str | None = None, cache: str | os.PathLike | None = None) -> Path:
+    """A local ensemble directory for ``model_dir``: a path as is (a run directory: its ``best/``),
+    ``s3://bucket/prefix/name`` downloaded
+    (checksums verified) through :class:`medens.storage.ArtifactStore` into ``cache`` (default a temp dir)."""
+    if model_dir.startswith("s3://"):
+        from medens.storage import ArtifactStore
+
+        base, _, name = model_dir.rstrip("/").rpartition("/")
+        if not name or base in ("s3:", "s3:/"):
+            raise ValueError(f"{model_dir!r} must name an artifact under a bucket: s3://bucket/[prefix/]name")
+        store = ArtifactStore.from_uri(base, endpoint=endpoint)
+        dest = Path(cache or tempfile.mkdtemp(prefix="medens-model-")) / name.replace("/", "_")
+        return store.download(name, dest)
+    path = Path(model_dir)
+    if not (path / ENSEMBLE_MANIFEST).is_file() and (path / "best" / ENSEMBLE_MANIFEST).is_file():
+        path = path / "best"  # a run directory: its winner
+    if not (path / ENSEMBLE_MANIFEST).is_file():
+        hint = ""
+        if not path.exists():
+            hint = "; the path does not exist"
+        elif (path / "model.json").is_file():
+            hint = "; that is a single model artifact: serve an ensemble artifact (e.g. a run's best/)"
+        raise ValueError(f"{path} is not an ensemble artifact ({ENSEMBLE_MANIFEST} is missing){hint}")
+    return path
+
+
+def predictive_entropy(probs: np.ndarray) -> np.ndarray:
+    """``-sum_k p_k log p_k`` (nats) over axis 1."""
+    p = np.clip(probs, ENTROPY_EPS, 1.0)
+    return -(probs * np.log(p)).sum(axis=1)
+
+
+def disagreement(probs: np.ndarray, member_probs: list[np.ndarray]) -> np.ndarray:
+    """Fraction of members whose label differs from the ensemble's (per pixel for segmentation)."""
+    label = probs.argmax(1)
+    return np.mean([m.argmax(1) != label for m in member_probs], axis=0).astype(np.float64)
+
+
+class EnsemblePredictor:
+    """An ensemble artifact ready to answer: ``prepare`` images, ``forward`` batches, ``explain``."""
+
+    def __init__(self, ensemble: LoadedEnsemble, device: str | torch.device = "cpu") -> None:
+        self.ensemble = ensemble
+        self.device = torch.device(device)
+        self.manifest = ensemble.manifest
+        self.input_spec = ensemble.input_spec
+        self.class_names = ensemble.class_names
+        self.task = ensemble.task
+        self.member_ids = list(ensemble.members)
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, *, device: str = "cpu", endpoint: str | None = None,
+             verify: bool = True) -> EnsemblePredictor:
+        """Load (and verify the checksums of) the ensemble at a local path or ``s3://`` URI."""
+        path = fetch_artifact(str(model_dir), endpoint=endpoint)
+        return cls(load_ensemble(path, map_location=device, verify=verify), device=device)
+
+    @property
+    def reference(self) -> dict | None:
+        """The training intensity histogram (``ensemble.json`` or the first member's ``model.json``)."""
+        ref = self.manifest.get("reference")
+        if ref is None and self.ensemble.members:
+            ref = next(iter(self.ensemble.members.values())).manifest.get("reference")
+        return ref
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.manifest.get("name"), "task": self.task, "method": self.manifest.get("method"),
+                "members": self.member_ids, "class_names": self.class_names, "input": self.input_spec.to_dict(),
+                "medens_version": self.manifest.get("medens_version")}
+
+    def prepare(self, images: list[np.ndarray]) -> np.ndarray:
+        """Decoded images ``(H, W, C)`` of any size -> the artifact's preprocessing, ``(N, C, S, S)`` float32.
+
+        Each image is preprocessed on its own (sizes may differ); the result equals
+        :func:`medens.data.transforms.preprocess` of the same images stacked.
+        """
+        return np.concatenate([preprocess(img[None], self.input_spec) for img in images], axis=0)
+
+    @torch.no_grad()
+    def forward(self, x: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Ensemble forward of preprocessed ``(N, C, S, S)``; one dict per row (probabilities, members,
+        entropy, disagreement)."""
+        probs, members = self.ensemble.predict(x, device=self.device)
+        mlist = [members[m] for m in self.member_ids]
+        ent = predictive_entropy(probs)
+        dis = disagreement(probs, mlist)
+        return [{"probs": probs[i], "members": {m: members[m][i] for m in self.member_ids},
+                 "entropy": ent[i], "disagreement": dis[i]} for i in range(len(probs))]
+
+    def result(self, row: dict[str, np.ndarray], *, members: bool = False) -> dict[str, Any]:
+        """One image's JSON answer (v1)."""
+        probs = row["probs"]
+        if self.task == "segmentation":
+            mask = probs.argmax(0).astype(np.uint8)
+            out = {"mask_png": png_base64(mask), "shape": list(mask.shape),
+                   "class_fractions": {c: float(np.mean(mask == k)) for k, c in enumerate(self.class_names)},
+                   "confidence": float(probs.max(0).mean()), "entropy": float(np.mean(row["entropy"])),
+                   "disagreement": float(np.mean(row["disagreement"]))}
+        else:
+            label = int(probs.argmax())
+            out = {"label": label, "class_name": self.class_names[label],
+                   "probabilities": [float(p) for p in probs], "confidence": float(probs[label]),
+                   "entropy": float(row["entropy"]), "disagreement": float(row["disagreement"])}
+        if members:
+            out["members"] = {m: np.asarray(p, dtype=np.float64).tolist() for m, p in row["members"].items()} \
+                if self.task != "segmentation" else {m: float(np.mean(p.argmax(0) == probs.argmax(0)))
+                                                     for m, p in row["members"].items()}
+        return out
+
+    def explain(self, images: list[np.ndarray], class_idx: int | None = None) -> list[dict[str, Any]]:
+        """Grad-CAM of the ensemble: the mean of the members' normalised maps for the ensemble's label
+        (or ``class_idx``), as a base64 PNG overlay on the image as sent."""
+        from medens.evaluation.explain import grad_cam, normalize_maps, overlay
+
+        if self.task != "classification":
+            raise ValueError("explain (Grad-CAM) is available for classification ensembles only")
+        x = self.prepare(images)
+        rows = self.forward(x)
+        labels = np.array([int(r["probs"].argmax()) for r in rows]) if class_idx is None else \
+            np.full(len(rows), int(class_idx))
+        k = len(self.class_names)
+        if labels.min() < 0 or labels.max() >= k:
+            raise ValueError(f"class index must be in [0, {k}), got {int(labels.max())}")
+        maps = []
+        with torch.enable_grad():
+            for member in self.ensemble.members.values():
+                maps.append(grad_cam(member.model, x, class_idx=labels))
+        cams = normalize_maps(np.mean(maps, axis=0))
+        out = []
+        for img, cam, lab, row in zip(images, cams, labels, rows):
+            shown = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+            out.append({"label": int(lab), "class_name": self.class_names[int(lab)],
+                        "probabilities": [float(p) for p in row["probs"]],
+                        "overlay_png": png_base64(overlay(shown, cam)), "cam_shape": list(cam.shape)})
+        return out
+
+
+def png_base64(array: np.ndarray) -> str:
+    """uint8 ``(H, W)`` or ``(H, W, 3)`` -> base64 PNG text."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")

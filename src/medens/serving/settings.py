@@ -1,0 +1,53 @@
+"""Serving settings: input limits, micro-batching and drift window, from flags or ``MEDENS_SERVE_*``.
+
+=============================  ===========================================  ==========
+variable                       meaning                                      default
+=============================  ===========================================  ==========
+MEDENS_SERVE_MAX_BATCH         images per model forward (1: no batching)    32
+MEDENS_SERVE_MAX_WAIT_MS       longest a request waits for a batch to fill  5
+MEDENS_SERVE_MAX_INSTANCES     images per request                           64
+MEDENS_SERVE_MAX_BYTES         request body bytes                           33554432
+MEDENS_SERVE_MAX_PIXELS        pixels of one image (width x height)         16777216
+MEDENS_SERVE_DRIFT_WINDOW      recent images the drift PSI is computed on   500
+=============================  ===========================================  ==========
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Limits and batching of one model server (one worker per pod, so counters are whole)."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_instances: int = 64
+    max_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    drift_window: int = 500
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            minimum = 0 if f.name == "max_wait_ms" else 1
+            if value < minimum:
+                raise ValueError(f"serving setting {f.name} must be >= {minimum}, got {value}")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> ServingSettings:
+        """Defaults, then ``MEDENS_SERVE_<FIELD>`` variables, then explicit ``overrides`` (not None)."""
+        env = dict(os.environ if env is None else env)
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f"MEDENS_SERVE_{f.name.upper()}", "").strip()
+            if raw:
+                kind = float if f.type in ("float", float) else int
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError:
+                    raise ValueError(f"MEDENS_SERVE_{f.name.upper()} must be a number, got {raw!r}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

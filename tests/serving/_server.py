@@ -1,0 +1,91 @@
+"""A real ``medens serve`` process on 127.0.0.1 for the serving tests and the benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | dict | None = None, headers: dict | None = None,
+         timeout: float = 60.0) -> tuple[int, dict | str, dict]:
+    """(status, parsed JSON or text, headers) without raising on 4xx/5xx."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    hdrs = {"content-type": "application/json"} if isinstance(body, dict) else {}
+    hdrs.update(headers or {})
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw, h = r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        status, raw, h = e.code, e.read(), dict(e.headers)
+    try:
+        return status, json.loads(raw), h
+    except ValueError:
+        return status, raw.decode(errors="replace"), h
+
+
+class ServerProcess:
+    """``medens serve --model-dir DIR`` in a subprocess; ``url`` once ready, ``stop()`` ends it."""
+
+    def __init__(self, model_dir: str | Path, name: str = "tiny", *, env: dict | None = None,
+                 extra_args: list[str] | None = None, log: str | Path | None = None) -> None:
+        self.port = free_port()
+        self.name = name
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "medens.cli", "serve", "--model-dir", str(model_dir), "--model-name", name,
+               "--http-port", str(self.port), *(extra_args or [])]
+        environ = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
+        self.log_path = Path(log) if log else None
+        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)
+
+    def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text()[-3000:] if self.log_path else ""
+                raise RuntimeError(f"medens serve exited with {self.proc.returncode}:\n{tail}")
+            try:
+                status, body, _ = http("GET", f"{self.url}/v1/models/{self.name}", timeout=2)
+                if status == 200 and body.get("ready"):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"medens serve not ready after {timeout} s")
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self.wait_ready()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
