@@ -85,3 +85,20 @@ def test_data_summary_writes_and_prints(tmp_path, capsys):
 
     again = SplitData.load(tmp_path / "d")
     assert again.extras["train_crops"].images.shape[1:] == (64, 64, 1)
+
+
+def test_serve_refuses_what_is_not_an_ensemble_before_starting(tmp_path, capsys):
+    assert main(["serve", "--model-dir", str(tmp_path / "nowhere")]) == 2
+    assert "is not an ensemble artifact (ensemble.json is missing); the path does not exist" in capsys.readouterr().err
+    assert main(["serve", "--model-dir", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "max_batch must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_make_serve_serves_runs_latest():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["make", "-n", "serve"], cwd=root, capture_output=True,
+                         text=True, check=True).stdout
+    assert ".venv/bin/medens serve --model-dir runs/latest --http-port 8080" in out

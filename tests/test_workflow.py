@@ -150,17 +150,6 @@ def test_export_report(stages, tmp_path):
     assert text.splitlines()[0].startswith("#  system") and stages["summary"]["best"] in text
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture(params=["local", "s3"])
 def store_uri(request, tmp_path, monkeypatch):
     if request.param == "local":

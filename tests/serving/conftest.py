@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _ensembles import train_ensembles  # noqa: E402
 from _server import ServerProcess  # noqa: E402
 
 TINY = {
@@ -29,24 +29,10 @@ TINY = {
 @pytest.fixture(scope="session")
 def tiny_ensemble(tmp_path_factory):
     """(ensemble artifact dir, test images uint8 (N, H, W, C)) of a 3-member weighted ensemble."""
-    import torch
-
-    from medens.config import parse_spec
     from medens.data.types import SplitData
-    from medens.workflow import build_ensembles, prepare_data, train_member, training_grid
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        root = tmp_path_factory.mktemp("serve")
-        spec = parse_spec(TINY)
-        prepare_data(spec, root / "data")
-        paths = [train_member(spec, root / "data", json.dumps(m), root / "m" / str(i))
-                 for i, m in enumerate(training_grid(spec))]
-        made = build_ensembles(spec, root / "data", paths, root / "ens")
-    finally:
-        torch.set_num_threads(threads)
-    ens_dir = Path(made["weighted-top3"]) if isinstance(made, dict) else root / "ens" / "weighted-top3"
+    root = tmp_path_factory.mktemp("serve")
+    ens_dir = train_ensembles(TINY, root)["weighted-top3"]
     data = SplitData.load(root / "data")
     return ens_dir, np.asarray(data.test.images)
 

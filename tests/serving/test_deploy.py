@@ -24,7 +24,8 @@ def test_manifest_custom_predictor_with_storage_uri():
     assert c["name"] == CONTAINER_NAME == "kserve-container"
     assert c["env"] == [{"name": "STORAGE_URI", "value": URI}]
     assert c["image"] == "registry.example/medens:1"
-    assert [c["command"][0], *c["args"]] == ["medens", "serve", "--model-dir", MODEL_MOUNT, "--http-port", "8080"]
+    assert [c["command"][0], *c["args"]] == ["medens", "serve", "--model-dir", MODEL_MOUNT,
+                                                  "--model-name", m["metadata"]["name"], "--http-port", "8080"]
     assert MODEL_MOUNT == "/mnt/models"
     assert c["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
     assert c["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}

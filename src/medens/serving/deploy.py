@@ -47,7 +47,8 @@ def inference_service_object(name: str, namespace: str, storage_uri: str, *, ima
         name=CONTAINER_NAME,
         image=image,
         command=["medens"],
-        args=["serve", "--model-dir", MODEL_MOUNT, "--http-port", str(port)],
+        # the served model name is the InferenceService's: /v1/models/<name>:predict
+        args=["serve", "--model-dir", MODEL_MOUNT, "--model-name", name, "--http-port", str(port)],
         env=[V1EnvVar(name="STORAGE_URI", value=storage_uri)],
         ports=[V1ContainerPort(container_port=port, protocol="TCP")],
         resources=V1ResourceRequirements(requests=res.get("requests"), limits=res.get("limits")),

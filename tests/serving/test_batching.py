@@ -1,0 +1,123 @@
+"""MicroBatcher: rows come back to the right caller, batches form under concurrency, failures stay local."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from medens.serving.batching import MicroBatcher
+
+
+def doubling(calls: list[int]):
+    def forward(x: np.ndarray) -> list[float]:
+        calls.append(len(x))
+        return [float(v) * 2 for v in x[:, 0]]
+    return forward
+
+
+def rows(*values: float) -> np.ndarray:
+    return np.array([[v] for v in values], dtype=np.float32)
+
+
+def test_concurrent_requests_share_forwards_and_get_their_own_rows():
+    calls: list[int] = []
+    seen: list[tuple[int, float]] = []
+
+    async def main():
+        b = MicroBatcher(doubling(calls), max_batch=8, max_wait_ms=50,
+                         on_batch=lambda n, secs: seen.append((n, secs)))
+        results = await asyncio.gather(*(b.submit(rows(i, i + 0.5)) for i in range(10)))
+        await b.aclose()
+        return results
+
+    results = asyncio.run(main())
+    assert results == [[2 * i, 2 * i + 1] for i in range(10)]
+    assert sum(calls) == 20 and max(calls) == 8 and len(calls) == 3  # 8 + 8 + 4 images
+    assert [n for n, _ in seen] == calls and all(secs >= 0 for _, secs in seen)
+
+
+def test_max_batch_one_is_one_forward_per_image():
+    calls: list[int] = []
+
+    async def main():
+        b = MicroBatcher(doubling(calls), max_batch=1, max_wait_ms=50)
+        out = await asyncio.gather(*(b.submit(rows(i)) for i in range(5)))
+        await b.aclose()
+        return out
+
+    assert asyncio.run(main()) == [[0.0], [2.0], [4.0], [6.0], [8.0]]
+    assert calls == [1, 1, 1, 1, 1]
+
+
+def test_lone_request_waits_at_most_max_wait():
+    calls: list[int] = []
+
+    async def main():
+        b = MicroBatcher(doubling(calls), max_batch=32, max_wait_ms=30)
+        t = time.perf_counter()
+        out = await b.submit(rows(1))
+        dt = time.perf_counter() - t
+        await b.aclose()
+        return out, dt
+
+    out, dt = asyncio.run(main())
+    assert out == [2.0] and calls == [1]
+    assert 0.025 <= dt < 1.0
+
+
+def test_a_failing_forward_fails_only_its_batch_and_serving_goes_on():
+    calls: list[int] = []
+
+    def forward(x):
+        calls.append(len(x))
+        if (x < 0).any():
+            raise RuntimeError("bad batch")
+        return list(x[:, 0])
+
+    async def main():
+        b = MicroBatcher(forward, max_batch=4, max_wait_ms=0)
+        with pytest.raises(RuntimeError, match="bad batch"):
+            await b.submit(rows(-1))
+        ok = await b.submit(rows(3))
+        await b.aclose()
+        return ok
+
+    assert asyncio.run(main()) == [3.0]
+
+
+def test_forward_runs_off_the_event_loop():
+    """While a slow forward computes, the loop keeps running other coroutines (health checks)."""
+    loop_thread = []
+    forward_thread = []
+
+    def slow(x):
+        forward_thread.append(threading.get_ident())
+        time.sleep(0.3)
+        return list(x[:, 0])
+
+    async def main():
+        loop_thread.append(threading.get_ident())
+        b = MicroBatcher(slow, max_batch=4, max_wait_ms=0)
+        task = asyncio.create_task(b.submit(rows(1)))
+        ticks = 0
+        t = time.perf_counter()
+        while not task.done():
+            await asyncio.sleep(0.01)
+            ticks += 1
+        await b.aclose()
+        return ticks, time.perf_counter() - t
+
+    ticks, elapsed = asyncio.run(main())
+    assert elapsed >= 0.25 and ticks >= 10
+    assert forward_thread[0] != loop_thread[0]
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        MicroBatcher(lambda x: x, max_batch=0)
+    with pytest.raises(ValueError, match="max_wait_ms must be >= 0"):
+        MicroBatcher(lambda x: x, max_wait_ms=-1)
