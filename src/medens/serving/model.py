@@ -84,49 +84,53 @@ class EnsembleModel(Model):
         m.record_error(self.name, e.reason)
         return InvalidInput(str(e))
 
-    async def _decode(self, payload: dict | InferRequest) -> tuple[list[np.ndarray], bool, bool]:
-        """Images, whether per-member probabilities were asked for, and whether this is v2."""
+    def _read(self, payload: dict | InferRequest, prepare: bool) -> tuple[list[np.ndarray], np.ndarray | None, bool, bool]:
+        """Decode (and with ``prepare``, preprocess and observe for drift) in one worker-thread call:
+        images, model input, whether per-member probabilities were asked for, whether this is v2."""
         s = self.settings
+        if isinstance(payload, InferRequest):
+            if len(payload.inputs) != 1:
+                raise InputError("bad_request", f"send exactly one input tensor of images, got {len(payload.inputs)}")
+            inp = payload.inputs[0]
+            data = inp.data
+            if data is None or getattr(inp, "_raw_data", None) is not None:
+                try:
+                    data = inp.as_numpy()
+                except Exception as e:
+                    raise InputError("shape_mismatch", f"input {inp.name!r}: binary data does not match shape "
+                                                       f"{inp.shape} and datatype {inp.datatype} ({e})") from e
+            images = decode_v2_input(inp.name, inp.datatype, list(inp.shape), data, s.max_instances, s.max_pixels)
+            members, v2 = _flag(payload.parameters, "return_members"), True
+        else:
+            images, params = decode_v1(payload, s.max_instances, s.max_pixels)
+            members, v2 = _flag(params, "return_members") or _flag(payload, "return_members"), False
+        x = None
+        if prepare:
+            try:
+                x = self.predictor.prepare(images)
+            except ValueError as e:  # e.g. a channel count the model cannot take
+                raise InputError("preprocess", str(e)) from e
+            self.drift.observe(images)
+        return images, x, members, v2
+
+    async def _inputs(self, payload: dict | InferRequest, prepare: bool = True):
         try:
-            if isinstance(payload, InferRequest):
-                if len(payload.inputs) != 1:
-                    raise InputError("bad_request", f"send exactly one input tensor of images, got "
-                                                    f"{len(payload.inputs)}")
-                inp = payload.inputs[0]
-                data = inp.data
-                if data is None or getattr(inp, "_raw_data", None) is not None:
-                    try:
-                        data = inp.as_numpy()
-                    except Exception as e:
-                        raise InputError("shape_mismatch", f"input {inp.name!r}: binary data does not match "
-                                                           f"shape {inp.shape} and datatype {inp.datatype} ({e})") from e
-                images = await asyncio.to_thread(decode_v2_input, inp.name, inp.datatype, list(inp.shape), data,
-                                                 s.max_instances, s.max_pixels)
-                return images, _flag(payload.parameters, "return_members"), True
-            images, params = await asyncio.to_thread(decode_v1, payload, s.max_instances, s.max_pixels)
-            return images, _flag(params, "return_members") or _flag(payload, "return_members"), False
+            return await asyncio.to_thread(self._read, payload, prepare)
         except InputError as e:
             raise self._invalid(e) from e
 
-    async def _rows(self, images: list[np.ndarray]) -> list[dict]:
-        assert self.predictor is not None and self.batcher is not None
+    async def _rows(self, x: np.ndarray) -> list[dict]:
         try:
-            x = await asyncio.to_thread(self.predictor.prepare, images)
-        except ValueError as e:  # e.g. a channel count the model cannot take
-            raise self._invalid(InputError("preprocess", str(e))) from e
-        self.drift.observe(images)
-        try:
-            rows = await self.batcher.submit(x)
+            return await self.batcher.submit(x)
         except Exception:
             m.record_error(self.name, "forward")
             raise
-        return rows
 
     # ------------------------------------------------------------------ handlers
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> dict | InferResponse:
-        images, want_members, v2 = await self._decode(payload)
-        rows = await self._rows(images)
+        _, x, want_members, v2 = await self._inputs(payload)
+        rows = await self._rows(x)
         p = self.predictor
         probs = np.stack([r["probs"] for r in rows])
         ent = np.array([np.mean(r["entropy"]) for r in rows])
@@ -166,7 +170,7 @@ class EnsembleModel(Model):
     async def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict:
         if isinstance(payload, InferRequest):
             raise self._invalid(InputError("bad_request", "explain takes a v1 request {\"instances\": [...]}"))
-        images, _, _ = await self._decode(payload)
+        images, _, _, _ = await self._inputs(payload, prepare=False)
         params = payload.get("parameters") or {}
         cls = params.get("class_index") if isinstance(params, dict) else None
         if cls is not None and (not isinstance(cls, int) or isinstance(cls, bool)):
