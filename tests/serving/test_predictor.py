@@ -120,3 +120,32 @@ def test_segmentation_answers(tmp_path):
     assert set(r["members"]) == set(p.member_ids) and all(0 <= v <= 1 for v in r["members"].values())
     with pytest.raises(ValueError, match="classification ensembles only"):
         p.explain([img])
+
+
+def test_model_is_ready_only_when_every_member_loaded(tiny_ensemble, tmp_path):
+    from medens.serving.server import build_model, import_kserve
+
+    import_kserve()
+    from medens.serving.model import EnsembleModel
+
+    ens_dir, _ = tiny_ensemble
+    bad = tmp_path / "bad"
+    shutil.copytree(ens_dir, bad)
+    shutil.rmtree(next((bad / "members").iterdir()))  # one member missing
+    model = EnsembleModel("x", str(bad))
+    with pytest.raises(ValueError, match="missing"):
+        model.load()
+    assert model.ready is False and model.predictor is None
+    good = build_model(str(ens_dir))
+    assert good.ready is True and good.name == "weighted-top3"  # the artifact name (no evaluation block)
+    assert len(good.predictor.member_ids) == 3
+
+
+def test_default_served_name(tmp_path):
+    from medens.serving.server import default_model_name
+
+    (tmp_path / "ensemble.json").write_text(json.dumps({"name": "weighted-top3", "evaluation": {"experiment": "RBC Demo"}}))
+    assert default_model_name(str(tmp_path)) == "rbc-demo"
+    (tmp_path / "ensemble.json").write_text(json.dumps({"name": "Mean_Top3"}))
+    assert default_model_name(str(tmp_path)) == "mean-top3"
+    assert default_model_name(str(tmp_path / "none")) == "medens"
