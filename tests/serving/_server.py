@@ -37,6 +37,17 @@ def http(method: str, url: str, body: bytes | dict | None = None, headers: dict 
         return status, raw.decode(errors="replace"), h
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float) -> None:
+    """Terminate ``proc`` (kill it after ``timeout`` seconds) if it still runs."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ServerProcess:
     """``medens serve --model-dir DIR`` in a subprocess; ``url`` once ready, ``stop()`` ends it."""
 
@@ -76,13 +87,7 @@ class ServerProcess:
         raise RuntimeError("no VmRSS")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 20)
 
     def __enter__(self) -> ServerProcess:
         return self.wait_ready()

@@ -13,7 +13,8 @@ medens_member_disagreement{model}           histogram  fraction of members whose
                                                        from the ensemble's
 medens_input_drift_psi{model}               gauge      PSI of the recent images' intensity histogram
                                                        against the training reference
-medens_input_images_total{model}            counter    images decoded (the drift sample)
+medens_input_images_total{model}            counter    images received for prediction (the drift
+                                                       sample; explain requests are not counted)
 medens_request_errors_total{model,reason}   counter    rejected or failed requests, by reason
 medens_batch_size{model}                    histogram  images per model forward
 medens_forward_seconds{model}               histogram  time of one batched ensemble forward
@@ -48,7 +49,7 @@ DISAGREEMENT = Histogram("medens_member_disagreement", "Fraction of members whos
                          "ensemble's, per image", ["model"], buckets=FRACTION_BUCKETS)
 DRIFT_PSI = Gauge("medens_input_drift_psi", "Population stability index of the recent images' intensity "
                   "histogram against the training reference", ["model"])
-INPUT_IMAGES = Counter("medens_input_images", "Images decoded from requests", ["model"])
+INPUT_IMAGES = Counter("medens_input_images", "Images received for prediction", ["model"])
 ERRORS = Counter("medens_request_errors", "Rejected or failed requests, by reason", ["model", "reason"])
 BATCH_SIZE = Histogram("medens_batch_size", "Images per ensemble forward", ["model"], buckets=BATCH_BUCKETS)
 FORWARD_SECONDS = Histogram("medens_forward_seconds", "Seconds per batched ensemble forward", ["model"],
@@ -67,11 +68,18 @@ class DriftMonitor:
 
     def __init__(self, model: str, reference: dict | None, window: int = 500) -> None:
         self.model = model
+        if window < 1:
+            raise ValueError(f"the drift window must be at least 1 image, got {window}")
         self.reference = None
         self.bins = 32
         if reference and reference.get("fractions"):
-            self.reference = np.asarray(reference["fractions"], dtype=np.float64)
-            self.bins = int(reference.get("bins", len(self.reference)))
+            fractions = np.asarray(reference["fractions"], dtype=np.float64)
+            if fractions.ndim != 1 or int(reference.get("bins", len(fractions))) != len(fractions) \
+                    or not np.isfinite(fractions).all() or fractions.sum() <= 0:
+                raise ValueError(f"the artifact's drift reference is malformed: bins={reference.get('bins')}, "
+                                 f"{fractions.size} fractions summing to {fractions.sum():.4g}")
+            self.reference = fractions
+            self.bins = len(fractions)
         self._recent: deque[np.ndarray] = deque(maxlen=window)
         self._sum = np.zeros(self.bins, dtype=np.float64)
         self._lock = threading.Lock()
