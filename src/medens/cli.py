@@ -216,6 +216,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServingSettings.from_env(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                         max_instances=args.max_instances, max_bytes=args.max_bytes,
                                         max_pixels=args.max_pixels)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     serve(args.model_dir, name=args.model_name, http_port=args.http_port, settings=settings, device=args.device,
           endpoint=args.endpoint)
     return 0
@@ -292,9 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model-name", help="served name (default: the experiment that produced the artifact)")
     sv.add_argument("--http-port", type=int, default=8080)
     sv.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    sv.add_argument("--threads", type=int, help="torch threads of the forward (default: torch's, one per core; in a "
+                                                "pod with a CPU limit set it to the limit)")
     sv.add_argument("--endpoint", help="S3/MinIO endpoint for an s3:// model dir (default MINIO_ENDPOINT)")
     sv.add_argument("--max-batch", type=int, help="images per forward; 1 disables micro-batching (default 32)")
-    sv.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 5)")
+    sv.add_argument("--max-wait-ms", type=float, help="longest a partial batch waits for the images expected "
+                                                      "under the current load, at most one forward (default 50)")
     sv.add_argument("--max-instances", type=int, help="images per request (default 64)")
     sv.add_argument("--max-bytes", type=int, help="request body bytes (default 32 MiB)")
     sv.add_argument("--max-pixels", type=int, help="pixels per image (default 4096 x 4096)")

@@ -53,20 +53,64 @@ def test_max_batch_one_is_one_forward_per_image():
     assert calls == [1, 1, 1, 1, 1]
 
 
-def test_lone_request_waits_at_most_max_wait():
+def test_lone_client_never_waits():
     calls: list[int] = []
 
     async def main():
-        b = MicroBatcher(doubling(calls), max_batch=32, max_wait_ms=30)
-        t = time.perf_counter()
-        out = await b.submit(rows(1))
-        dt = time.perf_counter() - t
+        b = MicroBatcher(doubling(calls), max_batch=32, max_wait_ms=500)
+        times = []
+        for i in range(3):
+            t = time.perf_counter()
+            assert await b.submit(rows(i)) == [2.0 * i]
+            times.append(time.perf_counter() - t)
         await b.aclose()
-        return out, dt
+        return times
 
-    out, dt = asyncio.run(main())
-    assert out == [2.0] and calls == [1]
-    assert 0.025 <= dt < 1.0
+    times = asyncio.run(main())
+    assert calls == [1, 1, 1] and max(times) < 0.25  # far below the 500 ms max_wait
+
+
+def closed_loop(max_wait_ms: float, clients: int = 8, rounds: int = 8) -> list[int]:
+    """``clients`` closed-loop clients (1 image, 5 ms between answer and next request) against a
+    forward that takes 60 ms whatever the batch size; returns the batch sizes."""
+    sizes: list[int] = []
+
+    def forward(x):
+        sizes.append(len(x))
+        time.sleep(0.06)
+        return list(x[:, 0])
+
+    async def main():
+        b = MicroBatcher(forward, max_batch=32, max_wait_ms=max_wait_ms)
+
+        async def client(i):
+            await asyncio.sleep(0.07 * (i % 2))  # two groups arriving a forward apart
+            for _ in range(rounds):
+                assert await b.submit(rows(i)) == [float(i)]
+                await asyncio.sleep(0.005)
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        await b.aclose()
+
+    asyncio.run(main())
+    return sizes
+
+
+def test_batches_do_not_split_into_alternating_halves():
+    # greedy (no wait): one half computes while the other queues, forever
+    greedy = closed_loop(max_wait_ms=0)
+    assert greedy == [4] * 16
+    # adaptive: after the first forwards the expectation is 8 and the halves merge
+    adaptive = closed_loop(max_wait_ms=40)
+    assert adaptive[2:8] == [8] * 6 and sum(adaptive) == 64
+    assert len(adaptive) < len(greedy)
+
+
+def test_patience_is_bounded_by_the_forward_time():
+    b = MicroBatcher(lambda x: list(x), max_batch=8, max_wait_ms=50)
+    assert b.patience() == 0.05
+    b.forward_seconds = 0.002
+    assert b.patience() == 0.002
 
 
 def test_a_failing_forward_fails_only_its_batch_and_serving_goes_on():

@@ -1,13 +1,21 @@
 """Adaptive micro-batching: concurrent requests share one model forward.
 
 Requests put preprocessed images on an asyncio queue and await their rows. One collector task
-takes whatever is waiting: a forward starts as soon as ``max_batch`` images are queued, or
-``max_wait_ms`` after the first image of the batch arrived, whichever comes first, and while a
-forward runs new images queue up for the next one (so under load batches grow by themselves and
-an idle server answers a lone request after at most ``max_wait_ms``). The forward runs in one
-dedicated worker thread, off the event loop: health checks and ``/metrics`` are answered while a
-slow batch computes, and forwards never run two at a time (torch already uses every core).
-``max_batch=1`` turns batching off (every image is its own forward).
+forms batches; the forward runs in one dedicated worker thread, off the event loop, so health
+checks and ``/metrics`` are answered while a slow batch computes, and forwards never run two at
+a time (torch already uses every core). The batch size adapts to the load:
+
+- The collector remembers how many images were in flight when the last forward ended (those in
+  it plus those queued meanwhile). With ``c`` closed-loop clients that is ``c``.
+- A batch takes everything queued, and while it holds fewer images than that expectation it
+  waits for the rest, at most ``min(max_wait_ms, recent forward time)``: the clients just
+  answered come back within a round trip, and waiting longer than one forward never pays.
+- A lone client therefore never waits (expectation 1), and under load the batches do not split
+  into two alternating halves (one computing while the other queues), which costs a lot where a
+  batch of ``2k`` takes little longer than a batch of ``k``.
+
+``max_batch`` caps a batch; ``max_batch=1`` turns batching off (every image is its own forward);
+``max_wait_ms=0`` takes whatever is queued and never waits.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ class MicroBatcher:
     back in order. An exception in ``forward`` fails exactly the requests of that batch.
     """
 
-    def __init__(self, forward: Callable[[np.ndarray], Any], *, max_batch: int = 32, max_wait_ms: float = 5.0,
+    def __init__(self, forward: Callable[[np.ndarray], Any], *, max_batch: int = 32, max_wait_ms: float = 50.0,
                  on_batch: Callable[[int, float], None] | None = None,
                  on_queue: Callable[[int], None] | None = None) -> None:
         if max_batch < 1:
@@ -46,6 +54,8 @@ class MicroBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="medens-forward")
         self._pending = 0
+        self.expected = 1  # images in flight when the last forward ended
+        self.forward_seconds: float | None = None  # moving average of the forward time
 
     def _ensure_started(self) -> asyncio.Queue:
         loop = asyncio.get_running_loop()
@@ -72,14 +82,20 @@ class MicroBatcher:
         if self.on_queue is not None:
             self.on_queue(self._pending)
 
+    def patience(self) -> float:
+        """Seconds a partial batch may wait for the images expected: ``min(max_wait, forward time)``."""
+        if self.forward_seconds is None:
+            return self.max_wait
+        return min(self.max_wait, self.forward_seconds)
+
     async def _collect(self) -> None:
         queue = self._queue
         assert queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            first = await queue.get()
-            batch = [first]
-            deadline = loop.time() + self.max_wait
+            batch = [await queue.get()]
+            target = min(self.max_batch, max(1, self.expected))
+            deadline = loop.time() + self.patience()
             while len(batch) < self.max_batch:
                 try:
                     batch.append(queue.get_nowait())
@@ -87,7 +103,7 @@ class MicroBatcher:
                 except asyncio.QueueEmpty:
                     pass
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if len(batch) >= target or remaining <= 0:
                     break
                 try:
                     batch.append(await asyncio.wait_for(queue.get(), remaining))
@@ -99,6 +115,7 @@ class MicroBatcher:
             if not live:
                 continue
             await self._run(live)
+            self.expected = len(live) + queue.qsize()
 
     async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
         loop = asyncio.get_running_loop()
@@ -111,8 +128,10 @@ class MicroBatcher:
                 if not fut.done():
                     fut.set_exception(e)
             return
+        seconds = time.perf_counter() - start
+        self.forward_seconds = seconds if self.forward_seconds is None else 0.8 * self.forward_seconds + 0.2 * seconds
         if self.on_batch is not None:
-            self.on_batch(len(batch), time.perf_counter() - start)
+            self.on_batch(len(batch), seconds)
         for i, (_, fut) in enumerate(batch):
             if not fut.done():
                 fut.set_result(rows[i])

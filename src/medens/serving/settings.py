@@ -4,7 +4,8 @@
 variable                       meaning                                      default
 =============================  ===========================================  ==========
 MEDENS_SERVE_MAX_BATCH         images per model forward (1: no batching)    32
-MEDENS_SERVE_MAX_WAIT_MS       longest a request waits for a batch to fill  5
+MEDENS_SERVE_MAX_WAIT_MS       longest a partial batch waits for images     50
+                               expected under load (at most one forward)
 MEDENS_SERVE_MAX_INSTANCES     images per request                           64
 MEDENS_SERVE_MAX_BYTES         request body bytes                           33554432
 MEDENS_SERVE_MAX_PIXELS        pixels of one image (width x height)         16777216
@@ -23,7 +24,7 @@ class ServingSettings:
     """Limits and batching of one model server (one worker per pod, so counters are whole)."""
 
     max_batch: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 50.0
     max_instances: int = 64
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 4096 * 4096
