@@ -149,3 +149,24 @@ def test_default_served_name(tmp_path):
     (tmp_path / "ensemble.json").write_text(json.dumps({"name": "Mean_Top3"}))
     assert default_model_name(str(tmp_path)) == "mean-top3"
     assert default_model_name(str(tmp_path / "none")) == "medens"
+
+
+def test_segmentation_metrics_count_classes_present():
+    from prometheus_client import REGISTRY
+
+    from medens.serving.metrics import record_segmentation
+
+    probs = np.zeros((2, 2, 2, 2))
+    probs[:, 0] = 0.9  # background everywhere...
+    probs[:, 1] = 0.1
+    probs[1, :, 0, 0] = [0.2, 0.8]  # ...except one lesion pixel in image 1
+    labels = {"model": "seg-metrics-test"}
+
+    def value(name, **extra):
+        return REGISTRY.get_sample_value(name, {**labels, **extra}) or 0.0
+
+    record_segmentation("seg-metrics-test", ["background", "lesion"], probs, np.array([0.3, 0.4]), np.array([0.0, 0.25]))
+    assert value("medens_predictions_total", **{"class": "background"}) == 2
+    assert value("medens_predictions_total", **{"class": "lesion"}) == 1
+    assert value("medens_prediction_confidence_sum") == pytest.approx(0.9 + (0.9 * 3 + 0.8) / 4)
+    assert value("medens_member_disagreement_sum") == pytest.approx(0.25)

@@ -7,6 +7,7 @@ carry a ``model`` label. A server runs one worker per pod, so counters are whole
 metric                                      type       what
 ==========================================  =========  ============================================
 medens_predictions_total{model,class}       counter    images predicted, by predicted class
+                                                       (segmentation: by class present in the mask)
 medens_prediction_confidence{model}         histogram  top-class probability of each image
 medens_prediction_entropy{model}            histogram  predictive entropy (nats) of each image
 medens_member_disagreement{model}           histogram  fraction of members whose label differs
@@ -123,6 +124,20 @@ def record_predictions(model: str, class_names: list[str], probs: np.ndarray, en
 
 # per request (set by medens.serving.server.RequestGuard): whether its error was counted already
 ERROR_COUNTED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("medens_error_counted", default=None)
+
+
+def record_segmentation(model: str, class_names: list[str], probs: np.ndarray, entropy: np.ndarray,
+                        disagreement: np.ndarray) -> None:
+    """Segmentation: count every class present in each predicted mask; confidence is the mean
+    top-class probability over pixels, entropy and disagreement the per-image pixel means."""
+    conf = probs.max(1).reshape(len(probs), -1).mean(1)
+    for mask in probs.argmax(1):
+        for k in np.unique(mask):
+            PREDICTIONS.labels(model, class_names[int(k)]).inc()
+    for c, e, d in zip(conf, entropy, disagreement):
+        CONFIDENCE.labels(model).observe(float(c))
+        ENTROPY.labels(model).observe(float(e))
+        DISAGREEMENT.labels(model).observe(float(d))
 
 
 def record_error(model: str, reason: str) -> None:

@@ -70,6 +70,9 @@ class EnsembleModel(Model):
                                       m.FORWARD_SECONDS.labels(self.name).observe(secs)),
             on_queue=lambda n: m.QUEUE_IMAGES.labels(self.name).set(n))
         self.drift = m.DriftMonitor(self.name, predictor.reference, window=s.drift_window)
+        if predictor.reference is None:
+            log.warning("%s has no training intensity reference (trained before references were stored): "
+                        "medens_input_drift_psi stays unset", self.model_dir)
         d = predictor.describe()
         m.MODEL_INFO.labels(self.name, str(d["method"]), ",".join(d["members"]), d["task"],
                             str(d["medens_version"])).set(1)
@@ -135,8 +138,8 @@ class EnsembleModel(Model):
         probs = np.stack([r["probs"] for r in rows])
         ent = np.array([np.mean(r["entropy"]) for r in rows])
         dis = np.array([np.mean(r["disagreement"]) for r in rows])
-        if p.task == "classification":
-            m.record_predictions(self.name, p.class_names, probs, ent, dis)
+        record = m.record_predictions if p.task == "classification" else m.record_segmentation
+        record(self.name, p.class_names, probs, ent, dis)
         if not v2:
             return {"predictions": [p.result(r, members=want_members) for r in rows]}
         return self._v2_response(payload, rows, probs, ent, dis, want_members)

@@ -175,7 +175,8 @@ def serve(model_dir: str, *, name: str | None = None, http_port: int = 8080, set
     model = build_model(model_dir, name=name, settings=settings, device=device, endpoint=endpoint)
     ms.app.add_middleware(RequestGuard, max_bytes=settings.max_bytes, model_name=model.name)
     server = ms.ModelServer(http_port=http_port, enable_grpc=False, workers=1, enable_latency_logging=False)
-    print(f"serving {model.name!r} ({model.predictor.describe()['method']}, {len(model.predictor.member_ids)} "
-          f"members) on http://0.0.0.0:{http_port}: POST /v1/models/{model.name}:predict, "
-          f"/v2/models/{model.name}/infer, GET /metrics", flush=True)
+    n = len(model.predictor.member_ids)
+    print(f"serving {model.name!r} ({model.predictor.describe()['method']}, {n} member{'s' * (n != 1)}) on "
+          f"http://0.0.0.0:{http_port}: POST /v1/models/{model.name}:predict, /v2/models/{model.name}/infer, "
+          f"GET /metrics", flush=True)
     server.start([model])
