@@ -170,3 +170,36 @@ def test_segmentation_metrics_count_classes_present():
     assert value("medens_predictions_total", **{"class": "lesion"}) == 1
     assert value("medens_prediction_confidence_sum") == pytest.approx(0.9 + (0.9 * 3 + 0.8) / 4)
     assert value("medens_member_disagreement_sum") == pytest.approx(0.25)
+
+
+def test_load_and_every_forward_run_in_one_torch_thread(tiny_ensemble, monkeypatch):
+    """One OpenMP team per process (see medens.serving.batching.torch_thread)."""
+    import asyncio
+    import threading
+
+    from medens.serving.server import build_model
+
+    seen = []
+    real_load, real_forward = EnsemblePredictor.load, EnsemblePredictor.forward
+
+    def load(*a, **k):
+        seen.append(("load", threading.get_ident()))
+        return real_load(*a, **k)
+
+    def forward(self, x):
+        seen.append(("forward", threading.get_ident()))
+        return real_forward(self, x)
+
+    monkeypatch.setattr(EnsemblePredictor, "load", load)
+    monkeypatch.setattr(EnsemblePredictor, "forward", forward)
+    ens_dir, images = tiny_ensemble
+    model = build_model(str(ens_dir), name="t")
+
+    async def run():
+        x = model.predictor.prepare(list(images[:2]))
+        return await asyncio.gather(model.batcher.submit(x[:1]), model.batcher.submit(x[1:]))
+
+    asyncio.run(run())
+    threads = {t for _, t in seen}
+    assert [k for k, _ in seen][0] == "load" and "forward" in [k for k, _ in seen]
+    assert len(threads) == 1 and threading.get_ident() not in threads

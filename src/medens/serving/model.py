@@ -12,20 +12,24 @@
   ``member_probabilities`` ``[N, M, K]`` when the request parameter ``return_members`` is true.
 
 Every request problem raises ``kserve.errors.InvalidInput`` (HTTP 400 with ``{"error": ...}``)
-naming it, and is counted in ``medens_request_errors_total`` by reason. Decoding runs in a worker
-thread, the forward in the micro-batcher's own thread: the event loop stays free for health checks.
+naming it, and is counted in ``medens_request_errors_total`` by reason. Decoding runs in worker
+threads (torch single-threaded there), loading and every forward in one torch thread
+(:func:`medens.serving.batching.torch_thread`): the event loop stays free for health checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import os
 from typing import Any
 
 import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
+from medens.serving import batching
 from medens.serving import metrics as m
 from medens.serving.batching import MicroBatcher
 from medens.serving.inputs import InputError, decode_v1, decode_v2_input
@@ -33,6 +37,12 @@ from medens.serving.predictor import EnsemblePredictor
 from medens.serving.settings import ServingSettings
 
 log = logging.getLogger("medens.serving")
+
+
+def _single_threaded_torch() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _flag(params: Any, key: str) -> bool:
@@ -57,18 +67,30 @@ class EnsembleModel(Model):
         self.predictor: EnsemblePredictor | None = None
         self.batcher: MicroBatcher | None = None
         self.drift: m.DriftMonitor | None = None
+        self._decoders: concurrent.futures.ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> bool:
         """Fetch, verify and build every member; ``ready`` only when all of it worked."""
         self.ready = False
-        predictor = EnsemblePredictor.load(self.model_dir, device=self.device, endpoint=self.endpoint)
+        torch_thread = batching.torch_thread()
+        try:
+            predictor = torch_thread.submit(EnsemblePredictor.load, self.model_dir, device=self.device,
+                                            endpoint=self.endpoint).result()
+        except BaseException:
+            torch_thread.shutdown(wait=False)
+            raise
         s = self.settings
         self.batcher = MicroBatcher(
-            predictor.forward, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
+            predictor.forward, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, executor=torch_thread,
             on_batch=lambda n, secs: (m.BATCH_SIZE.labels(self.name).observe(n),
                                       m.FORWARD_SECONDS.labels(self.name).observe(secs)),
             on_queue=lambda n: m.QUEUE_IMAGES.labels(self.name).set(n))
+        # decoding and preprocessing (which resizes with torch) in threads whose torch runs
+        # single-threaded, so they add no OpenMP team (see batching.torch_thread)
+        self._decoders = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="medens-decode",
+            initializer=_single_threaded_torch)
         self.drift = m.DriftMonitor(self.name, predictor.reference, window=s.drift_window)
         if predictor.reference is None:
             log.warning("%s has no training intensity reference (trained before references were stored): "
@@ -118,7 +140,7 @@ class EnsembleModel(Model):
 
     async def _inputs(self, payload: dict | InferRequest, prepare: bool = True):
         try:
-            return await asyncio.to_thread(self._read, payload, prepare)
+            return await asyncio.get_running_loop().run_in_executor(self._decoders, self._read, payload, prepare)
         except InputError as e:
             raise self._invalid(e) from e
 
