@@ -24,8 +24,10 @@ def test_manifest_custom_predictor_with_storage_uri():
     assert c["name"] == CONTAINER_NAME == "kserve-container"
     assert c["env"] == [{"name": "STORAGE_URI", "value": URI}]
     assert c["image"] == "registry.example/medens:1"
+    # torch threads = the whole-CPU limit (2 by default): torch in a pod sees the node's cores
     assert [c["command"][0], *c["args"]] == ["medens", "serve", "--model-dir", MODEL_MOUNT,
-                                                  "--model-name", m["metadata"]["name"], "--http-port", "8080"]
+                                                  "--model-name", m["metadata"]["name"], "--http-port", "8080",
+                                                  "--threads", "2"]
     assert MODEL_MOUNT == "/mnt/models"
     assert c["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
     assert c["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
@@ -38,9 +40,11 @@ def test_manifest_gpu_and_custom_resources():
     c = m["spec"]["predictor"]["containers"][0]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     assert c["resources"]["requests"] == {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"}
-    assert c["args"][-1] == "9000"
+    # no whole-CPU limit here: no --threads; a GPU: --device cuda
+    assert c["args"][-4:] == ["--http-port", "9000", "--device", "cuda"]
     assert m["spec"]["predictor"]["minReplicas"] == 0
-    assert m["metadata"]["annotations"] == {"a": "b"}
+    assert m["metadata"]["annotations"] == {"a": "b", "serving.kserve.io/enable-prometheus-scraping": "true",
+                                            "prometheus.kserve.io/port": "9000", "prometheus.kserve.io/path": "/metrics"}
     assert "serviceAccountName" not in m["spec"]["predictor"]
 
 

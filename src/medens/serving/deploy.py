@@ -25,6 +25,19 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
+def _thread_args(resources: dict[str, dict[str, str]]) -> list[str]:
+    """``--threads`` from a whole-CPU limit: torch in a pod sees the node's cores, not its limit."""
+    cpu = str(resources.get("limits", {}).get("cpu", "")).strip()
+    return ["--threads", cpu] if cpu.isdigit() and int(cpu) >= 1 else []
+
+
+def scrape_annotations(port: int) -> dict[str, str]:
+    """KServe's Prometheus annotations: the predictor's ``/metrics`` (KServe's and medens') on its port.
+    (They declare the port and path; the cluster's Prometheus must still be configured to scrape them.)"""
+    return {"serving.kserve.io/enable-prometheus-scraping": "true", "prometheus.kserve.io/port": str(port),
+            "prometheus.kserve.io/path": "/metrics"}
+
+
 def inference_service_object(name: str, namespace: str, storage_uri: str, *, image: str,
                              service_account: str | None = None, resources: dict[str, dict[str, str]] | None = None,
                              gpu: int = 0, port: int = 8080, min_replicas: int = 1,
@@ -48,7 +61,8 @@ def inference_service_object(name: str, namespace: str, storage_uri: str, *, ima
         image=image,
         command=["medens"],
         # the served model name is the InferenceService's: /v1/models/<name>:predict
-        args=["serve", "--model-dir", MODEL_MOUNT, "--model-name", name, "--http-port", str(port)],
+        args=["serve", "--model-dir", MODEL_MOUNT, "--model-name", name, "--http-port", str(port),
+              *_thread_args(res), *(["--device", "cuda"] if gpu else [])],
         env=[V1EnvVar(name="STORAGE_URI", value=storage_uri)],
         ports=[V1ContainerPort(container_port=port, protocol="TCP")],
         resources=V1ResourceRequirements(requests=res.get("requests"), limits=res.get("limits")),
@@ -56,7 +70,7 @@ def inference_service_object(name: str, namespace: str, storage_uri: str, *, ima
     return V1beta1InferenceService(
         api_version=f"{constants.KSERVE_GROUP}/{constants.KSERVE_V1BETA1_VERSION}",
         kind=constants.KSERVE_KIND_INFERENCESERVICE,
-        metadata=V1ObjectMeta(name=name, namespace=namespace, annotations=annotations or None,
+        metadata=V1ObjectMeta(name=name, namespace=namespace, annotations={**scrape_annotations(port), **(annotations or {})},
                               labels={"app.kubernetes.io/part-of": "medens", **(labels or {})}),
         spec=V1beta1InferenceServiceSpec(predictor=V1beta1PredictorSpec(
             containers=[container], service_account_name=service_account, min_replicas=min_replicas)),
