@@ -110,10 +110,14 @@ def test_v2_through_kserve_rest_client_bytes_and_fp32(server, offline):
             await client.close()
 
     r_bytes, r_fp = asyncio.run(run())
+    names = [offline[3].class_names[k] for k in probs.argmax(1)]
     for resp in (r_bytes, r_fp):
         out = {o.name: o for o in resp.outputs}
         np.testing.assert_allclose(out["probabilities"].as_numpy(), probs, atol=1e-5, rtol=0)
         assert out["label"].as_numpy().tolist() == probs.argmax(1).tolist()
+        assert [v.decode() if isinstance(v, bytes) else v for v in out["class_name"].data] == names
+        ent = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(1)
+        np.testing.assert_allclose(out["entropy"].as_numpy(), ent, atol=1e-5)
     out = {o.name: o for o in r_bytes.outputs}
     mp = out["member_probabilities"].as_numpy()
     assert mp.shape == (len(imgs), len(members), probs.shape[1])
