@@ -215,7 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = ServingSettings.from_env(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                         max_instances=args.max_instances, max_bytes=args.max_bytes,
-                                        max_pixels=args.max_pixels)
+                                        max_pixels=args.max_pixels, max_request_pixels=args.max_request_pixels)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-instances", type=int, help="images per request (default 64)")
     sv.add_argument("--max-bytes", type=int, help="request body bytes (default 32 MiB)")
     sv.add_argument("--max-pixels", type=int, help="pixels per image (default 4096 x 4096)")
+    sv.add_argument("--max-request-pixels", type=int, help="pixels of all images of a request (default 2 x 4096 x 4096)")
     sv.set_defaults(func=cmd_serve)
 
     losses = sub.add_parser("losses", help="the loss library")

@@ -165,3 +165,51 @@ def test_bad_settings():
         MicroBatcher(lambda x: x, max_batch=0)
     with pytest.raises(ValueError, match="max_wait_ms must be >= 0"):
         MicroBatcher(lambda x: x, max_wait_ms=-1)
+
+
+def test_wrong_row_count_or_failing_callback_fails_the_batch_only():
+    state = {"short": True, "raise_cb": False}
+
+    def forward(x):
+        return list(x[:, 0])[:-1] if state["short"] else list(x[:, 0])
+
+    def on_batch(n, secs):
+        if state["raise_cb"]:
+            raise RuntimeError("callback broke")
+
+    async def main():
+        b = MicroBatcher(forward, max_batch=4, max_wait_ms=0, on_batch=on_batch)
+        with pytest.raises(RuntimeError, match="returned 1 rows for 2 inputs"):
+            await b.submit(rows(1, 2))
+        state.update(short=False, raise_cb=True)
+        with pytest.raises(RuntimeError, match="callback broke"):
+            await b.submit(rows(3))
+        state["raise_cb"] = False
+        ok = await asyncio.wait_for(b.submit(rows(5, 6)), 5)
+        await b.aclose()
+        return ok
+
+    assert asyncio.run(main()) == [5.0, 6.0]
+
+
+def test_request_guard_counts_unhandled_errors_as_internal():
+    from prometheus_client import REGISTRY
+
+    from medens.serving.server import RequestGuard
+
+    async def broken_app(scope, receive, send):
+        raise KeyError("boom")
+
+    guard = RequestGuard(broken_app, max_bytes=100, model_name="guard-test")
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        pass
+
+    labels = {"model": "guard-test", "reason": "internal"}
+    before = REGISTRY.get_sample_value("medens_request_errors_total", labels) or 0.0
+    with pytest.raises(KeyError):
+        asyncio.run(guard({"type": "http", "method": "POST", "headers": []}, receive, send))
+    assert REGISTRY.get_sample_value("medens_request_errors_total", labels) == before + 1

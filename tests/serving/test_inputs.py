@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -140,3 +141,23 @@ def test_settings_from_env_flags_and_validation():
     with pytest.raises(ValueError, match="max_batch must be >= 1, got 0"):
         ServingSettings(max_batch=0)
     assert ServingSettings(max_wait_ms=0).max_wait_ms == 0
+
+
+def test_request_pixel_budget_and_huge_integers():
+    img = base64.b64encode(encode(np.zeros((60, 60), np.uint8))).decode()
+    images, _ = decode_v1({"instances": [img, img]}, 8, LIMIT, max_request_pixels=7200)
+    assert len(images) == 2
+    with pytest.raises(InputError, match=r"instances\[2\]: the request's images hold more pixels") as e:
+        decode_v1({"instances": [img, img, img]}, 8, LIMIT, max_request_pixels=7200)
+    assert e.value.reason == "request_too_large"
+    assert reason(decode_v2_input, "i", "FP32", [3, 60, 60], [0] * 10800, 8, LIMIT, 7200) == "request_too_large"
+    assert reason(decode_v2_input, "i", "FP32", [1, 1, 2], [1, 10**400], 8, LIMIT) == "not_numeric"
+    assert reason(decode_instance, [[1, 10**400]], "i", LIMIT) == "not_numeric"
+
+
+def test_v1_body_left_as_bytes_is_parsed():
+    img = base64.b64encode(encode(np.zeros((4, 4), np.uint8))).decode()
+    body = json.dumps({"instances": [img], "parameters": {"return_members": True}}).encode()
+    images, params = decode_v1(body, 4, LIMIT)
+    assert len(images) == 1 and params == {"return_members": True}
+    assert reason(decode_v1, b"{not json", 4, LIMIT) == "invalid_json"

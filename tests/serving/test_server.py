@@ -215,6 +215,11 @@ def corpus(img: np.ndarray) -> list[tuple[str, str, dict | bytes, dict, int, str
          b'"parameters":{"binary_data_size":8}}]}\x04\x00\x00\x00abcd',
          {"content-type": "application/octet-stream", "inference-header-content-length": "96"}, 400,
          "base64 strings"),
+        ("v2 binary header without a list of inputs", v2, b'{"inputs": 5}abcd',
+         {"content-type": "application/octet-stream", "inference-header-content-length": "13"}, 400,
+         "malformed binary request"),
+        ("v2 integer too large for a float", v2, b'{"inputs": [{"name": "image", "shape": [1, 1, 2], "datatype": "FP32", '
+         b'"data": [1, 1' + b"0" * 400 + b']}]}', {"content-type": "application/json"}, 400, "numbers"),
         ("v2 missing inputs", v2, {"outputs": []}, {}, 422, "inputs"),
     ]
 
@@ -236,8 +241,16 @@ def test_bad_input_corpus_gets_named_4xx_and_server_stays_healthy(server, offlin
         if status != want or not isinstance(resp, dict) or text not in message:
             failures.append(f"{kind}: HTTP {status} {message[:300]}")
     assert not failures, "\n".join(failures)
-    # afterwards: live, ready, and a valid request is answered correctly
+    # afterwards: live, ready, and a valid request is answered correctly, whatever the JSON content type says
     assert http("GET", f"{server.url}/v1/models/{server.name}")[0] == 200
     status, body, _ = predict_v1(server, [png_b64(imgs[1])])
     assert status == 200
     np.testing.assert_allclose(body["predictions"][0]["probabilities"], probs[1], atol=1e-5, rtol=0)
+    for ctype in ("application/json; charset=utf-8", "text/plain"):
+        status, body, _ = http("POST", f"{server.url}/v1/models/{server.name}:predict",
+                               json.dumps({"instances": [png_b64(imgs[1])]}).encode(), {"content-type": ctype})
+        assert status == 200, (ctype, body)
+        np.testing.assert_allclose(body["predictions"][0]["probabilities"], probs[1], atol=1e-5, rtol=0)
+    # no unexpected 500 was counted on the way
+    status, text, _ = http("GET", f"{server.url}/metrics")
+    assert 'reason="internal"' not in text

@@ -45,8 +45,9 @@ def torch_thread() -> concurrent.futures.ThreadPoolExecutor:
 class MicroBatcher:
     """Batch ``(C, H, W)`` inputs across requests into ``forward((N, C, H, W)) -> rows``.
 
-    ``forward`` returns a sequence (or a dict of arrays) indexed by row; each caller gets its rows
-    back in order. An exception in ``forward`` fails exactly the requests of that batch.
+    ``forward`` returns a sequence with one item per row; each caller gets its rows back in order.
+    An exception in ``forward`` (or a result of the wrong length) fails exactly the requests of
+    that batch; the batcher keeps serving.
     """
 
     def __init__(self, forward: Callable[[np.ndarray], Any], *, max_batch: int = 32, max_wait_ms: float = 50.0,
@@ -133,19 +134,24 @@ class MicroBatcher:
 
     async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
         loop = asyncio.get_running_loop()
-        x = np.stack([b[0] for b in batch])
-        start = time.perf_counter()
+
+        def timed(x: np.ndarray) -> tuple[Any, float]:
+            start = time.perf_counter()  # in the torch thread: not the wait behind an explain
+            return self.forward(x), time.perf_counter() - start
+
         try:
-            rows = await loop.run_in_executor(self._executor, self.forward, x)
+            rows, seconds = await loop.run_in_executor(self._executor, timed, np.stack([b[0] for b in batch]))
+            if len(rows) != len(batch):
+                raise RuntimeError(f"the forward returned {len(rows)} rows for {len(batch)} inputs")
+            self.forward_seconds = seconds if self.forward_seconds is None else \
+                0.8 * self.forward_seconds + 0.2 * seconds
+            if self.on_batch is not None:
+                self.on_batch(len(batch), seconds)
         except Exception as e:  # fail this batch's requests, keep serving
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(e)
             return
-        seconds = time.perf_counter() - start
-        self.forward_seconds = seconds if self.forward_seconds is None else 0.8 * self.forward_seconds + 0.2 * seconds
-        if self.on_batch is not None:
-            self.on_batch(len(batch), seconds)
         for i, (_, fut) in enumerate(batch):
             if not fut.done():
                 fut.set_result(rows[i])

@@ -26,6 +26,23 @@ ARRAY_DATATYPES = {"FP32": np.float32, "FP64": np.float64, "UINT8": np.uint8, "F
 CHANNELS = (1, 3)
 
 
+class PixelBudget:
+    """Pixels one request may still decode (``max_request_pixels``): checked before each image's
+    pixels are decoded, so a small body of many huge images cannot exhaust memory."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.left = limit
+
+    def take(self, pixels: int, where: str) -> None:
+        if self.left is None:
+            return
+        if pixels > self.left:
+            raise InputError("request_too_large", f"{where}: the request's images hold more pixels than the limit "
+                                                  f"per request (MEDENS_SERVE_MAX_REQUEST_PIXELS); send fewer or "
+                                                  f"smaller images")
+        self.left -= pixels
+
+
 class InputError(ValueError):
     """A request problem: ``reason`` is a short code for the error counter, the message names it."""
 
@@ -49,7 +66,7 @@ def decode_base64(text: str, where: str) -> bytes:
     return data
 
 
-def decode_image_bytes(data: bytes, where: str, max_pixels: int) -> np.ndarray:
+def decode_image_bytes(data: bytes, where: str, max_pixels: int, budget: PixelBudget | None = None) -> np.ndarray:
     """Encoded image bytes -> uint8 ``(H, W, C)``; the size is checked before pixels are decoded."""
     from PIL import Image, UnidentifiedImageError
 
@@ -64,6 +81,8 @@ def decode_image_bytes(data: bytes, where: str, max_pixels: int) -> np.ndarray:
         raise InputError("not_an_image", f"{where}: unreadable image header ({type(e).__name__}: {e})") from e
     w, h = img.size
     _check_pixels(h, w, where, max_pixels)
+    if budget is not None:
+        budget.take(h * w, where)
     try:
         img.load()
     except Exception as e:
@@ -87,7 +106,7 @@ def _check_pixels(h: int, w: int, where: str, max_pixels: int) -> None:
                                             f"{max_pixels} pixels per image")
 
 
-def check_array_image(a: np.ndarray, where: str, max_pixels: int) -> np.ndarray:
+def check_array_image(a: np.ndarray, where: str, max_pixels: int, budget: PixelBudget | None = None) -> np.ndarray:
     """A numeric ``(H, W)`` or ``(H, W, C)`` array of intensities in [0, 255] -> float32 ``(H, W, C)``."""
     if a.ndim == 2:
         a = a[..., None]
@@ -98,6 +117,8 @@ def check_array_image(a: np.ndarray, where: str, max_pixels: int) -> np.ndarray:
         raise InputError("wrong_channels", f"{where}: {a.shape[-1]} channels in shape {tuple(a.shape)}; "
                                            f"images must have 1 (grey) or 3 (RGB) channels, last axis")
     _check_pixels(a.shape[0], a.shape[1], where, max_pixels)
+    if budget is not None:
+        budget.take(a.shape[0] * a.shape[1], where)
     if not np.isfinite(a).all():
         raise InputError("non_finite", f"{where}: the array contains NaN or infinite values")
     lo, hi = float(a.min()), float(a.max())
@@ -106,7 +127,7 @@ def check_array_image(a: np.ndarray, where: str, max_pixels: int) -> np.ndarray:
     return a.astype(np.float32, copy=False)
 
 
-def _nested_array(value: list, where: str, max_pixels: int) -> np.ndarray:
+def _nested_array(value: list, where: str, max_pixels: int, budget: PixelBudget | None = None) -> np.ndarray:
     # a bound on the element count before numpy builds anything (rows x cols x channels)
     rows = len(value)
     cols = len(value[0]) if rows and isinstance(value[0], list) else 0
@@ -114,13 +135,13 @@ def _nested_array(value: list, where: str, max_pixels: int) -> np.ndarray:
         raise InputError("image_too_large", f"{where}: {rows}x{cols} array is over the limit of {max_pixels} pixels")
     try:
         a = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
         kind = "ragged_array" if "inhomogeneous" in str(e) or "sequence" in str(e) else "not_numeric"
         raise InputError(kind, f"{where}: not a rectangular numeric array ({e})") from e
-    return check_array_image(a, where, max_pixels)
+    return check_array_image(a, where, max_pixels, budget)
 
 
-def decode_instance(value: Any, where: str, max_pixels: int) -> np.ndarray:
+def decode_instance(value: Any, where: str, max_pixels: int, budget: PixelBudget | None = None) -> np.ndarray:
     """One v1 instance: base64 text, ``{"b64": text}``, raw bytes or a nested list."""
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
@@ -128,15 +149,15 @@ def decode_instance(value: Any, where: str, max_pixels: int) -> np.ndarray:
                                              f"got keys {sorted(value)}")
         value = value["b64"]
     if isinstance(value, str):
-        return decode_image_bytes(decode_base64(value, where), where, max_pixels)
+        return decode_image_bytes(decode_base64(value, where), where, max_pixels, budget)
     if isinstance(value, bytes | bytearray):
         if not value:
             raise InputError("empty_image", f"{where}: the encoded image is empty")
-        return decode_image_bytes(bytes(value), where, max_pixels)
+        return decode_image_bytes(bytes(value), where, max_pixels, budget)
     if isinstance(value, list):
         if not value:
             raise InputError("empty_image", f"{where}: the image array is empty")
-        return _nested_array(value, where, max_pixels)
+        return _nested_array(value, where, max_pixels, budget)
     raise InputError("bad_instance", f"{where}: expected a base64 image, {{\"b64\": ...}} or a nested list "
                                      f"of intensities, got {type(value).__name__}")
 
@@ -148,8 +169,19 @@ def check_count(n: int, max_instances: int, what: str = "instances") -> None:
         raise InputError("batch_too_large", f"{n} {what} is over the limit of {max_instances} per request")
 
 
-def decode_v1(body: Any, max_instances: int, max_pixels: int) -> tuple[list[np.ndarray], dict]:
-    """A v1 body ``{"instances": [...], "parameters": {...}}`` -> images and request parameters."""
+def decode_v1(body: Any, max_instances: int, max_pixels: int,
+              max_request_pixels: int | None = None) -> tuple[list[np.ndarray], dict]:
+    """A v1 body ``{"instances": [...], "parameters": {...}}`` -> images and request parameters.
+
+    A body KServe left undecoded (a JSON content type it does not list, e.g. with a charset
+    parameter) is parsed here."""
+    if isinstance(body, bytes | bytearray | str):
+        import orjson
+
+        try:
+            body = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise InputError("invalid_json", f"the request body is not JSON ({e})") from e
     if not isinstance(body, dict):
         raise InputError("bad_request", f"the request body must be a JSON object, got {type(body).__name__}")
     if "instances" not in body:
@@ -161,12 +193,13 @@ def decode_v1(body: Any, max_instances: int, max_pixels: int) -> tuple[list[np.n
     params = body.get("parameters") or {}
     if not isinstance(params, dict):
         raise InputError("bad_request", "'parameters' must be an object")
-    images = [decode_instance(v, f"instances[{i}]", max_pixels) for i, v in enumerate(instances)]
+    budget = PixelBudget(max_request_pixels)
+    images = [decode_instance(v, f"instances[{i}]", max_pixels, budget) for i, v in enumerate(instances)]
     return images, params
 
 
 def decode_v2_input(name: str, datatype: str, shape: list[int], data: Any, max_instances: int,
-                    max_pixels: int) -> list[np.ndarray]:
+                    max_pixels: int, max_request_pixels: int | None = None) -> list[np.ndarray]:
     """One v2 input tensor -> images. ``data`` is a flat list (JSON), a numpy array or raw byte strings."""
     where = f"input {name!r}"
     dt = str(datatype).upper()
@@ -181,21 +214,24 @@ def decode_v2_input(name: str, datatype: str, shape: list[int], data: Any, max_i
         if n != len(items):
             raise InputError("shape_mismatch", f"{where}: shape {shape} holds {n} elements but {len(items)} were sent")
         check_count(n, max_instances, "images")
-        return [decode_instance(v, f"{where}[{i}]", max_pixels) for i, v in enumerate(items)]
+        budget = PixelBudget(max_request_pixels)
+        return [decode_instance(v, f"{where}[{i}]", max_pixels, budget) for i, v in enumerate(items)]
     if dt not in ARRAY_DATATYPES:
         raise InputError("wrong_datatype", f"{where}: datatype {datatype!r} is not supported; send BYTES "
                                            f"(encoded images) or one of {', '.join(ARRAY_DATATYPES)} (intensities)")
     if len(shape) not in (3, 4):
         raise InputError("wrong_rank", f"{where}: an image tensor must be [N, H, W] or [N, H, W, C], got {shape}")
     check_count(shape[0], max_instances, "images")
+    budget = PixelBudget(max_request_pixels)
     for i in range(shape[0]):
         _check_pixels(shape[1], shape[2], f"{where}[{i}]", max_pixels)
+        budget.take(shape[1] * shape[2], f"{where}[{i}]")
     if isinstance(data, np.ndarray):
         flat = data.reshape(-1)
     else:
         try:
             flat = np.asarray(_flatten(data) if isinstance(data, list) else data, dtype=np.float64)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OverflowError) as e:
             raise InputError("not_numeric", f"{where}: {dt} data must be numbers ({e})") from e
     if flat.ndim != 1:
         flat = flat.reshape(-1)

@@ -102,9 +102,9 @@ class DriftMonitor:
                     self._sum -= self._recent[0]
                 self._recent.append(h)
                 self._sum += h
-            self.value = psi(self.reference, np.maximum(self._sum, 0.0))
-        DRIFT_PSI.labels(self.model).set(self.value)
-        return self.value
+            self.value = value = psi(self.reference, np.maximum(self._sum, 0.0))
+            DRIFT_PSI.labels(self.model).set(value)
+        return value
 
 
 def record_predictions(model: str, class_names: list[str], probs: np.ndarray, entropy: np.ndarray,

@@ -77,10 +77,12 @@ class EnsembleModel(Model):
         try:
             predictor = torch_thread.submit(EnsemblePredictor.load, self.model_dir, device=self.device,
                                             endpoint=self.endpoint).result()
+            s = self.settings
+            drift = m.DriftMonitor(self.name, predictor.reference, window=s.drift_window)
         except BaseException:
             torch_thread.shutdown(wait=False)
             raise
-        s = self.settings
+        self.drift = drift
         self.batcher = MicroBatcher(
             predictor.forward, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, executor=torch_thread,
             on_batch=lambda n, secs: (m.BATCH_SIZE.labels(self.name).observe(n),
@@ -91,7 +93,6 @@ class EnsembleModel(Model):
         self._decoders = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="medens-decode",
             initializer=_single_threaded_torch)
-        self.drift = m.DriftMonitor(self.name, predictor.reference, window=s.drift_window)
         if predictor.reference is None:
             log.warning("%s has no training intensity reference (trained before references were stored): "
                         "medens_input_drift_psi stays unset", self.model_dir)
@@ -109,9 +110,9 @@ class EnsembleModel(Model):
         m.record_error(self.name, e.reason)
         return InvalidInput(str(e))
 
-    def _read(self, payload: dict | InferRequest, prepare: bool) -> tuple[list[np.ndarray], np.ndarray | None, bool, bool]:
+    def _read(self, payload: dict | InferRequest, prepare: bool) -> tuple[list[np.ndarray], np.ndarray | None, dict]:
         """Decode (and with ``prepare``, preprocess and observe for drift) in one worker-thread call:
-        images, model input, whether per-member probabilities were asked for, whether this is v2."""
+        images, model input, and the request parameters (``return_members``, ``class_index``; ``v2``)."""
         s = self.settings
         if isinstance(payload, InferRequest):
             if len(payload.inputs) != 1:
@@ -124,11 +125,13 @@ class EnsembleModel(Model):
                 except Exception as e:
                     raise InputError("shape_mismatch", f"input {inp.name!r}: binary data does not match shape "
                                                        f"{inp.shape} and datatype {inp.datatype} ({e})") from e
-            images = decode_v2_input(inp.name, inp.datatype, list(inp.shape), data, s.max_instances, s.max_pixels)
-            members, v2 = _flag(payload.parameters, "return_members"), True
+            images = decode_v2_input(inp.name, inp.datatype, list(inp.shape), data, s.max_instances, s.max_pixels,
+                                     s.max_request_pixels)
+            params = {"return_members": _flag(payload.parameters, "return_members"), "v2": True}
         else:
-            images, params = decode_v1(payload, s.max_instances, s.max_pixels)
-            members, v2 = _flag(params, "return_members") or _flag(payload, "return_members"), False
+            images, given = decode_v1(payload, s.max_instances, s.max_pixels, s.max_request_pixels)
+            params = {**given, "return_members": _flag(given, "return_members") or _flag(payload, "return_members"),
+                      "v2": False}
         x = None
         if prepare:
             try:
@@ -136,7 +139,7 @@ class EnsembleModel(Model):
             except ValueError as e:  # e.g. a channel count the model cannot take
                 raise InputError("preprocess", str(e)) from e
             self.drift.observe(images)
-        return images, x, members, v2
+        return images, x, params
 
     async def _inputs(self, payload: dict | InferRequest, prepare: bool = True):
         try:
@@ -154,7 +157,8 @@ class EnsembleModel(Model):
     # ------------------------------------------------------------------ handlers
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> dict | InferResponse:
-        _, x, want_members, v2 = await self._inputs(payload)
+        _, x, params = await self._inputs(payload)
+        want_members, v2 = params["return_members"], params["v2"]
         rows = await self._rows(x)
         p = self.predictor
         probs = np.stack([r["probs"] for r in rows])
@@ -195,9 +199,8 @@ class EnsembleModel(Model):
     async def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict:
         if isinstance(payload, InferRequest):
             raise self._invalid(InputError("bad_request", "explain takes a v1 request {\"instances\": [...]}"))
-        images, _, _, _ = await self._inputs(payload, prepare=False)
-        params = payload.get("parameters") or {}
-        cls = params.get("class_index") if isinstance(params, dict) else None
+        images, _, params = await self._inputs(payload, prepare=False)
+        cls = params.get("class_index")
         if cls is not None and (not isinstance(cls, int) or isinstance(cls, bool)):
             raise self._invalid(InputError("bad_request", f"parameters.class_index must be an integer, got {cls!r}"))
         try:

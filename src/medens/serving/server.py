@@ -62,7 +62,7 @@ class RequestGuard:
                     return
                 problem = _binary_bytes_problem(scope, body_or_none)
                 if problem:
-                    record_error(self.model_name, "binary_bytes")
+                    record_error(self.model_name, "binary_request")
                     await _json_response(send, 400, problem)
                     return
                 receive = _replay(body_or_none)
@@ -74,7 +74,13 @@ class RequestGuard:
                     record_error(self.model_name, STATUS_REASONS.get(status, f"http_{status}"))
                 await send(message)
 
-            await self.app(scope, receive, counting_send)
+            try:
+                await self.app(scope, receive, counting_send)
+            except Exception:
+                # an unhandled error: Starlette's outermost middleware answers 500 past this one
+                if not holder["counted"]:
+                    record_error(self.model_name, "internal")
+                raise
         finally:
             ERROR_COUNTED.reset(token)
 
@@ -101,19 +107,26 @@ class RequestGuard:
 
 
 def _binary_bytes_problem(scope: dict, body: bytes) -> str | None:
-    """KServe's REST decoder turns binary-extension ``BYTES`` tensors into UTF-8 text, which fails
-    (HTTP 500) for encoded images; refuse them up front with the way that works."""
+    """Problems of a v2 binary-extension request that KServe's REST decoder would answer with 500:
+    a header without a list of inputs, and ``BYTES`` tensors (it turns them into UTF-8 text, which
+    fails for encoded images); refused up front with the way that works."""
     headers = dict(scope.get("headers", []))
     length = headers.get(b"inference-header-content-length")
     if length is None:
         return None
     try:
         head = json.loads(body[: int(length)])
-        inputs = [i for i in head.get("inputs", []) if isinstance(i, dict)]
-    except (ValueError, AttributeError):
+    except ValueError:
         return None  # KServe answers malformed headers itself
+    inputs = head.get("inputs") if isinstance(head, dict) else None
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) and {"name", "shape", "datatype"} <= set(i)
+                                               for i in inputs):
+        # KServe's binary decoder would fail on these with a 500
+        return ("malformed binary request: the JSON header must be {\"inputs\": [{\"name\", \"shape\", "
+                "\"datatype\", \"parameters\": {\"binary_data_size\": N}}, ...]}")
     for i in inputs:
-        if str(i.get("datatype", "")).upper() == "BYTES" and "binary_data_size" in (i.get("parameters") or {}):
+        params = i.get("parameters") if isinstance(i, dict) else None
+        if isinstance(params, dict) and str(i.get("datatype", "")).upper() == "BYTES" and "binary_data_size" in params:
             return (f"input {i.get('name')!r}: BYTES with the binary data extension is not supported; send encoded "
                     f"images as base64 strings in 'data' (JSON), or pixel intensities as a binary FP32/UINT8 tensor")
     return None

@@ -1,16 +1,13 @@
 """Serving settings: input limits, micro-batching and drift window, from flags or ``MEDENS_SERVE_*``.
 
-=============================  ===========================================  ==========
-variable                       meaning                                      default
-=============================  ===========================================  ==========
-MEDENS_SERVE_MAX_BATCH         images per model forward (1: no batching)    32
-MEDENS_SERVE_MAX_WAIT_MS       longest a partial batch waits for images     50
-                               expected under load (at most one forward)
-MEDENS_SERVE_MAX_INSTANCES     images per request                           64
-MEDENS_SERVE_MAX_BYTES         request body bytes                           33554432
-MEDENS_SERVE_MAX_PIXELS        pixels of one image (width x height)         16777216
-MEDENS_SERVE_DRIFT_WINDOW      recent images the drift PSI is computed on   500
-=============================  ===========================================  ==========
+- ``MEDENS_SERVE_MAX_BATCH`` (32): images per model forward; 1 turns batching off.
+- ``MEDENS_SERVE_MAX_WAIT_MS`` (50): longest a partial batch waits for the images expected under
+  load (never longer than one forward).
+- ``MEDENS_SERVE_MAX_INSTANCES`` (64): images per request.
+- ``MEDENS_SERVE_MAX_BYTES`` (33554432): request body bytes.
+- ``MEDENS_SERVE_MAX_PIXELS`` (16777216): pixels (width x height) of one image.
+- ``MEDENS_SERVE_MAX_REQUEST_PIXELS`` (33554432): pixels of all images of one request.
+- ``MEDENS_SERVE_DRIFT_WINDOW`` (500): recent images the drift PSI is computed on.
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ class ServingSettings:
     max_instances: int = 64
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 4096 * 4096
+    max_request_pixels: int = 2 * 4096 * 4096
     drift_window: int = 500
 
     def __post_init__(self) -> None:
