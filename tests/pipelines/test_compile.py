@@ -37,8 +37,14 @@ def docs(text: str) -> tuple[dict, dict]:
 
 def test_checked_in_yaml_is_fresh(fresh):
     """Run `python -m pipelines compile` (or `make compile`) after changing components or pipelines."""
+    import importlib.metadata
+
+    kfp_locked = next(line.split("==")[1].strip() for line in (ROOT / "requirements.lock").read_text().splitlines()
+                      if line.lower().startswith("kfp=="))
+    assert importlib.metadata.version("kfp") == kfp_locked, "the installed kfp is not the locked one: `make venv`"
     for name in NAMES:
         checked_in = (COMPILED / f"{name}.yaml").read_text()
+        assert f"sdkVersion: kfp-{kfp_locked}\n" in checked_in, f"{name}.yaml was compiled by another kfp than the lock's"
         assert checked_in == fresh[name], f"pipelines/compiled/{name}.yaml is stale: run `python -m pipelines compile`"
 
 

@@ -337,16 +337,26 @@ class WeightedSegEnsemble(SegmentationEnsemble):
             rows.append((w / w.sum())[None])
         return np.concatenate(rows), how
 
+    @staticmethod
+    def weighted_mean(P: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """``sum_m w_m P_m`` in float32, added member by member in a fixed order.
+
+        The one computation behind the search, ``validation_``, ``predict_proba`` and ``predict``:
+        element-wise IEEE float32 arithmetic (no BLAS reduction whose order depends on the library
+        or the threads), so the Dice reported for the chosen weights is exactly the Dice of what
+        ``predict`` returns.
+        """
+        w32 = np.asarray(w, dtype=np.float32)
+        out = w32[0] * P[0].astype(np.float32)
+        for wm, pm in zip(w32[1:], P[1:]):
+            out += wm * pm.astype(np.float32, copy=False)
+        return out
+
     def _fit(self, P: np.ndarray, masks: np.ndarray) -> None:
         m, _, k = P.shape[:3]
         cands, how = self.candidates(m)
-        if k == 2:
-            # argmax of the weighted mean is foreground iff sum_m w_m (p1 - p0) > 0 (ties: background)
-            diff = (P[:, :, 1].astype(np.float64) - P[:, :, 0])
-            dice = np.array([dice_score(masks, np.tensordot(w, diff, axes=1) > 0) for w in cands])
-        else:
-            dice = np.array([dice_score(masks, np.argmax(np.tensordot(w, P, axes=1), axis=1), n_classes=k)
-                             for w in cands])
+        dice = np.array([dice_score(masks, np.argmax(self.weighted_mean(P, w), axis=1), n_classes=k)
+                         for w in cands])
         tied = np.flatnonzero(dice >= dice.max() - 1e-12)
         spread = np.linalg.norm(cands[tied] - 1.0 / m, axis=1)
         best = int(tied[np.argmin(spread)])
@@ -369,7 +379,7 @@ class WeightedSegEnsemble(SegmentationEnsemble):
         return dict(self._search_summary)
 
     def _predict_proba(self, P: np.ndarray) -> np.ndarray:
-        return np.tensordot(self.weights.astype(np.float32), P, axes=1)
+        return self.weighted_mean(P, self.weights)
 
     def _params(self) -> dict[str, Any]:
         return {"weights": self.weights.tolist()}
