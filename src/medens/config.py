@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medens.metric_names import EVALUATION_METRICS, RANKING_METRICS, SEGMENTATION_GATE_METRICS
 from medens.registry import close_matches, unknown_name_message
 
 DataSource = Literal[
@@ -27,7 +28,6 @@ DataSource = Literal[
     "csv",
 ]
 SEGMENTATION_SOURCES = {"synthetic_segmentation", "seg_folder"}
-SEGMENTATION_GATE_METRICS = ["dice", "iou"]
 
 
 class _Spec(BaseModel):
@@ -214,14 +214,11 @@ class ExperimentSpec(_Spec):
 
     def _metric_problems(self) -> list[str]:
         """Unknown ranking or gate metrics are refused at load time, before any training."""
-        from medens.ensemble.selection import METRICS as RANK_METRICS
-        from medens.evaluation.metrics import HIGHER_IS_BETTER
-
         problems = []
-        if self.task == "classification" and self.ensemble.rank_metric not in RANK_METRICS:
-            problems.append(f"ensemble.rank_metric: {unknown_name_message('metric', self.ensemble.rank_metric, list(RANK_METRICS))}")
-        gate_ok = SEGMENTATION_GATE_METRICS if self.task == "segmentation" else [
-            m for m, higher in HIGHER_IS_BETTER.items() if higher]
+        if self.task == "classification" and self.ensemble.rank_metric not in RANKING_METRICS:
+            problems.append(f"ensemble.rank_metric: {unknown_name_message('metric', self.ensemble.rank_metric, list(RANKING_METRICS))}")
+        gate_ok = list(SEGMENTATION_GATE_METRICS) if self.task == "segmentation" else [
+            m for m, higher in EVALUATION_METRICS.items() if higher]
         gate = self.evaluation.gate_metric
         # "mcc" is the default; a segmentation spec that keeps it is gated on Dice
         if gate not in gate_ok and not (self.task == "segmentation" and gate == "mcc"):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medens.metric_names import RANKING_METRICS
 from medens.registry import unknown_name_message
 
 if TYPE_CHECKING:
@@ -111,7 +112,9 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 """Validation metrics usable for ranking and greedy selection, ``f(y_true, probs) -> float``."""
 
-HIGHER_IS_BETTER: dict[str, bool] = {name: name != "log_loss" for name in METRICS}
+HIGHER_IS_BETTER: dict[str, bool] = {name: RANKING_METRICS[name] for name in METRICS}
+"""Direction of each metric, from ``medens.metric_names.RANKING_METRICS`` (where ``medens.config``
+reads the names; a metric missing there fails here, at import)."""
 
 
 def _check_metric(metric: str) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from medens.metric_names import EVALUATION_METRICS
 from medens.registry import unknown_name_message
 
 ROW_SUM_TOLERANCE = 1e-3
@@ -333,8 +334,10 @@ _EVALUATORS: dict[str, Callable[[np.ndarray, np.ndarray], Evaluator]] = {
     "ece": _ece_evaluator,
 }
 
-HIGHER_IS_BETTER: dict[str, bool] = {name: name not in ("brier", "ece") for name in _EVALUATORS}
-"""Direction of each named metric: Brier score and ECE are lower-better, all others higher-better."""
+HIGHER_IS_BETTER: dict[str, bool] = {name: EVALUATION_METRICS[name] for name in _EVALUATORS}
+"""Direction of each named metric: Brier score and ECE are lower-better, all others higher-better.
+Taken from ``medens.metric_names.EVALUATION_METRICS`` (where ``medens.config`` reads the names; a
+metric missing there fails here, at import)."""
 
 
 def _unknown(name: str) -> ValueError:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from medens import __version__
+from medens.models._build import build
 from medens.storage.atomic import atomic_write_bytes, atomic_write_text
 from medens.storage.checksum import checksum_problems
 from medens.storage.checksum import checksums as _checksums
@@ -101,8 +102,6 @@ class LoadedModel(ManifestView):
 def load_artifact(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
                   verify: bool = True) -> LoadedModel:
     """Rebuild a model from its artifact directory alone (eval mode, on ``map_location``)."""
-    from medens.models import build
-
     d = Path(path)
     manifest = read_manifest(d)
     if verify:

@@ -17,7 +17,8 @@ them; fusion training leaves member weights bit for bit unchanged.
 
 Self-contained artifacts: a fusion is built from member *architecture specs* (``members``: what
 ``model.json`` records under ``"architecture"``), and every member weight lives in the fusion's
-own ``state_dict``. :func:`fit_fusion` trains one from member artifact directories; the fused
+own ``state_dict``. ``medens.training.fusion.fit_fusion`` trains one from member artifact
+directories (with :func:`fusion_spec` and :func:`fusion_init_state` from here); the fused
 artifact's ``weights.pt`` holds members and head, so ``load_artifact`` rebuilds it from its
 ``model.json`` alone, without the member directories.
 """
@@ -34,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medens.models._build import build
 from medens.models._common import MODELS, ClassifierModel, register
+from medens.models.artifact import load_artifact, read_manifest
 
 if TYPE_CHECKING:
-    from medens.config import ComponentSpec, TrainingSpec
-    from medens.data.types import SplitData
-    from medens.training.engine import FitResult
+    from medens.config import ComponentSpec
 
 __all__ = [
     "EmbeddingFusion",
@@ -48,7 +49,6 @@ __all__ = [
     "MemberInfo",
     "embedding_fusion",
     "feature_fusion",
-    "fit_fusion",
     "fusion_init_state",
     "fusion_spec",
     "read_members",
@@ -309,8 +309,6 @@ def _build_members(
     members: Sequence[Mapping[str, Any]] | None,
     member_artifacts: Sequence[str | os.PathLike[str]] | None,
 ) -> list[nn.Module]:
-    from medens.models import build
-
     if member_artifacts is not None:
         info = read_members(member_artifacts)
         if members is not None:
@@ -327,8 +325,6 @@ def _build_members(
                 f"in_channels mismatch: the fusion has {in_channels} input channel(s), the member artifacts "
                 f"{info.input['channels']}"
             )
-        from medens.models.artifact import load_artifact
-
         return [load_artifact(p).model for p in member_artifacts]
     if not members:
         raise ValueError("a fusion needs members=[{'name': ..., 'kwargs': {...}}, ...] or member_artifacts=[...]")
@@ -433,8 +429,6 @@ def read_members(member_artifacts: Sequence[str | os.PathLike[str]]) -> MemberIn
         ValueError: no members, a directory that is not a model artifact, or a mismatch; the
             message names what differs and the two artifacts.
     """
-    from medens.models.artifact import read_manifest
-
     paths = [Path(p) for p in member_artifacts]
     if not paths:
         raise ValueError("a fusion needs at least one member artifact")
@@ -490,82 +484,8 @@ def fusion_init_state(member_artifacts: Sequence[str | os.PathLike[str]]) -> dic
     Each member is rebuilt with ``load_artifact`` (checksums verified), so the weights are exactly
     those its artifact serves.
     """
-    from medens.models.artifact import load_artifact
-
     state: dict[str, torch.Tensor] = {}
     for i, p in enumerate(member_artifacts):
         for k, v in load_artifact(p).model.state_dict().items():
             state[f"features.frozen.members.{i}.{k}"] = v
     return state
-
-
-def fit_fusion(
-    member_artifacts: Sequence[str | os.PathLike[str]],
-    data: SplitData,
-    training: TrainingSpec | None = None,
-    out_dir: str | os.PathLike[str] = "fusion",
-    *,
-    kind: str = "feature",
-    loss: ComponentSpec | str | dict = "ce",
-    seed: int | None = None,
-    progress: bool | None = None,
-    extra_manifest: dict | None = None,
-    **options: Any,
-) -> FitResult:
-    """Train a model-level ensemble of frozen members and write a self-contained artifact.
-
-    Study 1 (Rajaraman et al., PLoS ONE 2021) trains the 1x1 conv + dense head of the fused model
-    on the training split with the members frozen; study 4 trains the final unit on the
-    concatenated embeddings. The members come from their artifact directories; their
-    architectures go into the fused ``model.json`` and their weights into its ``weights.pt``,
-    so the fused artifact loads with ``load_artifact`` alone.
-
-    Args:
-        member_artifacts: member model artifact directories (same class names and input spec).
-        data: a :class:`~medens.data.types.SplitData` with the members' class names and image size.
-        training: a :class:`~medens.config.TrainingSpec` (default: ``TrainingSpec()``).
-        out_dir: the fused artifact directory.
-        kind: ``"feature"`` or ``"embedding"``.
-        loss: loss ``ComponentSpec``, name or mapping (default cross-entropy).
-        seed: random seed (see ``fit``).
-        progress: progress bar (see ``fit``).
-        extra_manifest: more ``model.json`` keys.
-        **options: fusion options (``channels``, ``dropout``; ``embedding``).
-
-    Returns:
-        ``medens.training.FitResult``. ``model.json`` gains ``"fusion"``: the kind and, for
-        provenance only, each member's path and weights sha256.
-
-    Raises:
-        ValueError: members that disagree (class names, input channels/size/normalisation), or data
-            that does not match them.
-    """
-    from medens.data.transforms import InputSpec
-    from medens.training.engine import fit
-
-    member_artifacts = list(member_artifacts)
-    info = read_members(member_artifacts)
-    spec = fusion_spec(member_artifacts, kind, **options)
-    if data.task != "classification":
-        raise ValueError(f"fusion needs classification data, got task {data.task!r}")
-    if list(data.class_names) != info.class_names:
-        raise ValueError(f"class names mismatch: the data has {list(data.class_names)}, the members "
-                         f"{info.class_names}")
-    normalize = "unit" if all(v == 0 for v in info.input["mean"]) and all(v == 1 for v in info.input["std"]) \
-        else "zscore"
-    fitted = InputSpec.fit(data.train.images, normalize).to_dict()
-    for key, label in (("channels", "input channels"), ("size", "input size"), ("mean", "input normalisation mean"),
-                       ("std", "input normalisation std")):
-        if fitted[key] != info.input[key]:
-            raise ValueError(
-                f"{label} mismatch: the training data gives {fitted[key]}, the members expect {info.input[key]}"
-                + ("; z-score statistics must come from the members' training split" if key in ("mean", "std")
-                   else "")
-            )
-    provenance = {"kind": kind, "members": [
-        {"path": str(p), "architecture": m["architecture"]["name"], "weights_sha256": m.get("files", {}).get("weights.pt")}
-        for p, m in zip(info.paths, info.manifests)
-    ]}
-    return fit(spec, loss, data, training, out_dir, seed=seed, normalize=normalize, progress=progress,
-               extra_manifest={"fusion": provenance, **(extra_manifest or {})},
-               init_state=fusion_init_state(member_artifacts))
