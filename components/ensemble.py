@@ -16,7 +16,7 @@ def ensemble(spec: str, dataset: Input[Dataset], members: Input[list[Model]], en
         members: the trained members (``dsl.Collected`` over the training loop).
         ensembles: a directory holding one ensemble artifact per ensemble, ``<name>/ensemble.json``.
     """
-    from medens.workflow import build_ensembles, spec_from_text
+    from medens.stages import build_ensembles, spec_from_text
 
     made = build_ensembles(spec_from_text(spec), dataset.path, [m.path for m in members], ensembles.path)
     ensembles.metadata["ensembles"] = sorted(made)

@@ -1,4 +1,4 @@
-"""Evaluation stage: every member and ensemble on test, paired tests, the winner packaged."""
+"""Evaluation stage: a system selected on validation, every system scored on test once, the selection packaged."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
@@ -10,7 +10,7 @@ from components._image import COMPONENT_OPTIONS
 def evaluate(spec: str, dataset: Input[Dataset], members: Input[list[Model]], ensembles: Input[Model],
              evaluation: Output[Artifact], best: Output[Model], metrics: Output[Metrics],
              classification_metrics: Output[ClassificationMetrics]) -> str:
-    """Score all systems on test; log the best one's metrics, confusion matrix and ROC curve.
+    """Select a system on validation, score all systems on test; log the selected one's test metrics.
 
     Args:
         spec: the experiment spec as YAML text.
@@ -18,18 +18,19 @@ def evaluate(spec: str, dataset: Input[Dataset], members: Input[list[Model]], en
         members: the trained members.
         ensembles: the directory of ensemble artifacts.
         evaluation: metrics.json, kfp_metrics.json, report.html, report.md, summary.json.
-        best: the best system on the gate metric as a servable ensemble artifact.
-        metrics: scalar test metrics of the best system.
+        best: the selected system (highest validation gate metric; ensembles fitted on validation
+            scored out-of-fold) as a servable ensemble artifact.
+        metrics: scalar test metrics of the selected system.
         classification_metrics: its confusion matrix and micro-average ROC curve
             (classification only; empty for segmentation).
 
     Returns:
-        The name of the best system.
+        The name of the selected system.
     """
     import json
     import os
 
-    from medens.workflow import evaluate_systems, spec_from_text
+    from medens.stages import evaluate_systems, spec_from_text
 
     summary = evaluate_systems(spec_from_text(spec), dataset.path, [m.path for m in members], ensembles.path,
                                evaluation.path, best.path)
@@ -41,7 +42,8 @@ def evaluate(spec: str, dataset: Input[Dataset], members: Input[list[Model]], en
         classification_metrics.log_confusion_matrix(**kfp["confusion_matrix"])
         classification_metrics.log_roc_curve(**kfp["roc"])
     best.metadata.update({"system": summary["best"], "gate_metric": summary["gate_metric"]})
-    print(f"best: {summary['best']} (by test {summary['gate_metric']}); reference: {summary['reference']}")
+    print(f"selected: {summary['best']} (validation {summary['gate_metric']} {summary['selection_score']:.4f}); "
+          f"reference: {summary['reference']}")
     return summary["best"]
 
 
@@ -56,18 +58,20 @@ def evaluate_segmentation(spec: str, dataset: Input[Dataset], members: Input[lis
         members: the trained members (main and sampling-method models).
         ensembles: the directory of ensemble artifacts (weighted, majority, intersection).
         evaluation: metrics.json, report.html, report.md, summary.json.
-        best: the best system on Dice as a servable ensemble artifact.
-        metrics: scalar test metrics of the best system.
+        best: the selected system (highest validation Dice; ensembles scored out-of-fold) as a
+            servable ensemble artifact.
+        metrics: scalar test metrics of the selected system.
 
     Returns:
-        The name of the best system.
+        The name of the selected system.
     """
-    from medens.workflow import evaluate_systems, spec_from_text
+    from medens.stages import evaluate_systems, spec_from_text
 
     summary = evaluate_systems(spec_from_text(spec), dataset.path, [m.path for m in members], ensembles.path,
                                evaluation.path, best.path)
     for name, value in summary["best_metrics"].items():
         metrics.log_metric(name, value)
     best.metadata.update({"system": summary["best"], "gate_metric": summary["gate_metric"]})
-    print(f"best: {summary['best']} (by test {summary['gate_metric']}); reference: {summary['reference']}")
+    print(f"selected: {summary['best']} (validation {summary['gate_metric']} {summary['selection_score']:.4f}); "
+          f"reference: {summary['reference']}")
     return summary["best"]

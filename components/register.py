@@ -28,7 +28,7 @@ def register(spec: str, best: Input[Model], store_uri: str = "", store_endpoint:
     """
     from collections import namedtuple
 
-    from medens.workflow import register_artifact, spec_from_text
+    from medens.stages import register_artifact, spec_from_text
 
     s = spec_from_text(spec)
     out = register_artifact(best.path, store_uri or s.store.uri, model_name or s.name, version=version or run_id,

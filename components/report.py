@@ -15,6 +15,6 @@ def report(evaluation: Input[Artifact], html: Output[HTML], markdown: Output[Mar
         html: the HTML report.
         markdown: the Markdown report.
     """
-    from medens.workflow import export_report
+    from medens.stages import export_report
 
     print(export_report(evaluation.path, html.path, markdown.path))

@@ -18,7 +18,7 @@ def train(spec: str, dataset: Input[Dataset], member: str, model: Output[Model])
     """
     import json
 
-    from medens.workflow import spec_from_text, train_member
+    from medens.stages import spec_from_text, train_member
 
     path = train_member(spec_from_text(spec), dataset.path, member, model.path)
     manifest = json.loads((path / "model.json").read_text())

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from kfp import dsl
 
-from components import ensemble, predict, preprocess, report, train
+from components import ensemble, fingerprint, predict, preprocess, report, train
 from pipelines.settings import ClusterSettings
 
 
@@ -14,6 +14,7 @@ from pipelines.settings import ClusterSettings
 class ExperimentTasks:
     """The tasks :func:`experiment_dag` adds, for the pipeline around it to wire further."""
 
+    fingerprint: dsl.PipelineTask
     preprocess: dsl.PipelineTask
     ensemble: dsl.PipelineTask
     evaluate: dsl.PipelineTask
@@ -23,13 +24,20 @@ class ExperimentTasks:
 
 def experiment_dag(spec: str, settings: ClusterSettings, evaluate_component, *, data_uri: str = "",
                    store_endpoint: str = "") -> ExperimentTasks:
-    """preprocess -> ParallelFor(train) -> ensemble -> evaluate -> report, and predict with the winner.
+    """fingerprint -> preprocess -> ParallelFor(train) -> ensemble -> evaluate -> report, and predict with the selection.
 
     The training grid comes from the spec at run time (``preprocess`` returns it), so one
     compiled pipeline serves every spec; each grid entry is its own train task on a GPU node.
     ``dsl.Collected`` hands all trained members to the ensemble and evaluation tasks.
     """
-    prep = preprocess(spec=spec, data_uri=data_uri, store_endpoint=store_endpoint).set_display_name("preprocess")
+    # The data source's fingerprint is computed afresh every run (never cached) and is an input
+    # of preprocess, so preprocess's cache key changes whenever the data at data_uri does: a cached
+    # dataset is reused only for the same data (a scheduled retraining run sees what is there now).
+    fp = fingerprint(spec=spec, data_uri=data_uri, store_endpoint=store_endpoint).set_display_name("fingerprint data")
+    settings.cpu_task(fp, cache=False)
+    settings.store_access(fp)
+    prep = preprocess(spec=spec, data_uri=data_uri, store_endpoint=store_endpoint,
+                      source_fingerprint=fp.output).set_display_name("preprocess")
     settings.cpu_task(prep, cache=True)
     settings.store_access(prep)
     dataset = prep.outputs["dataset"]
@@ -45,4 +53,4 @@ def experiment_dag(spec: str, settings: ClusterSettings, evaluate_component, *, 
     settings.cpu_task(rep)
     pred = predict(model=ev.outputs["best"], dataset=dataset, split="test").set_display_name("predict (best, test)")
     settings.cpu_task(pred)
-    return ExperimentTasks(prep, ens, ev, rep, pred)
+    return ExperimentTasks(fp, prep, ens, ev, rep, pred)

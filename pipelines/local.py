@@ -20,7 +20,7 @@ Run directory (``<out>/<run-id>/``, with ``<out>/latest`` pointing at it)::
     members/<id> -> kfp/...     the trained members
     ensembles -> kfp/...        the ensemble artifacts
     evaluation -> kfp/...       metrics.json, report.html, report.md, summary.json
-    best -> kfp/...             the winner as a servable ensemble artifact
+    best -> kfp/...             the selected system as a servable ensemble artifact
     registry/                   the local ArtifactStore: <name>/versions/<run-id>, <name>/champion
     summary.json, run.log       the leaderboard and everything the tasks printed
 """
@@ -244,7 +244,7 @@ def run_local(spec: ExperimentSpec, *, out: str | os.PathLike = "runs", run_id: 
     promoted = outputs.get("promoted")
     uri = outputs.get("uri")
     if uri is None:  # retraining registers inside dsl.If, so the store says whether it did
-        from medens.workflow import registered_uri
+        from medens.stages import registered_uri
 
         uri = registered_uri(store, spec.name, run_id, endpoint=os.environ.get("MINIO_ENDPOINT") or None)
     summary.update({"run_id": run_id, "run_dir": str(run_dir), "uri": uri, "promoted": promoted,
@@ -255,15 +255,18 @@ def run_local(spec: ExperimentSpec, *, out: str | os.PathLike = "runs", run_id: 
 
 def format_result(summary: dict[str, Any]) -> str:
     """The leaderboard, the winner, where things are and how to serve the result."""
-    from medens.workflow import leaderboard_text
+    from medens.stages import leaderboard_text
 
     run_dir = Path(summary["run_dir"])
     try:
         shown = run_dir.relative_to(Path.cwd())
     except ValueError:
         shown = run_dir
-    lines = ["", f"Leaderboard (test split, ranked by {summary['gate_metric']}):", leaderboard_text(summary), "",
-             f"best: {summary['best']}   reference (best member on validation): {summary['reference']}",
+    lines = ["", f"Leaderboard (ordered by validation {summary['gate_metric']}, the selection score; test metrics "
+                 "beside it):", leaderboard_text(summary), "",
+             f"selected: {summary['best']} ({summary['selection_rule']})",
+             f"reference (best member on validation): {summary['reference']}",
+             *[f"skipped: {name}: {reason}" for name, reason in summary.get("skipped", {}).items()],
              f"report: {shown / 'evaluation' / 'report.html'}"]
     if summary.get("promoted") is not None:
         lines.append(f"champion gate: {'challenger promoted' if summary['promoted'] else 'champion kept'}")

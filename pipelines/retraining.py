@@ -55,7 +55,8 @@ def retraining_pipeline(
     s = current()
     t = experiment_dag(spec, s, evaluate, data_uri=data_uri, store_endpoint=store_endpoint)
     g = gate(spec=spec, challenger=t.evaluate.outputs["best"], dataset=t.preprocess.outputs["dataset"],
-             store_uri=store_uri, store_endpoint=store_endpoint, model_name=model_name).set_display_name("champion gate")
+             store_uri=store_uri, store_endpoint=store_endpoint, model_name=model_name, version=version,
+             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("champion gate")
     g.after(t.predict)
     s.cpu_task(g)
     s.store_access(g)

@@ -164,20 +164,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def print_leaderboard(summary: dict, limit: int = 12) -> None:
-    rows = summary["leaderboard"][:limit]
-    if not rows:
-        return
-    keys = [k for k in rows[0] if k not in ("#",)]
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    print("  ".join(k.ljust(widths[k]) for k in keys))
-    for r in rows:
-        print("  ".join(str(r[k]).ljust(widths[k]) for k in keys))
+    from medens.stages import leaderboard_text
+
+    print(leaderboard_text(summary, limit))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from medens.experiment import run_experiment
+    from medens.stages import run_experiment
 
     spec = _load(args)
     if args.epochs is not None:
@@ -186,26 +181,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_experiment(spec, run)
     print()
     print_leaderboard(summary)
-    print(f"\nbest: {summary['best']}   report: {summary['report']}   ({summary['seconds']} s)")
+    print(f"\nselected: {summary['best']} ({summary['selection_rule']})")
+    for name, reason in summary["skipped"].items():
+        print(f"skipped: {name}: {reason}")
+    print(f"report: {summary['report']}   registered: {summary.get('uri')}   ({summary['seconds']} s)")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from medens.config import load_spec
-    from medens.evaluation.report import stage_evaluate
+    from medens.stages import evaluate_systems
 
     run = Path(args.run)
     if not (run / "spec.yaml").is_file():
         raise ValueError(f"{run} is not a medens run directory: spec.yaml is missing")
     spec = load_spec(str(run / "spec.yaml"))
-    members = {p.name: p for p in sorted((run / "members").iterdir()) if (p / "model.json").is_file()}
-    ensembles = ({p.name: p for p in sorted((run / "ensembles").iterdir()) if (p / "ensemble.json").is_file()}
-                 if (run / "ensembles").is_dir() else {})
+    members = ([p for p in sorted((run / "members").iterdir()) if (p / "model.json").is_file()]
+               if (run / "members").is_dir() else [])
     if not members:
         raise ValueError(f"{run} has no trained members under members/")
-    summary = stage_evaluate(spec, run / "data", members, ensembles, Path(args.out) if args.out else run / "evaluation")
+    out = Path(args.out) if args.out else run / "evaluation"
+    summary = evaluate_systems(spec, run / "data", members, run / "ensembles", out)
     print_leaderboard(summary)
-    print(f"\nreport: {summary['report']}")
+    print(f"\nselected: {summary['best']}   report: {out / summary['report']}")
     return 0
 
 

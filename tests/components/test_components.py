@@ -12,7 +12,7 @@ import components
 from components._image import DEFAULT_IMAGE, image_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["preprocess", "train", "predict", "ensemble", "evaluate", "report", "register", "deploy", "gate"]
+STAGES = ["fingerprint", "preprocess", "train", "predict", "ensemble", "evaluate", "report", "register", "deploy", "gate"]
 
 
 def test_one_file_per_stage():

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from medens.config import load_spec
-from medens.experiment import run_experiment
+from medens.stages import run_experiment
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -43,9 +43,12 @@ def test_metrics_json_is_consistent(run):
     for mid in ("compact_cnn__ce", "compact_cnn__focal", "compact_cnn__weighted_ce"):
         val[mid] = json.loads((out / "members" / mid / "model.json").read_text())["val_metrics"]["mcc"]
     assert val[m["reference"]] == max(val.values())
-    # leaderboard sorted by test MCC
-    mccs = [m["systems"][n]["metrics"]["mcc"] for n in m["leaderboard"]]
-    assert mccs == sorted(mccs, reverse=True) and m["best"] == m["leaderboard"][0]
+    for mid, v in val.items():  # a member's selection score is its validation MCC
+        assert m["selection"][mid]["score"] == pytest.approx(v, abs=1e-9)
+    # leaderboard ordered by the selection score (validation), never by a test metric
+    scores = [m["selection"][n]["score"] for n in m["leaderboard"]]
+    assert scores == sorted(scores, reverse=True)
+    assert m["best"] == m["selected"] == m["leaderboard"][0]
     for name, s in m["systems"].items():
         ci = s["ci"]["accuracy"]
         assert ci["low"] <= s["metrics"]["accuracy"] <= ci["high"]
@@ -74,7 +77,7 @@ def test_kfp_metrics_have_the_classification_metrics_shape(run):
 def test_markdown_summary(run):
     out, _ = run
     md = (out / "evaluation" / "report.md").read_text()
-    assert "| # | system | kind | accuracy [95% CI] | MCC [95% CI]" in md
+    assert "| # | system | kind | selection: val mcc | accuracy [95% CI] | MCC [95% CI]" in md
     assert md.count("| ensemble |") == 6 and md.count("| member |") == 3
 
 
@@ -122,7 +125,7 @@ def test_ensemble_artifacts_reproduce_their_saved_predictions(run, tmp_path):
     out, _ = run
     data = SplitData.load(out / "data")
     for d in sorted((out / "ensembles").iterdir()):
-        if d.name.startswith("."):
+        if d.name.startswith(".") or not d.is_dir():  # the model-level fit's work dir; ensembles.json
             continue
         ens = load_ensemble(d)
         probs, members = ens.predict(preprocess(data.test.images, ens.input_spec))

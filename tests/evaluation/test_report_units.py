@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from medens.evaluation.report import evaluate_classification, evaluate_segmentation, leaderboard, table_rows
+from medens.evaluation.report import table_rows
+from medens.evaluation.systems import evaluate_classification, evaluate_segmentation, selection_order
 
 
 def onehot_probs(pred, k, conf=0.9):
@@ -24,9 +25,13 @@ def test_classification_reference_and_holm():
     assert g["mcnemar"]["p_value"] < 1e-6 and g["mcnemar_p_holm"] <= 2 * g["mcnemar"]["p_value"] + 1e-12
     s = r["systems"]["same"]["vs_reference"]
     assert s["mcnemar"]["p_value"] == 1.0 and s["mcnemar_p_holm"] == 1.0
-    assert leaderboard(r, "mcc")[0] == "good"
-    head, rows = table_rows(r, leaderboard(r, "mcc"), "classification")
-    assert rows[0][1] == "good" and "reference" in [row[7] for row in rows]
+    head, rows = table_rows(r, ["good", "ref", "same"], "classification")
+    assert rows[0][1] == "good" and "reference" in [row[8] for row in rows]
+
+
+def test_selection_order_ranks_scores_and_puts_unscored_last():
+    assert selection_order({"b": 0.5, "a": 0.5, "c": 0.9, "x": None, "d": None}) == ["c", "a", "b", "d", "x"]
+    assert selection_order({"only": None}) == ["only"]
 
 
 def test_segmentation_perfect_system_beats_reference():

@@ -92,7 +92,8 @@ def test_minio_credentials_only_from_the_secret(fresh, name):
     for value in PLANTED.values():
         assert value not in text
     _, platform = docs(text)
-    store_tasks = {"exec-preprocess", "exec-register"} | ({"exec-gate"} if name == "retraining" else set())
+    store_tasks = {"exec-fingerprint", "exec-preprocess", "exec-register"} | (
+            {"exec-gate"} if name == "retraining" else set())
     with_secret = {label for label, cfg in platform.items() if "secretAsEnv" in cfg}
     assert with_secret == store_tasks
     for label in with_secret:
@@ -152,3 +153,17 @@ def test_retraining_registers_and_deploys_only_when_the_gate_says_so(fresh):
     assert "deploy_model" in inner["condition-3"]["triggerPolicy"]["condition"]
     assert set(spec["components"]["comp-condition-3"]["dag"]["tasks"]) == {"deploy"}
     assert "register" not in root and "deploy" not in root
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cached_dataset_is_keyed_by_the_source_fingerprint(fresh, name):
+    """Scheduled retraining must see the data at data_uri now: the fingerprint task never caches and
+    feeds preprocess, so preprocess's cache key (its inputs) changes whenever the data does."""
+    spec, _ = docs(fresh[name])
+    tasks = _tasks(spec)
+    fp, prep = tasks["fingerprint"], tasks["preprocess"]
+    assert fp["cachingOptions"] == {}  # never cached
+    assert fp["inputs"]["parameters"]["data_uri"] == prep["inputs"]["parameters"]["data_uri"]
+    assert prep["inputs"]["parameters"]["source_fingerprint"] == {
+        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "fingerprint"}}
+    assert prep["cachingOptions"] == {"enableCache": True} and "fingerprint" in prep["dependentTasks"]

@@ -87,7 +87,9 @@ def test_progress_and_leaderboard_printed(classification_run):
     assert "Executing task 'train'" in stdout.replace("\x1b[96m", "").replace("\x1b[0m", "")
     assert "compact_cnn__focal: best epoch" in stdout  # the components' own progress lines
     assert "Got executor_input" not in stdout and '"parameterValues"' not in stdout  # kfp internals stay in run.log
-    board = stdout[stdout.index("Leaderboard (test split, ranked by mcc):"):]
+    board = stdout[stdout.index("Leaderboard (ordered by validation mcc, the selection score; test metrics beside it):"):]
+    summary = json.loads((out / "t1" / "summary.json").read_text())
+    assert f"selected: {summary['best']} (highest validation mcc" in board
     for system in ("compact_cnn__ce", "compact_cnn__focal", "fusion-top2", "mean-top2", "weighted-top2"):
         assert system in board
     assert f"medens serve --model-dir {out / 't1' / 'registry' / 'tiny' / 'versions' / 't1'}" in stdout
@@ -111,7 +113,7 @@ def test_retraining_promotes_a_challenger_that_beats_a_planted_champion(classifi
 
     from medens.ensemble.artifact import write_ensemble
     from medens.models.artifact import read_manifest, save_state_dict, write_manifest
-    from medens.workflow import register_artifact
+    from medens.stages import register_artifact
 
     out, _ = classification_run
     bad = tmp_path / "bad"
@@ -134,3 +136,113 @@ def test_retraining_promotes_a_challenger_that_beats_a_planted_champion(classifi
     assert (store / "tiny" / "versions" / "r1" / "ensemble.json").is_file()
     summary = json.loads((tmp_path / "runs" / "r1" / "summary.json").read_text())
     assert summary["promoted"] is True and summary["uri"] == str(store / "tiny" / "versions" / "r1")
+
+
+# ---------------------------------------------------------------- one orchestration
+
+TINY_SEG = ROOT / "tests" / "pipelines" / "tiny-seg.yaml"
+# Both orchestrations call the same stage functions with the same seed; torch runs on one thread in
+# both here (the test's autouse fixture, and kfp.local's per-task OMP_NUM_THREADS on two cores), so
+# the figures agree to float rounding. The stated tolerance allows a different BLAS path elsewhere.
+TOLERANCE = 1e-4
+
+
+def _compare_runs(kfp_run, in_process):
+    """Same member ids, same leaderboard order, same selection scores and test metrics."""
+    a = json.loads((kfp_run / "evaluation" / "metrics.json").read_text())
+    b = json.loads((in_process / "evaluation" / "metrics.json").read_text())
+    assert sorted(p.name for p in (kfp_run / "members").iterdir()) == \
+        sorted(p.name for p in (in_process / "members").iterdir())
+    assert a["leaderboard"] == b["leaderboard"] and a["selected"] == b["selected"]
+    assert a["skipped"] == b["skipped"]
+    for name in a["systems"]:
+        sa, sb = a["selection"][name]["score"], b["selection"][name]["score"]
+        assert (sa is None) == (sb is None) and (sa is None or abs(sa - sb) <= TOLERANCE), name
+        for metric, va in a["systems"][name]["metrics"].items():
+            vb = b["systems"][name]["metrics"][metric]
+            if isinstance(va, float) and va == va:
+                assert abs(va - vb) <= TOLERANCE, (name, metric, va, vb)
+    return a
+
+
+def test_medens_run_and_kfp_local_agree_classification(classification_run, tmp_path):
+    from medens.config import load_spec
+    from medens.stages import run_experiment
+
+    out, _ = classification_run
+    run_experiment(load_spec(str(TINY)), tmp_path / "t1", log=lambda *a: None)
+    a = _compare_runs(out / "t1", tmp_path / "t1")
+    assert set(a["systems"]) == {"compact_cnn__ce", "compact_cnn__focal", "fusion-top2", "mean-top2", "weighted-top2"}
+
+
+@pytest.mark.slow
+def test_medens_run_and_kfp_local_agree_segmentation(tmp_path):
+    from medens.config import load_spec
+    from medens.stages import run_experiment
+
+    run_pipelines("--spec", str(TINY_SEG), "--out", str(tmp_path / "kfp"), "--run-id", "s1")
+    run_experiment(load_spec(str(TINY_SEG)), tmp_path / "s1", log=lambda *a: None)
+    a = _compare_runs(tmp_path / "kfp" / "s1", tmp_path / "s1")
+    assert sorted(a["systems"]) == ["basic_unet__dice_ce", "basic_unet__dice_ce__sampling", "basic_unet__exponential",
+                                    "basic_unet__exponential__sampling", "majority", "weighted"]
+
+
+# ---------------------------------------------------------------- retraining sees the data at the URI now
+
+RETRAIN = """
+name: retrain
+task: classification
+seed: 0
+data: {source: image_folder, image_size: 32, channels: 3, split: {train: 0.6, val: 0.2, test: 0.2}}
+models: [compact_cnn]
+losses: [ce]
+training: {batch_size: 32, epochs: 2, lr: 0.003, patience: null, plateau_patience: null}
+ensemble: {methods: [mean], top_k: [2], model_level: false}
+evaluation: {bootstrap: 100, gradcam: false}
+"""
+
+
+@pytest.mark.slow
+def test_retraining_twice_on_replaced_data_at_the_same_uri(tmp_path):
+    import shutil
+
+    from medens.data.export import write_synthetic
+    from medens.stages import registry_history
+
+    (tmp_path / "spec.yaml").write_text(RETRAIN)
+    incoming, store = tmp_path / "incoming", tmp_path / "registry"
+    batches = {"r1": {"codocyte": 30, "hypochromia": 30, "normal": 60},
+               "r2": {"codocyte": 40, "hypochromia": 45, "normal": 90}}
+    seen = {}
+    for i, (run_id, counts) in enumerate(batches.items()):
+        shutil.rmtree(incoming, ignore_errors=True)  # new data replaces the old at the same URI
+        write_synthetic("cells", incoming, size=32, counts=counts, seed=10 + i)
+        run_pipelines("--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "runs"), "--run-id", run_id,
+                      "--pipeline", "retraining", "--store", str(store), "--data-uri", str(incoming))
+        run = tmp_path / "runs" / run_id
+        dataset = json.loads((run / "data" / "dataset.json").read_text())
+        member = json.loads((run / "members" / "compact_cnn__ce" / "model.json").read_text())
+        fp = dataset["info"]["source"]
+        assert fp["kind"] == "folder" and fp["n_files"] == sum(counts.values())
+        assert member["lineage"]["data_fingerprint"] == fp["sha256"]  # the member names its data
+        # the member was trained on this run's images: its class counts are this dataset's training split
+        import numpy as np
+
+        train_labels = np.load(run / "data" / "train.npz")["labels"]
+        assert member["class_counts"] == np.bincount(train_labels, minlength=3).tolist()
+        seen[run_id] = (fp["sha256"], member["class_counts"], sum(dataset_split_sizes(run).values()))
+    assert seen["r1"][0] != seen["r2"][0]
+    assert seen["r1"][2] == 120 and seen["r2"][2] == 175
+    assert sum(seen["r1"][1]) < sum(seen["r2"][1])
+    history = registry_history(str(store), "retrain")
+    assert len(history) == 2
+    assert [h["challenger_version"] for h in history] == ["r1", "r2"]
+    assert [h["data_fingerprint"] for h in history] == [seen["r1"][0], seen["r2"][0]]
+    assert history[0]["promote"] is True and history[0]["champion_version"] is None
+    assert history[1]["champion_version"] == "r1" and history[1]["p_value"] is not None
+
+
+def dataset_split_sizes(run):
+    import numpy as np
+
+    return {s: len(np.load(run / "data" / f"{s}.npz")["labels"]) for s in ("train", "val", "test")}

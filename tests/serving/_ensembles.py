@@ -12,7 +12,7 @@ def train_ensembles(spec_dict: dict, root: Path) -> dict[str, Path]:
     import torch
 
     from medens.config import parse_spec
-    from medens.workflow import build_ensembles, prepare_data, train_member, training_grid
+    from medens.stages import build_ensembles, prepare_data, train_member, training_grid
 
     spec = parse_spec(spec_dict)
     threads = torch.get_num_threads()

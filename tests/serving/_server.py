@@ -31,10 +31,37 @@ def http(method: str, url: str, body: bytes | dict | None = None, headers: dict 
             status, raw, h = r.status, r.read(), dict(r.headers)
     except urllib.error.HTTPError as e:
         status, raw, h = e.code, e.read(), dict(e.headers)
+    except urllib.error.URLError as e:
+        if not isinstance(e.reason, BrokenPipeError | ConnectionResetError) or not data:
+            raise
+        # the server answered (413) and closed before the whole body was sent, as it may:
+        # read the answer it wrote instead of failing on the write
+        status, raw, h = _answer_before_body(url, method, data, hdrs, timeout)
     try:
         return status, json.loads(raw), h
     except ValueError:
         return status, raw.decode(errors="replace"), h
+
+
+def _answer_before_body(url: str, method: str, data: bytes, headers: dict, timeout: float) -> tuple[int, bytes, dict]:
+    import http.client
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.putrequest(method, u.path + (f"?{u.query}" if u.query else ""))
+        for k, v in {**headers, "content-length": str(len(data))}.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        try:
+            conn.send(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = conn.getresponse()
+        return r.status, r.read(), dict(r.headers)
+    finally:
+        conn.close()
 
 
 def stop_process(proc: subprocess.Popen | None, timeout: float) -> None:

@@ -10,7 +10,7 @@ unlikely to be chance (METHODS section 6):
   stratified bootstrap of the metric difference (Efron & Tibshirani 1993, ch. 16;
   :func:`medens.evaluation.stats.paired_bootstrap`);
 - ``dice`` / ``iou`` (segmentation): a paired bootstrap over images of the per-image difference,
-  the test :func:`medens.evaluation.report.evaluate_segmentation` uses.
+  the test :func:`medens.evaluation.systems.evaluate_segmentation` uses.
 
 With no champion (the first deployment) the challenger is promoted.
 """
@@ -41,7 +41,7 @@ def _metric_name(metric: str) -> str:
     return name
 
 
-def _per_image_overlap(masks_true: np.ndarray, probs: np.ndarray, metric: str) -> np.ndarray:
+def per_image_overlap(masks_true: np.ndarray, probs: np.ndarray, metric: str) -> np.ndarray:
     """Dice (or IoU = Dice / (2 - Dice)) per image, averaged over foreground classes."""
     from medens.ensemble.segmentation import dice_per_image
 
@@ -103,7 +103,7 @@ def gate_decision(y_true: Any, champion_probs: Any | None, challenger_probs: Any
 
     def score(probs: np.ndarray) -> tuple[float, np.ndarray | None]:
         if seg:
-            per = _per_image_overlap(y, probs, name)
+            per = per_image_overlap(y, probs, name)
             return float(per.mean()), per
         return float(METRICS[name](y, probs)), None
 
@@ -176,8 +176,8 @@ def ensemble_predictions(artifact_dir: str | os.PathLike, data_dir: str | os.Pat
     chunks = [ens.predict(x[i:i + batch_size], device=dev)[0] for i in range(0, len(x), batch_size)]
     k = len(ens.class_names)
     probs = np.concatenate(chunks) if chunks else np.empty((0, k), np.float64)
-    seg = ens.task == "segmentation"
-    return Predictions(probs=probs.astype(np.float16 if seg else np.float32), ids=list(part.ids), labels=part.labels,
+    # float32 for maps too (not the members' float16): the argmax must be the ensemble's own mask
+    return Predictions(probs=probs.astype(np.float32), ids=list(part.ids), labels=part.labels,
                        masks=part.masks, class_names=ens.class_names)
 
 

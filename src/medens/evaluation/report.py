@@ -1,13 +1,10 @@
-"""Evaluation of every member and ensemble on the test split, and the report.
+"""The report: renders what :mod:`medens.evaluation.systems` computed, computes nothing it ranks by.
 
-``stage_evaluate`` scores each system with every metric of METHODS section 6, 95% bootstrap
-CIs (and study 1's normal-approximation CI for accuracy), and paired tests against the best
-single member (chosen on validation, so the reference is not picked on test): McNemar for
-accuracy, paired bootstrap for the MCC difference and DeLong for macro one-vs-rest AUROC,
-Holm-corrected across the comparisons. It writes ``metrics.json``, ``kfp_metrics.json`` (the
-shape KFP's ClassificationMetrics artifact takes), ``report.md`` and a self-contained
-``report.html`` (images embedded as base64 PNG): leaderboard, ROC and precision-recall curves,
-confusion matrices, a reliability diagram, training curves and a Grad-CAM grid per class.
+:func:`write_report` writes ``report.md`` and a self-contained ``report.html`` (images embedded
+as base64 PNG): the leaderboard with each system's selection score (validation) beside its test
+metrics, which system was selected and by what rule, the systems that were skipped and why, ROC
+and precision-recall curves, confusion matrices, a reliability diagram, training curves and a
+Grad-CAM grid per class.
 """
 
 from __future__ import annotations
@@ -23,112 +20,9 @@ from typing import Any
 import numpy as np
 
 from medens.config import ExperimentSpec
-from medens.evaluation.metrics import classification_metrics, kfp_classification_metrics, segmentation_metrics
-from medens.evaluation.stats import bootstrap_ci, delong_ovr, holm, mcnemar, normal_ci, paired_bootstrap
 from medens.storage.atomic import atomic_write_text
 
-CI_METRICS = ("accuracy", "mcc", "f1_macro", "auroc_macro")
 MAX_CURVES = 8
-
-
-# ---------------------------------------------------------------- numbers
-
-
-def _system_predictions(members: dict[str, Path], ensembles: dict[str, Path], split: str) -> dict[str, Any]:
-    from medens.training.predictions import Predictions
-
-    out = {}
-    for kind, group in (("member", members), ("ensemble", ensembles)):
-        for name, d in group.items():
-            out[name] = (kind, Predictions.load(Path(d) / "predictions" / f"{split}.npz"))
-    return out
-
-
-def _validation_reference(members: dict[str, Path], task: str, metric: str) -> str:
-    """The best single member on validation (the reference every system is compared with)."""
-    from medens.ensemble import rank_members
-
-    val = {m: p for m, (_, p) in _system_predictions(members, {}, "val").items()}
-    if task == "segmentation":
-        from medens.ensemble import dice_score
-
-        return max(val, key=lambda m: (dice_score(val[m].masks, val[m].probs.argmax(1)), m))
-    return rank_members(val, metric=metric if metric in ("mcc", "accuracy", "macro_f1") else "mcc")[0][0]
-
-
-def evaluate_classification(y_true: np.ndarray, systems: dict[str, tuple[str, np.ndarray]], *, reference: str,
-                            class_names: list[str], n_resamples: int = 2000, confidence: float = 0.95,
-                            seed: int = 0) -> dict[str, Any]:
-    """Metrics, CIs and Holm-corrected paired tests of every system against ``reference``."""
-    ref_probs = systems[reference][1]
-    out: dict[str, Any] = {"reference": reference, "systems": {}}
-    raw: dict[str, dict[str, float | None]] = {"mcnemar": {}, "mcc": {}, "auroc": {}}
-    for name, (kind, probs) in systems.items():
-        m = classification_metrics(y_true, probs, class_names=class_names)
-        cis = {metric: bootstrap_ci(y_true, probs, metric, n_resamples=n_resamples, confidence=confidence, seed=seed)
-               for metric in CI_METRICS}
-        entry: dict[str, Any] = {"kind": kind, "metrics": m, "ci": cis,
-                                 "accuracy_normal_ci": list(normal_ci(m["accuracy"], len(y_true)))}
-        if name != reference:
-            mc = mcnemar(y_true, probs.argmax(1), ref_probs.argmax(1))
-            pb = paired_bootstrap(y_true, probs, ref_probs, "mcc", n_resamples=n_resamples, confidence=confidence,
-                                  seed=seed)
-            dl = delong_ovr(y_true, probs, ref_probs)["macro"]
-            entry["vs_reference"] = {"mcnemar": mc, "mcc_difference": pb, "auroc_delong": dl}
-            raw["mcnemar"][name], raw["mcc"][name], raw["auroc"][name] = mc["p_value"], pb["p_value"], dl["p_value"]
-        out["systems"][name] = entry
-    for test, ps in raw.items():
-        names = [n for n, p in ps.items() if p is not None]
-        for n, adj in zip(names, holm([ps[n] for n in names])):
-            out["systems"][n]["vs_reference"][f"{test}_p_holm"] = adj
-    return out
-
-
-def _bootstrap_mean(values: np.ndarray, n: int, confidence: float, seed: int) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n, len(values)))
-    means = values[idx].mean(axis=1)
-    a = (1 - confidence) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
-
-
-def evaluate_segmentation(masks_true: np.ndarray, systems: dict[str, tuple[str, np.ndarray]], *, reference: str,
-                          n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """Dice/IoU/HD95 per system with a bootstrap CI of the mean Dice over images, and a paired
-    bootstrap test of the Dice difference against ``reference`` (Holm-corrected)."""
-    out: dict[str, Any] = {"reference": reference, "systems": {}}
-    per_image = {}
-    for name, (kind, probs) in systems.items():
-        m = segmentation_metrics(masks_true, probs.argmax(1))
-        dice = np.array([r["dice"] for r in m["per_image"]], dtype=float)
-        per_image[name] = dice
-        lo, hi = _bootstrap_mean(dice, n_resamples, confidence, seed)
-        out["systems"][name] = {"kind": kind, "metrics": {k: v for k, v in m.items() if k != "per_image"},
-                                "ci": {"dice": {"point": float(dice.mean()), "low": lo, "high": hi}}}
-    ref = per_image[reference]
-    ps = {}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(ref), size=(n_resamples, len(ref)))
-    for name, dice in per_image.items():
-        if name == reference:
-            continue
-        d = dice - ref
-        boot = d[idx].mean(axis=1)
-        p = (1 + np.sum(np.abs(boot - d.mean()) >= abs(d.mean()))) / (1 + n_resamples)
-        out["systems"][name]["vs_reference"] = {"dice_difference": float(d.mean()), "p_value": float(p)}
-        ps[name] = float(p)
-    for n, adj in zip(ps, holm(list(ps.values()))):
-        out["systems"][n]["vs_reference"]["p_holm"] = adj
-    return out
-
-
-def leaderboard(result: dict[str, Any], metric: str) -> list[str]:
-    """System names, best first by the test ``metric`` (ties by name)."""
-    def score(name: str) -> float:
-        v = result["systems"][name]["metrics"].get(metric)
-        return -np.inf if v is None else float(v)
-
-    return sorted(result["systems"], key=lambda n: (-score(n), n))
 
 
 # ---------------------------------------------------------------- figures
@@ -267,20 +161,32 @@ def _p_text(p: Any) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _selection_text(result: dict[str, Any], name: str) -> str:
+    sel = result.get("selection", {}).get(name, {})
+    score = sel.get("score")
+    mark = " (selected)" if name == result.get("selected") else ""
+    return ("n/a" if score is None else f"{score:.3f}") + mark
+
+
 def table_rows(result: dict[str, Any], order: list[str], task: str) -> tuple[list[str], list[list[str]]]:
-    """Leaderboard columns and rows (strings), shared by the HTML and Markdown reports."""
+    """Leaderboard columns and rows (strings), shared by the HTML and Markdown reports.
+
+    The selection score (validation) stands beside the test metrics; ``order`` is the selection order.
+    """
     ref = result["reference"]
+    sel_head = f"selection: val {result.get('gate_metric', '')}".rstrip()
     if task == "segmentation":
-        head = ["#", "system", "kind", "Dice [95% CI]", "IoU", "HD95", "p vs best member (Holm)"]
+        head = ["#", "system", "kind", sel_head, "Dice [95% CI]", "IoU", "HD95", "p vs best member (Holm)"]
         rows = []
         for i, n in enumerate(order, 1):
             s = result["systems"][n]
             m, ci = s["metrics"], s["ci"]["dice"]
             p = "reference" if n == ref else _p_text(s["vs_reference"].get("p_holm"))
-            rows.append([str(i), n, s["kind"], f"{m['dice']:.3f} {_ci_text(ci)}", _fmt(m.get("iou")), _fmt(m.get("hd95"), 2), p])
+            rows.append([str(i), n, s["kind"], _selection_text(result, n), f"{m['dice']:.3f} {_ci_text(ci)}",
+                         _fmt(m.get("iou")), _fmt(m.get("hd95"), 2), p])
         return head, rows
-    head = ["#", "system", "kind", "accuracy [95% CI]", "MCC [95% CI]", "F1 macro [95% CI]", "AUROC macro [95% CI]",
-            "McNemar p (Holm)", "ΔMCC p (Holm)", "DeLong p (Holm)"]
+    head = ["#", "system", "kind", sel_head, "accuracy [95% CI]", "MCC [95% CI]", "F1 macro [95% CI]",
+            "AUROC macro [95% CI]", "McNemar p (Holm)", "ΔMCC p (Holm)", "DeLong p (Holm)"]
     rows = []
     for i, n in enumerate(order, 1):
         s = result["systems"][n]
@@ -290,7 +196,7 @@ def table_rows(result: dict[str, Any], order: list[str], task: str) -> tuple[lis
         else:
             v = s["vs_reference"]
             ps = [_p_text(v.get("mcnemar_p_holm")), _p_text(v.get("mcc_p_holm")), _p_text(v.get("auroc_p_holm"))]
-        rows.append([str(i), n, s["kind"], f"{m['accuracy']:.3f} {_ci_text(ci['accuracy'])}",
+        rows.append([str(i), n, s["kind"], _selection_text(result, n), f"{m['accuracy']:.3f} {_ci_text(ci['accuracy'])}",
                      f"{m['mcc']:.3f} {_ci_text(ci['mcc'])}", f"{m['f1_macro']:.3f} {_ci_text(ci['f1_macro'])}",
                      f"{_fmt(m['auroc_macro'])} {_ci_text(ci['auroc_macro'])}", *ps])
     return head, rows
@@ -315,7 +221,7 @@ def render_html(title: str, subtitle: str, head: list[str], rows: list[list[str]
     esc = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
-           f"<h1>{esc(title)}</h1>", f'<p class="sub">{esc(subtitle)}</p>', "<h2>Leaderboard (test split)</h2>",
+           f"<h1>{esc(title)}</h1>", f'<p class="sub">{esc(subtitle)}</p>', "<h2>Leaderboard (ordered by the selection score; test metrics to report)</h2>",
            "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for r in rows:
         cls = ' class="best"' if r[1] == best else (' class="ref"' if r[1] == reference else "")
@@ -337,53 +243,62 @@ def render_markdown(title: str, subtitle: str, head: list[str], rows: list[list[
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- the stage
+# ---------------------------------------------------------------- the documents from a result
 
 
-def stage_evaluate(spec: ExperimentSpec, data_dir: str | os.PathLike, members: dict[str, str | os.PathLike],
-                   ensembles: dict[str, str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Any]:
-    """Score every system on test, run the paired tests, and write the report files."""
-    from medens.data.types import SplitData
+def report_notes(result: dict[str, Any], spec: ExperimentSpec) -> list[str]:
+    """The plain-words lines under the leaderboard: what was selected and how, what was skipped."""
+    ev, sel, best = spec.evaluation, result["selected"], result.get("best_on_test")
+    notes = [f"Selected for serving: {sel}, by the {result['selection_rule']}. The test split was not used to "
+             f"select, fit or calibrate anything; it is scored once, to report."
+             + (f" Highest test {result['gate_metric']}: {best}"
+                + (" (the selected system)." if best == sel else " (not used for selection).") if best else ""),
+             f"Reference = best single member on validation: {result['reference']}.",
+             f"95% CIs: stratified percentile bootstrap, {ev.bootstrap} resamples, seed {spec.seed}.",
+             "p-values compare each system with the reference on the same test images (McNemar for accuracy, "
+             "paired bootstrap for the MCC difference, DeLong for macro one-vs-rest AUROC), Holm-corrected "
+             "across systems." if spec.task == "classification" else
+             "p-values: paired bootstrap of the per-image Dice difference against the reference, Holm-corrected.",
+             "Ensembles were fitted on validation predictions only."]
+    for name, info in result.get("selection", {}).items():
+        if info.get("score") is None:
+            notes.append(f"Not selectable: {name}: {info.get('reason') or 'no selection score'}.")
+    for name, reason in result.get("skipped", {}).items():
+        notes.append(f"Skipped: {name}: {reason}")
+    return notes
 
+
+def write_report(spec: ExperimentSpec, result: dict[str, Any], data, members: dict[str, Path],
+                 systems: dict[str, np.ndarray], out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Render ``result`` (see :func:`medens.evaluation.systems`) as ``report.html`` and ``report.md``.
+
+    Args:
+        spec: the experiment (titles, CI settings, Grad-CAM options).
+        result: the evaluation result: ``systems`` with test metrics, ``selection``, ``selected``,
+            ``reference``, ``leaderboard`` (the selection order), ``skipped``, ``gate_metric``.
+        data: the ``SplitData`` (test labels, images and masks for the figures).
+        members: member id -> model artifact (training curves, Grad-CAM of the reference).
+        systems: system name -> test probabilities.
+        out_dir: where the documents go.
+
+    Returns:
+        ``{"leaderboard": rows as dicts, "report": path of report.html}``.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    members = {k: Path(v) for k, v in members.items()}
-    ensembles = {k: Path(v) for k, v in ensembles.items()}
-    data = SplitData.load(data_dir)
-    preds = _system_predictions(members, ensembles, "test")
     ev = spec.evaluation
-    reference = _validation_reference(members, spec.task, spec.ensemble.rank_metric)
-    systems = {n: (kind, p.probs.astype(np.float64)) for n, (kind, p) in preds.items()}
-    if spec.task == "segmentation":
-        result = evaluate_segmentation(data.test.masks, systems, reference=reference, n_resamples=ev.bootstrap,
-                                       confidence=ev.confidence, seed=spec.seed)
-        gate = ev.gate_metric if ev.gate_metric in ("dice", "iou") else "dice"
-    else:
-        result = evaluate_classification(data.test.labels, systems, reference=reference, class_names=data.class_names,
-                                         n_resamples=ev.bootstrap, confidence=ev.confidence, seed=spec.seed)
-        gate = ev.gate_metric
-    order = leaderboard(result, gate)
-    best = order[0]
-    result.update({"experiment": spec.name, "task": spec.task, "gate_metric": gate, "leaderboard": order,
-                   "best": best, "best_kind": result["systems"][best]["kind"],
-                   "best_path": str((members | ensembles)[best]), "n_test": len(data.test)})
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=float))
-
-    figures: list[tuple[str, str]] = []
-    probs_by_name = {n: systems[n][1] for n in order}
+    order, selected, reference = result["leaderboard"], result["selected"], result["reference"]
+    figures: list[tuple[str, Any]] = []
+    probs_by_name = {n: systems[n] for n in order}
     if spec.task == "classification":
-        kfp = kfp_classification_metrics(data.test.labels, systems[best][1], data.class_names)
-        kfp["scalar"] = {k: result["systems"][best]["metrics"][k] for k in ("accuracy", "mcc", "f1_macro", "auroc_macro")}
-        atomic_write_text(out / "kfp_metrics.json", json.dumps(kfp, indent=2))
         roc, pr = fig_curves(data.test.labels, probs_by_name)
-        pair = list(dict.fromkeys([best, reference]))
+        pair = list(dict.fromkeys([selected, reference]))
         figures += [("ROC and precision-recall", [("ROC curves", roc), ("Precision-recall curves", pr)]),
                     ("Confusion matrices and calibration",
                      [("Confusion matrices", fig_confusion(result, pair, data.class_names)),
                       ("Reliability diagram", fig_reliability(data.test.labels, {n: probs_by_name[n] for n in pair}))])]
     else:
-        figures.append(("Examples (green: truth, red: best system)",
-                        fig_segmentation_examples(data.test.images, data.test.masks, systems[best][1])))
+        figures.append(("Examples (green: truth, red: selected system)",
+                        fig_segmentation_examples(data.test.images, data.test.masks, systems[selected])))
     figures.append(("Training curves", fig_training(members)))
     if spec.task == "classification" and ev.gradcam:
         png = _gradcam(members[reference], data, out / "gradcam.png", ev.gradcam_per_class)
@@ -391,19 +306,13 @@ def stage_evaluate(spec: ExperimentSpec, data_dir: str | os.PathLike, members: d
             figures.append((f"Grad-CAM per class ({reference}, at its cam_layer)", png))
     head, rows = table_rows(result, order, spec.task)
     title = f"medens report: {spec.name}"
+    n_ens = sum(1 for s in result["systems"].values() if s["kind"] == "ensemble")
     subtitle = " — ".join(x for x in (spec.description, f"test n={len(data.test)}, {len(members)} members, "
-                                      f"{len(ensembles)} ensembles; ranked by test {gate}") if x)
-    notes = [f"Reference = best single member on validation: {reference}. Best on test: {best}.",
-             f"95% CIs: stratified percentile bootstrap, {ev.bootstrap} resamples, seed {spec.seed}.",
-             "p-values compare each system with the reference on the same test images (McNemar for accuracy, "
-             "paired bootstrap for the MCC difference, DeLong for macro one-vs-rest AUROC), Holm-corrected "
-             "across systems." if spec.task == "classification" else
-             "p-values: paired bootstrap of the per-image Dice difference against the reference, Holm-corrected.",
-             "Ensembles were fitted on validation predictions only."]
-    atomic_write_text(out / "report.html", render_html(title, subtitle, head, rows, figures, notes, best, reference))
+                                      f"{n_ens} ensembles; selected on validation {result['gate_metric']}") if x)
+    notes = report_notes(result, spec)
+    atomic_write_text(out / "report.html", render_html(title, subtitle, head, rows, figures, notes, selected, reference))
     atomic_write_text(out / "report.md", render_markdown(title, subtitle, head, rows, notes))
-    return {"best": best, "best_path": result["best_path"], "gate_metric": gate, "reference": reference,
-            "leaderboard": [dict(zip(head, r)) for r in rows], "report": str(out / "report.html")}
+    return {"leaderboard": [dict(zip(head, r)) for r in rows], "report": str(out / "report.html")}
 
 
 def _gradcam(member_dir: Path, data, path: Path, per_class: int) -> str | None:

@@ -268,6 +268,12 @@ class S3Store(ArtifactStore):
         self._retry(lambda: self.client.fput_object(self.bucket, self._key(key), str(local)), f"upload {key}")
         return f"s3://{self.bucket}/{self._key(key)}"
 
+    def object_listing(self, prefix: str) -> list[tuple[str, int, str]]:
+        """``(name relative to prefix/, size, ETag)`` of every object under ``prefix/`` (no download)."""
+        base = self._key(prefix).rstrip("/") + "/"
+        objs = self._retry(lambda: list(self.client.list_objects(self.bucket, prefix=base, recursive=True)), "list")
+        return [(o.object_name[len(base):], int(o.size or 0), str(o.etag or "").strip('"')) for o in objs]
+
     def sync_down(self, prefix: str, dest: str | os.PathLike) -> list[Path]:
         """Download every object under ``prefix/`` (new data for retraining) into ``dest``."""
         base = self._key(prefix).rstrip("/") + "/"

@@ -1,4 +1,4 @@
-"""medens.workflow: the stage functions the Kubeflow components call, run in-process on tiny data."""
+"""medens.stages: the stage functions every orchestration calls, run in-process on tiny data."""
 
 import json
 import time
@@ -8,8 +8,7 @@ import pytest
 import yaml
 
 from medens.config import load_spec, parse_spec
-from medens.storage import ArtifactStore
-from medens.workflow import (
+from medens.stages import (
     build_ensembles,
     champion_gate,
     evaluate_systems,
@@ -20,10 +19,14 @@ from medens.workflow import (
     prepare_data,
     register_artifact,
     registered_uri,
+    registry_history,
+    run_experiment,
+    source_fingerprint,
     spec_from_text,
     train_member,
     training_grid,
 )
+from medens.storage import ArtifactStore
 
 TINY = {
     "name": "wf",
@@ -60,9 +63,11 @@ def test_training_grid_classification():
 def test_training_grid_segmentation_sampling_method():
     spec = load_spec("seg-demo")
     grid = training_grid(spec)
+    # study 3: every (model, loss) pair has a sampling-method partner with the same loss
     assert [(g["id"], g["train_on"]) for g in grid] == [
-        ("basic_unet__exponential", "train"), ("basic_unet__dice_ce", "train"),
-        ("basic_unet__exponential__sampling", "train_crops")]
+        ("basic_unet__exponential", "train"), ("basic_unet__exponential__sampling", "train_crops"),
+        ("basic_unet__dice_ce", "train"), ("basic_unet__dice_ce__sampling", "train_crops")]
+    assert grid[1]["loss"] == grid[0]["loss"] and grid[3]["loss"] == grid[2]["loss"]
     no_sampling = spec.model_copy(update={"data": spec.data.model_copy(update={"sampling_method": False})})
     assert [g["train_on"] for g in training_grid(no_sampling)] == ["train", "train"]
 
@@ -123,11 +128,11 @@ def test_best_is_a_servable_ensemble(stages):
 @pytest.mark.parametrize("system", ["compact_cnn__ce", "mean-top2"])
 def test_package_best_member_and_ensemble(stages, system, tmp_path):
     from medens.ensemble.artifact import load_ensemble
-    from medens.workflow import ensemble_dirs
+    from medens.stages import ensemble_dirs
 
     root = stages["root"]
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
-    metrics["best"] = system
+    metrics["selected"] = system
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
     out = package_best(tmp_path / "eval", member_dirs(stages["paths"]), ensemble_dirs(root / "ens"), tmp_path / "b")
@@ -137,7 +142,7 @@ def test_package_best_member_and_ensemble(stages, system, tmp_path):
         assert ens.manifest["method"] == "mean" and len(ens.members) == 2
     else:
         assert ens.manifest["method"] == "single" and list(ens.members) == ["compact_cnn__ce"]
-    metrics["best"] = "nope"
+    metrics["selected"] = "nope"
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(ValueError, match="neither a member nor an ensemble"):
         package_best(tmp_path / "eval", {}, {}, tmp_path / "c")
@@ -191,7 +196,18 @@ def test_register_fetch_and_champion_gate(stages, store_uri, tmp_path):
     assert won["champion_version"] == "v2"
     assert won["challenger"] > won["champion"]
     assert won["promote"] is True, won["reason"]
-    assert set(ArtifactStore.from_uri(store_uri).list("wf/")) == {"wf/champion", "wf/versions/v1", "wf/versions/v2"}
+    names = ArtifactStore.from_uri(store_uri).list("wf/")
+    assert {n for n in names if not n.startswith("wf/history/")} == {"wf/champion", "wf/versions/v1", "wf/versions/v2"}
+    # the audit trail: every gate decision, oldest first, with what an operator needs to answer "why this version"
+    history = registry_history(store_uri, "wf")
+    assert [h["promote"] for h in history] == [True, False, True]
+    assert [h["champion_version"] for h in history] == [None, "v1", "v2"]
+    fingerprint = json.loads((root / "data" / "dataset.json").read_text())["info"]["source"]["sha256"]
+    for h in history:
+        assert h["data_fingerprint"] == fingerprint and h["metric"] == "mcc" and h["time"].endswith("Z")
+        assert h["challenger_system"] == stages["summary"]["best"]
+    assert history[2]["p_value"] < 0.05 and history[2]["decision"] == "promote"
+    assert champ["data_fingerprint"] == fingerprint  # the registry entry names the data it was trained on
 
 
 def _scrambled_copy(src, dest):
@@ -230,7 +246,120 @@ def test_prepare_data_from_new_data_in_s3(s3_endpoint, monkeypatch, tmp_path):
     spec = parse_spec({**TINY, "data": {"source": "image_folder", "image_size": 32}})
     summary = prepare_data(spec, tmp_path / "ds", data_uri=f"s3://{bucket}/rbc/batch-1", endpoint=s3_endpoint)
     assert sum(v["n"] for k, v in summary["splits"].items() if k in ("train", "val", "test")) == 50
+    # the fingerprint: object names, sizes and ETags, stored in the dataset
+    fp = summary["source"]
+    assert fp["kind"] == "s3" and fp["n_files"] == 50 and fp["uri"] == f"s3://{bucket}/rbc/batch-1"
+    assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["info"]["source"] == fp
+    assert source_fingerprint(spec, f"s3://{bucket}/rbc/batch-1", endpoint=s3_endpoint) == fp
+    extra = next((tmp_path / "cells").rglob("*.png"))
+    store.put_file(extra, "rbc/batch-1/normal/late-arrival.png")  # new data at the same URI
+    changed = source_fingerprint(spec, f"s3://{bucket}/rbc/batch-1", endpoint=s3_endpoint)
+    assert changed["n_files"] == 51 and changed["sha256"] != fp["sha256"]
+    with pytest.raises(ValueError, match="changed while the pipeline ran"):
+        prepare_data(spec, tmp_path / "ds3", data_uri=f"s3://{bucket}/rbc/batch-1", endpoint=s3_endpoint,
+                     expected_fingerprint=fp["sha256"])
+    assert not (tmp_path / "ds3").exists()
     assert summary["class_names"] == ["codocyte", "hypochromia", "normal"]
     with pytest.raises(ValueError, match="no objects under"):
         prepare_data(spec, tmp_path / "ds2", data_uri=f"s3://{bucket}/nothing", endpoint=s3_endpoint)
     assert np.load(tmp_path / "ds" / "train.npz")["images"].shape[1:] == (32, 32, 3)
+
+
+# ---------------------------------------------------------------- selection without the test split
+
+def _planted_member(src, dest, mid, *, val_right: float, test_right: float, seed: int):
+    """A copy of a trained member whose saved predictions are replaced by planted ones:
+    ``val_right`` / ``test_right`` of the images get the true class with confidence 0.9."""
+    import shutil
+
+    from medens.models.artifact import read_manifest, write_manifest
+    from medens.training.predictions import Predictions
+
+    shutil.copytree(src, dest)
+    manifest = read_manifest(dest)
+    manifest.update({"member_id": mid})
+    manifest.pop("files", None)
+    rng = np.random.default_rng(seed)
+    for split, right in (("val", val_right), ("test", test_right)):
+        p = Predictions.load(dest / "predictions" / f"{split}.npz")
+        k = p.probs.shape[1]
+        pred = np.where(rng.random(len(p.labels)) < right, p.labels, (p.labels + 1) % k)
+        probs = np.full((len(pred), k), 0.1 / (k - 1), np.float32)
+        probs[np.arange(len(pred)), pred] = 0.9
+        Predictions(probs=probs, ids=p.ids, labels=p.labels, class_names=p.class_names).save(
+            dest / "predictions" / f"{split}.npz")
+    write_manifest(dest, manifest)
+    return dest
+
+
+def test_a_system_best_on_test_but_not_on_validation_is_not_selected(stages, tmp_path):
+    root, spec = stages["root"], stages["spec"]
+    src = member_dirs(stages["paths"])["compact_cnn__ce"]
+    a = _planted_member(src, tmp_path / "a", "val_winner", val_right=0.95, test_right=0.70, seed=1)
+    b = _planted_member(src, tmp_path / "b", "test_winner", val_right=0.70, test_right=0.99, seed=2)
+    s = evaluate_systems(spec, root / "data", [a, b], tmp_path / "no-ensembles", tmp_path / "eval", tmp_path / "best")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    sel, systems = metrics["selection"], metrics["systems"]
+    assert sel["val_winner"]["score"] > sel["test_winner"]["score"]
+    assert systems["test_winner"]["metrics"]["mcc"] > systems["val_winner"]["metrics"]["mcc"]
+    assert s["best"] == metrics["selected"] == "val_winner" and s["best_on_test"] == "test_winner"
+    assert metrics["leaderboard"] == ["val_winner", "test_winner"]  # ordered by the selection score
+    from medens.ensemble.artifact import read_ensemble_manifest
+
+    served = read_ensemble_manifest(tmp_path / "best")["evaluation"]
+    assert served["system"] == "val_winner" and served["selection_score"] == sel["val_winner"]["score"]
+    # the report shows both: the selection score and the test metrics, and says what was selected by what rule
+    md = (tmp_path / "eval" / "report.md").read_text()
+    head = md.splitlines()[4]
+    assert "selection: val mcc" in head and "MCC [95% CI]" in head
+    row_a = next(line for line in md.splitlines() if line.startswith("| 1 | val_winner"))
+    assert f"{sel['val_winner']['score']:.3f} (selected)" in row_a
+    assert f"{systems['val_winner']['metrics']['mcc']:.3f}" in row_a
+    assert "Selected for serving: val_winner, by the highest validation mcc" in md
+    assert "Highest test mcc: test_winner (not used for selection)" in md
+    assert "val_winner" in (tmp_path / "eval" / "report.html").read_text()
+
+
+def test_ensembles_are_selected_on_out_of_fold_validation_predictions(stages):
+    """The ensembles' selection scores come from cross-fitted predictions, not their in-sample fit."""
+    from medens.ensemble.crossfit import crossfit_predictions
+    from medens.evaluation.systems import selection_score
+    from medens.training.predictions import Predictions
+
+    root, spec = stages["root"], stages["spec"]
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    members = member_dirs(stages["paths"])
+    val = {m: Predictions.load(d / "predictions" / "val.npz") for m, d in members.items()}
+    for name, method in (("mean-top2", "mean"), ("weighted-top2", "weighted")):
+        info = metrics["selection"][name]
+        assert info["basis"] == "5-fold cross-fitted validation predictions"
+        oof = crossfit_predictions(method, val, top_k=2, rank_metric=spec.ensemble.rank_metric, seed=spec.seed)
+        saved = Predictions.load(root / "ens" / name / "predictions" / "val_oof.npz")
+        np.testing.assert_allclose(saved.probs, oof, atol=1e-6)
+        assert info["score"] == pytest.approx(selection_score("mcc", probs=oof, labels=saved.labels))
+    # the mean of all members fits nothing: its out-of-fold predictions are the plain mean
+    mean = np.mean([val[m].probs.astype(np.float64) for m in val], axis=0)
+    np.testing.assert_allclose(crossfit_predictions("mean", val, top_k=2), mean, atol=1e-6)
+    for m in members:
+        assert metrics["selection"][m]["basis"] == "validation predictions"
+
+
+def test_a_validation_split_that_cannot_support_stacking_degrades_not_aborts(tmp_path):
+    """A long tail: one validation image of the rare class. Stacking is skipped with its reason;
+    everything else is built, evaluated and the selected system registered."""
+    spec = parse_spec({**TINY, "name": "tail",
+                       "data": {"source": "synthetic_cells", "image_size": 32,
+                                "synthetic": {"counts": {"codocyte": 60, "hypochromia": 60, "normal": 5}}},
+                       "losses": ["ce", "weighted_ce"], "training": {**TINY["training"], "epochs": 2},
+                       "ensemble": {"methods": ["mean", "stacking"], "top_k": [2]}})
+    s = run_experiment(spec, tmp_path / "run", log=lambda *a: None)
+    data = json.loads((tmp_path / "run" / "data" / "dataset.json").read_text())
+    assert data["info"]["source"]["kind"] == "generated:synthetic_cells"
+    assert list(s["skipped"]) == ["stacking-top2"]
+    assert "validation samples of every class" in s["skipped"]["stacking-top2"]
+    assert sorted(s["ensembles"]) == ["mean-top2"]
+    systems = json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())["systems"]
+    assert set(systems) == {"compact_cnn__ce", "compact_cnn__weighted_ce", "mean-top2"}
+    md = (tmp_path / "run" / "evaluation" / "report.md").read_text()
+    assert "Skipped: stacking-top2: " in md and "validation samples of every class" in md
+    assert s["uri"] and (tmp_path / "run" / "registry" / "tail" / "versions" / "run" / "ensemble.json").is_file()

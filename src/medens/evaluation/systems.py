@@ -1,0 +1,112 @@
+"""Scores of every system: the selection score on validation, then test metrics, CIs and paired tests.
+
+Selection (DESIGN section 2, step 6) comes first and uses validation data only: a member by
+its validation predictions, a prediction-level ensemble by its cross-fitted (out-of-fold)
+validation predictions (:mod:`medens.ensemble.crossfit`; it was fitted on validation), a
+model-level ensemble by its validation predictions (it was trained on the training split). The
+selected system is the one with the highest selection score on the gate metric. Only then is
+every system scored on the test split, once, to report: metrics of METHODS section 6 with 95%
+bootstrap CIs (and study 1's normal-approximation CI for accuracy) and paired tests against the
+reference (the best single member on validation), Holm-corrected across the comparisons:
+McNemar for accuracy, paired bootstrap for the MCC difference and DeLong for macro one-vs-rest
+AUROC; for segmentation a paired bootstrap of the per-image Dice difference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from medens.evaluation.metrics import METRICS, classification_metrics, segmentation_metrics
+from medens.evaluation.stats import bootstrap_ci, delong_ovr, holm, mcnemar, normal_ci, paired_bootstrap
+
+CI_METRICS = ("accuracy", "mcc", "f1_macro", "auroc_macro")
+SELECTION_RULE = ("highest validation {metric}: members on their validation predictions, prediction-level "
+                  "ensembles on {folds}-fold cross-fitted (out-of-fold) validation predictions, model-level "
+                  "ensembles on their validation predictions; ties by name")
+
+
+def selection_score(metric: str, *, probs: np.ndarray, labels: np.ndarray | None = None,
+                    masks: np.ndarray | None = None) -> float | None:
+    """The gate ``metric`` of one system's validation probabilities (``None`` when undefined)."""
+    if masks is not None:
+        from medens.evaluation.gate import per_image_overlap
+
+        value = float(per_image_overlap(masks, probs, metric if metric in ("dice", "iou") else "dice").mean())
+    else:
+        value = float(METRICS[metric](labels, np.asarray(probs, dtype=np.float64)))
+    return value if math.isfinite(value) else None
+
+
+def selection_order(scores: dict[str, float | None]) -> list[str]:
+    """Systems by selection score, best first (ties by name); systems without a score last, by name."""
+    scored = sorted((n for n, s in scores.items() if s is not None), key=lambda n: (-float(scores[n]), n))
+    return scored + sorted(n for n, s in scores.items() if s is None)
+
+
+def evaluate_classification(y_true: np.ndarray, systems: dict[str, tuple[str, np.ndarray]], *, reference: str,
+                            class_names: list[str], n_resamples: int = 2000, confidence: float = 0.95,
+                            seed: int = 0) -> dict[str, Any]:
+    """Metrics, CIs and Holm-corrected paired tests of every system against ``reference``."""
+    ref_probs = systems[reference][1]
+    out: dict[str, Any] = {"reference": reference, "systems": {}}
+    raw: dict[str, dict[str, float | None]] = {"mcnemar": {}, "mcc": {}, "auroc": {}}
+    for name, (kind, probs) in systems.items():
+        m = classification_metrics(y_true, probs, class_names=class_names)
+        cis = {metric: bootstrap_ci(y_true, probs, metric, n_resamples=n_resamples, confidence=confidence, seed=seed)
+               for metric in CI_METRICS}
+        entry: dict[str, Any] = {"kind": kind, "metrics": m, "ci": cis,
+                                 "accuracy_normal_ci": list(normal_ci(m["accuracy"], len(y_true)))}
+        if name != reference:
+            mc = mcnemar(y_true, probs.argmax(1), ref_probs.argmax(1))
+            pb = paired_bootstrap(y_true, probs, ref_probs, "mcc", n_resamples=n_resamples, confidence=confidence,
+                                  seed=seed)
+            dl = delong_ovr(y_true, probs, ref_probs)["macro"]
+            entry["vs_reference"] = {"mcnemar": mc, "mcc_difference": pb, "auroc_delong": dl}
+            raw["mcnemar"][name], raw["mcc"][name], raw["auroc"][name] = mc["p_value"], pb["p_value"], dl["p_value"]
+        out["systems"][name] = entry
+    for test, ps in raw.items():
+        names = [n for n, p in ps.items() if p is not None]
+        for n, adj in zip(names, holm([ps[n] for n in names])):
+            out["systems"][n]["vs_reference"][f"{test}_p_holm"] = adj
+    return out
+
+
+def _bootstrap_mean(values: np.ndarray, n: int, confidence: float, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n, len(values)))
+    means = values[idx].mean(axis=1)
+    a = (1 - confidence) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def evaluate_segmentation(masks_true: np.ndarray, systems: dict[str, tuple[str, np.ndarray]], *, reference: str,
+                          n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Dice/IoU/HD95 per system with a bootstrap CI of the mean Dice over images, and a paired
+    bootstrap test of the Dice difference against ``reference`` (Holm-corrected)."""
+    out: dict[str, Any] = {"reference": reference, "systems": {}}
+    per_image = {}
+    for name, (kind, probs) in systems.items():
+        m = segmentation_metrics(masks_true, probs.argmax(1))
+        dice = np.array([r["dice"] for r in m["per_image"]], dtype=float)
+        per_image[name] = dice
+        lo, hi = _bootstrap_mean(dice, n_resamples, confidence, seed)
+        out["systems"][name] = {"kind": kind, "metrics": {k: v for k, v in m.items() if k != "per_image"},
+                                "ci": {"dice": {"point": float(dice.mean()), "low": lo, "high": hi}}}
+    ref = per_image[reference]
+    ps = {}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ref), size=(n_resamples, len(ref)))
+    for name, dice in per_image.items():
+        if name == reference:
+            continue
+        d = dice - ref
+        boot = d[idx].mean(axis=1)
+        p = (1 + np.sum(np.abs(boot - d.mean()) >= abs(d.mean()))) / (1 + n_resamples)
+        out["systems"][name]["vs_reference"] = {"dice_difference": float(d.mean()), "p_value": float(p)}
+        ps[name] = float(p)
+    for n, adj in zip(ps, holm(list(ps.values()))):
+        out["systems"][n]["vs_reference"]["p_holm"] = adj
+    return out

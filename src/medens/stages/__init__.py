@@ -1,0 +1,48 @@
+"""The stages of one experiment: the only orchestration in medens.
+
+Each stage takes the spec and input artifact directories and writes one output artifact
+directory. ``medens run`` (:func:`run_experiment`, one process), ``python -m pipelines run``
+(kfp.local) and the cluster components (``components/``, one container per stage) all call
+these functions and nothing else.
+
+=====================  =====================================================================
+stage                  function
+=====================  =====================================================================
+data                   :func:`prepare_data` (with :func:`source_fingerprint`), :func:`training_grid`
+train                  :func:`train_member`: one grid entry -> model artifact + predictions
+ensemble               :func:`build_ensembles`: ensembles + cross-fitted validation predictions
+evaluate               :func:`evaluate_systems`: select on validation, score on test, report,
+                       :func:`package_best`
+register / gate        :func:`register_artifact`, :func:`champion_gate` (recorded by
+                       :func:`record_decision`; read back with :func:`registry_history`)
+=====================  =====================================================================
+"""
+
+from medens.stages.data import (
+    SAMPLING_SUFFIX,
+    dataset_lineage,
+    member_id,
+    prepare_data,
+    source_fingerprint,
+    spec_from_text,
+    training_grid,
+)
+from medens.stages.ensemble import build_ensembles, ensemble_dirs, read_index
+from medens.stages.evaluate import evaluate_systems, export_report, gate_metric, leaderboard_text, package_best
+from medens.stages.registry import (
+    champion_gate,
+    fetch_champion,
+    record_decision,
+    register_artifact,
+    registered_uri,
+    registry_history,
+)
+from medens.stages.run import run_experiment
+from medens.stages.train import member_dirs, train_member
+
+__all__ = [
+    "SAMPLING_SUFFIX", "build_ensembles", "champion_gate", "dataset_lineage", "ensemble_dirs", "evaluate_systems",
+    "export_report", "fetch_champion", "gate_metric", "leaderboard_text", "member_dirs", "member_id",
+    "package_best", "prepare_data", "read_index", "record_decision", "register_artifact", "registered_uri",
+    "registry_history", "run_experiment", "source_fingerprint", "spec_from_text", "train_member", "training_grid",
+]

@@ -1,0 +1,203 @@
+"""The evaluation stage: select on validation, score on test once, report, package the selected system."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medens.config import ExperimentSpec
+from medens.stages.ensemble import OOF, ensemble_dirs, read_index
+from medens.stages.train import member_dirs
+from medens.storage.atomic import atomic_write_text
+
+
+def gate_metric(spec: ExperimentSpec) -> str:
+    """The metric that selects systems and gates promotion: ``evaluation.gate_metric``; Dice for
+    segmentation unless the gate metric is ``dice`` or ``iou``."""
+    m = spec.evaluation.gate_metric
+    if spec.task == "segmentation":
+        return m if m in ("dice", "iou") else "dice"
+    return m
+
+
+def _selection(spec: ExperimentSpec, metric: str, members: dict[str, Path], ensembles: dict[str, Path],
+               index: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each system's selection score on validation data that neither trained nor fitted it."""
+    from medens.evaluation.systems import selection_score
+    from medens.training.predictions import Predictions
+
+    def score(path: Path) -> float | None:
+        p = Predictions.load(path)
+        return selection_score(metric, probs=p.probs, labels=p.labels, masks=p.masks)
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, d in members.items():
+        out[name] = {"score": score(d / "predictions" / "val.npz"), "basis": "validation predictions"}
+    for name, d in ensembles.items():
+        info = dict(index.get("selection", {}).get(name) or {})
+        if info.get("basis") is None:
+            out[name] = {"score": None, "basis": None,
+                         "reason": info.get("reason") or "no cross-fitted validation predictions"}
+            continue
+        oof = d / "predictions" / OOF
+        out[name] = {**info, "score": score(oof if oof.is_file() else d / "predictions" / "val.npz")}
+    for info in out.values():
+        if info["score"] is None and info.get("basis") is not None:
+            info["reason"] = f"validation {metric} is undefined"
+    return out
+
+
+def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_paths: list[str | os.PathLike],
+                     ensembles_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                     best_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Select a system on validation, score every system on test, write the report, package the selection.
+
+    Writes ``metrics.json`` (every system's selection score and test metrics, the selection
+    and its rule, skipped systems), ``kfp_metrics.json`` (classification), ``report.html``,
+    ``report.md`` and ``summary.json`` into ``out_dir``; with ``best_dir``, the selected system
+    as a servable ensemble artifact there.
+
+    Raises:
+        ValueError: when no system has a selection score (nothing can be served).
+    """
+    from medens.data.types import SplitData
+    from medens.ensemble.crossfit import DEFAULT_FOLDS
+    from medens.evaluation.metrics import kfp_classification_metrics
+    from medens.evaluation.report import write_report
+    from medens.evaluation.systems import (
+        SELECTION_RULE,
+        evaluate_classification,
+        evaluate_segmentation,
+        selection_order,
+    )
+    from medens.training.predictions import Predictions
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    members = member_dirs(member_paths)
+    ensembles = ensemble_dirs(ensembles_dir)
+    if not members:
+        raise ValueError("no trained members to evaluate")
+    index = read_index(ensembles_dir)
+    metric = gate_metric(spec)
+    selection = _selection(spec, metric, members, ensembles, index)
+    order = selection_order({n: s["score"] for n, s in selection.items()})
+    if selection[order[0]]["score"] is None:
+        raise ValueError(f"no system has a validation {metric}; nothing can be selected to serve: "
+                         + "; ".join(f"{n}: {s.get('reason')}" for n, s in selection.items()))
+    selected = order[0]
+    reference = next(n for n in order if n in members and selection[n]["score"] is not None)
+
+    # the test split, once, to report
+    data = SplitData.load(data_dir)
+    ev = spec.evaluation
+    systems = {}
+    for kind, group in (("member", members), ("ensemble", ensembles)):
+        for name, d in group.items():
+            systems[name] = (kind, Predictions.load(d / "predictions" / "test.npz").probs.astype(np.float64))
+    if spec.task == "segmentation":
+        result = evaluate_segmentation(data.test.masks, systems, reference=reference, n_resamples=ev.bootstrap,
+                                       confidence=ev.confidence, seed=spec.seed)
+    else:
+        result = evaluate_classification(data.test.labels, systems, reference=reference, class_names=data.class_names,
+                                         n_resamples=ev.bootstrap, confidence=ev.confidence, seed=spec.seed)
+    test_values = {n: result["systems"][n]["metrics"].get(metric) for n in systems}
+    finite = {n: v for n, v in test_values.items() if v is not None and v == v}
+    result.update({
+        "experiment": spec.name, "task": spec.task, "gate_metric": metric,
+        "selection_rule": SELECTION_RULE.format(metric=metric, folds=DEFAULT_FOLDS),
+        "selection": selection, "selected": selected, "leaderboard": order, "best": selected,
+        "best_kind": result["systems"][selected]["kind"], "best_path": str((members | ensembles)[selected]),
+        # reported only, never used to choose: how far the selection is from the test optimum
+        "best_on_test": max(finite, key=lambda n: (finite[n], n)) if finite else None,
+        "skipped": dict(index.get("skipped", {})), "n_test": len(data.test),
+        "data_source": data.info.get("source"),
+    })
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=float))
+    if spec.task == "classification":
+        kfp = kfp_classification_metrics(data.test.labels, systems[selected][1], data.class_names)
+        kfp["scalar"] = {k: result["systems"][selected]["metrics"][k]
+                         for k in ("accuracy", "mcc", "f1_macro", "auroc_macro")}
+        atomic_write_text(out / "kfp_metrics.json", json.dumps(kfp, indent=2))
+    rendered = write_report(spec, result, data, members, {n: p for n, (_, p) in systems.items()}, out)
+    best = result["systems"][selected]["metrics"]
+    summary = {"best": selected, "best_path": result["best_path"], "gate_metric": metric, "reference": reference,
+               "selection_rule": result["selection_rule"], "selection_score": selection[selected]["score"],
+               "best_on_test": result["best_on_test"], "skipped": result["skipped"],
+               "leaderboard": rendered["leaderboard"], "report": "report.html", "members": list(members),
+               "ensembles": list(ensembles), "data_source": result["data_source"],
+               "best_metrics": {k: float(v) for k, v in best.items()
+                                if isinstance(v, int | float) and not isinstance(v, bool) and v == v}}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    if best_dir is not None:
+        package_best(out, members, ensembles, best_dir)
+    return summary
+
+
+def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], ensembles: dict[str, Path],
+                 out_dir: str | os.PathLike) -> Path:
+    """The selected system of ``evaluation_dir/metrics.json`` as an ensemble artifact in ``out_dir``.
+
+    An ensemble is copied without its saved predictions; a single member is wrapped with
+    ``write_ensemble(combiner=None)``. ``ensemble.json`` gains ``evaluation`` (the experiment,
+    the selection rule and score, the test metrics reported for it) and ``lineage`` (the data
+    fingerprint).
+    """
+    from medens.ensemble.artifact import ENSEMBLE_MANIFEST, write_ensemble
+
+    metrics = json.loads((Path(evaluation_dir) / "metrics.json").read_text())
+    best = metrics["selected"]
+    if best not in ensembles and best not in members:
+        raise ValueError(f"selected system {best!r} is neither a member nor an ensemble of this run")
+    entry = metrics["systems"][best]
+    test_metrics = {k: v for k, v in entry["metrics"].items() if isinstance(v, int | float) or v is None}
+    source = metrics.get("data_source") or {}
+    lineage = {"data_fingerprint": source.get("sha256"), "data_source": source.get("uri") or source.get("kind")}
+    evaluation = {"experiment": metrics.get("experiment"), "system": best, "kind": entry["kind"],
+                  "gate_metric": metrics.get("gate_metric"), "selection_rule": metrics.get("selection_rule"),
+                  "selection_score": metrics["selection"][best]["score"], "test_metrics": test_metrics,
+                  "n_test": metrics.get("n_test")}
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    if best in ensembles:
+        shutil.copytree(Path(ensembles[best]), out, ignore=shutil.ignore_patterns("predictions"))
+        manifest = json.loads((out / ENSEMBLE_MANIFEST).read_text())
+        manifest.update({"evaluation": evaluation, "lineage": lineage})
+        atomic_write_text(out / ENSEMBLE_MANIFEST, json.dumps(manifest, indent=2))
+    else:
+        write_ensemble(out, name=best, member_dirs={best: members[best]}, combiner=None, gate_metrics=test_metrics,
+                       extra={"evaluation": evaluation, "lineage": lineage})
+    return out
+
+
+def leaderboard_text(summary: dict[str, Any], limit: int = 15) -> str:
+    """The leaderboard of :func:`evaluate_systems`'s summary as aligned text columns."""
+    rows = summary.get("leaderboard", [])[:limit]
+    if not rows:
+        return "(no systems)"
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    lines = ["  ".join(k.ljust(widths[k]) for k in keys).rstrip()]
+    lines += ["  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def export_report(evaluation_dir: str | os.PathLike, html_path: str | os.PathLike,
+                  markdown_path: str | os.PathLike | None = None) -> str:
+    """Copy the report out of an evaluation directory (for KFP's HTML/Markdown artifacts).
+
+    Returns:
+        The leaderboard as text.
+    """
+    d = Path(evaluation_dir)
+    for src, dest in (("report.html", html_path), ("report.md", markdown_path)):
+        if dest is not None:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(d / src, dest)
+    return leaderboard_text(json.loads((d / "summary.json").read_text()))
