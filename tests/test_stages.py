@@ -17,6 +17,7 @@ from medens.stages import (
     member_dirs,
     package_best,
     prepare_data,
+    read_index,
     register_artifact,
     registered_uri,
     registry_history,
@@ -363,3 +364,20 @@ def test_a_validation_split_that_cannot_support_stacking_degrades_not_aborts(tmp
     md = (tmp_path / "run" / "evaluation" / "report.md").read_text()
     assert "Skipped: stacking-top2: " in md and "validation samples of every class" in md
     assert s["uri"] and (tmp_path / "run" / "registry" / "tail" / "versions" / "run" / "ensemble.json").is_file()
+
+
+def test_embedding_fusion_is_chosen_from_the_spec(stages, tmp_path):
+    """Study 4's embedding fusion as the model-level ensemble, named by its kind."""
+    from medens.ensemble.artifact import load_ensemble
+
+    root = stages["root"]
+    spec = parse_spec({**TINY, "ensemble": {"methods": ["mean"], "top_k": [2], "model_level": True,
+                                            "model_level_kind": "embedding"},
+                       "training": {**TINY["training"], "epochs": 1}})
+    made = build_ensembles(spec, root / "data", stages["paths"], tmp_path / "ens")
+    assert sorted(made) == ["embedding-fusion-top2", "mean-top2"]
+    ens = load_ensemble(made["embedding-fusion-top2"])
+    fused = json.loads((next((made["embedding-fusion-top2"] / "members").iterdir()) / "model.json").read_text())
+    assert fused["fusion"]["kind"] == "embedding"
+    assert sorted(ens.manifest["fused_members"]) == sorted(member_dirs(stages["paths"]))  # top-2 by rank order
+    assert read_index(tmp_path / "ens")["selection"]["embedding-fusion-top2"]["basis"].startswith("validation")

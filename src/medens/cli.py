@@ -160,6 +160,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     res = search(model, loss, data, grid, training, out, k=args.folds, metric=args.metric, seed=spec.seed)
     print(res.markdown_path.read_text())
     print(f"best: {res.best}   (table: {res.markdown_path}, folds: {res.csv_path})")
+    if args.write_spec:
+        from medens.training.search import spec_with_setting
+
+        path = spec_with_setting(spec, model, loss, res.best).save(args.write_spec)
+        print(f"spec with the best setting: {path}   (medens run --spec {path})")
     return 0
 
 
@@ -276,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--epochs", type=int, help="override training.epochs")
     se.add_argument("--data", help="a dataset directory written by `medens data summary --out`")
     se.add_argument("--out", help="output folder (default runs/<name>/search)")
+    se.add_argument("--write-spec", help="write the spec with the best setting applied to this YAML file")
     se.set_defaults(func=cmd_search)
 
     r = sub.add_parser("run", help="run a whole experiment on this machine: data, members, ensembles, report")

@@ -122,6 +122,17 @@ class TrainingSpec(_Spec):
     monitor: str = Field("val_loss", description="val_loss (minimised) or a validation metric (maximised)")
     plateau_patience: int | None = Field(3, ge=1, description="ReduceLROnPlateau patience; null disables")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
+    schedule: Literal["plateau", "cosine", "onecycle"] = Field(
+        "plateau", description="plateau: ReduceLROnPlateau (off when plateau_patience is null); cosine: linear "
+                               "warm-up then cosine decay per optimiser step; onecycle: torch's OneCycleLR")
+    warmup_epochs: float = Field(0.0, ge=0, description="cosine: linear warm-up length in epochs (fractions allowed)")
+    min_lr_ratio: float = Field(0.0, ge=0, lt=1, description="cosine: final learning rate as a fraction of lr")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradients' global norm to this; null: off")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the "
+                                    "weights (torch AveragedModel); each epoch it is evaluated beside the raw "
+                                    "weights and kept when better; null: off")
+    min_steps: int = Field(0, ge=0, description="at least this many optimiser steps: more epochs when an epoch has "
+                           "few steps, and no early stop before them (small datasets)")
     class_weights: Literal["none", "balanced", "effective"] = "none"
     sampler: Literal["none", "balanced"] = "none"
     augment: bool = Field(True, description="random flips and 90-degree rotations during training")
@@ -139,7 +150,10 @@ class EnsembleSpec(_Spec):
     )
     top_k: list[int] = Field(default_factory=lambda: [3], description="member counts ranked by rank_metric")
     rank_metric: str = "mcc"
-    model_level: bool = Field(False, description="also train a feature-fusion ensemble (study 1)")
+    model_level: bool = Field(False, description="also train a model-level ensemble of the top-k members")
+    model_level_kind: Literal["feature", "embedding"] = Field(
+        "feature", description="feature: 1x1 conv + pooling + dense head on frozen members (study 1); "
+                               "embedding: frozen members' embeddings concatenated, dense head (study 4)")
     seg_methods: list[Literal["weighted", "majority", "intersection"]] = Field(
         default_factory=lambda: ["weighted", "majority", "intersection"]
     )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medens.config import TrainingSpec
-from medens.training.search import STUDY2_FOCAL_GRID, grid_settings, search
+from medens.training.search import STUDY2_FOCAL_GRID, grid_settings, search, spec_with_setting
 
 
 def test_study2_grid():
@@ -40,3 +40,19 @@ def test_bad_grid_fails_before_training(cells32, tmp_path):
     with pytest.raises(ValueError, match="training has no field 'lrr'"):
         search("compact_cnn", "ce", cells32, {"training.lrr": [1]}, TrainingSpec(epochs=1), tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_search_result_is_written_back_into_a_spec(tmp_path):
+    from medens.config import load_spec
+
+    spec = load_spec("rbc-demo")
+    focal = next(lo for lo in spec.losses if lo.name == "focal")
+    out = spec_with_setting(spec, spec.models[0], focal, {"loss.alpha": 0.5, "loss.gamma": 3.0, "training.lr": 3e-4})
+    new_focal = out.losses[spec.losses.index(focal)]
+    assert new_focal.name == "focal" and new_focal.params == {**focal.params, "alpha": 0.5, "gamma": 3.0}
+    assert [lo for i, lo in enumerate(out.losses) if lo.name != "focal"] == [lo for lo in spec.losses
+                                                                              if lo.name != "focal"]
+    assert out.training.lr == 3e-4 and out.models == spec.models
+    assert load_spec(str(out.save(tmp_path / "best.yaml"))) == out  # `medens run --spec` takes it
+    with pytest.raises(ValueError, match="not one of the spec's losses"):
+        spec_with_setting(spec, spec.models[0], focal.model_copy(update={"name": "ce_nope"}), {})

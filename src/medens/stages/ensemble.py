@@ -108,9 +108,11 @@ def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_pa
                                  lambda m=method, ids=ids: fit_ensemble(m, {i: val[i] for i in ids}, member_ids=ids),
                                  k, member_ranking=ranking)
             if spec.ensemble.model_level:
-                name = f"fusion-top{k}"
+                kind = spec.ensemble.model_level_kind
+                name = f"fusion-top{k}" if kind == "feature" else f"{kind}-fusion-top{k}"
                 try:
-                    made[name] = _fusion(spec, data_dir, {m: members[m] for m in ids}, out / name, lineage, progress)
+                    made[name] = _fusion(spec, data_dir, {m: members[m] for m in ids}, out / name, lineage, progress,
+                                         kind)
                     selection[name] = {"basis": "validation predictions (trained on the training split)"}
                 except (ValueError, RuntimeError) as e:
                     skipped[name] = _reason(e)
@@ -120,15 +122,16 @@ def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_pa
 
 
 def _fusion(spec: ExperimentSpec, data_dir, members: dict[str, Path], path: Path, lineage: dict,
-            progress: bool | None) -> Path:
-    """Study 1's model-level ensemble: frozen members, 1x1 conv + pooling + dense head trained."""
+            progress: bool | None, kind: str = "feature") -> Path:
+    """A model-level ensemble of frozen members with a trained head: ``feature`` (study 1: 1x1 conv
+    + pooling + dense head) or ``embedding`` (study 4: concatenated embeddings, dense head)."""
     from medens.ensemble.artifact import write_ensemble
     from medens.training import predict_split
     from medens.training.fusion import fit_fusion
 
     data = SplitData.load(data_dir)
     model_dir = path.parent / f".{path.name}-model"
-    res = fit_fusion(list(members.values()), data, spec.training, model_dir, kind="feature", seed=spec.seed,
+    res = fit_fusion(list(members.values()), data, spec.training, model_dir, kind=kind, seed=spec.seed,
                      progress=progress, extra_manifest={"fused_members": list(members), "lineage": lineage})
     write_ensemble(path, name=path.name, member_dirs={"fused": res.path}, combiner=None,
                    gate_metrics=res.val_metrics, extra={"fused_members": list(members), "lineage": lineage})

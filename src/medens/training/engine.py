@@ -4,9 +4,12 @@ One run trains one (model, loss) pair on a :class:`~medens.data.types.SplitData`
 model artifact directory (DESIGN section 3). Device is chosen automatically (CUDA, then CPU);
 on CUDA it uses mixed precision (bf16 where supported, else fp16 with a grad scaler),
 channels_last, pinned memory and DataLoader workers. Optimisers: Adam, AdamW, SGD with
-Nesterov momentum; ReduceLROnPlateau; early stopping; the best epoch is the one with the lowest
-validation loss (Pasupa et al., study 2) or the highest named validation metric. A checkpoint is
-written atomically after every epoch, and ``resume=True`` continues from it bit for bit.
+Nesterov momentum; ReduceLROnPlateau, cosine decay with linear warm-up or one-cycle (per step);
+gradient-norm clipping; an exponential moving average of the weights evaluated beside the raw
+ones; a minimum number of optimiser steps for small datasets; early stopping; the best epoch is
+the one with the lowest validation loss (Pasupa et al., study 2) or the highest named validation
+metric. A checkpoint is written atomically after every epoch, and ``resume=True`` continues from
+it bit for bit.
 """
 
 from __future__ import annotations
@@ -231,6 +234,41 @@ def _optimizer(params, spec: TrainingSpec) -> torch.optim.Optimizer:
                            weight_decay=spec.weight_decay)
 
 
+def cosine_warmup_factor(step: int, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> float:
+    """Learning-rate factor at optimiser step ``step`` (0-based): linear warm-up to 1 over
+    ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps`` (Loshchilov & Hutter,
+    ICLR 2017, without restarts; Goyal et al. 2017 for the warm-up)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, spec: TrainingSpec, mode: str, steps_per_epoch: int,
+               epochs: int) -> tuple[Any, bool]:
+    """The learning-rate schedule and whether it steps per optimiser step (else per epoch)."""
+    total = max(1, steps_per_epoch * epochs)
+    if spec.schedule == "cosine":
+        warm = int(round(spec.warmup_epochs * steps_per_epoch))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_warmup_factor(step, total, warm, spec.min_lr_ratio)), True
+    if spec.schedule == "onecycle":
+        # one step more than is taken: the step after the last batch lands on the schedule's end
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=total + 1), True
+    if spec.plateau_patience:
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=spec.plateau_factor,
+                                                          patience=spec.plateau_patience), False
+    return None, False
+
+
+def ema_model(net: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``net``'s weights and buffers:
+    ``ema <- decay * ema + (1 - decay) * w`` after every optimiser step (torch's ``AveragedModel``)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _check_monitor(monitor: str, task: str) -> str:
     allowed = ("val_loss", *(CLASSIFICATION_METRICS if task == "classification" else SEGMENTATION_METRICS))
     if monitor not in allowed:
@@ -345,9 +383,6 @@ def fit(
               else np.bincount(train_split.masks.reshape(-1), minlength=k)).tolist()
     criterion = build_loss(loss_spec, task, counts, spec.class_weights).to(device)
     optimizer = _optimizer(net.parameters(), spec)
-    scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=spec.plateau_factor,
-                                                            patience=spec.plateau_patience)
-                 if spec.plateau_patience else None)
     scaler = torch.amp.GradScaler("cuda") if precision.use_scaler else None
     gens = {"sampler": torch.Generator().manual_seed(seed), "augment": torch.Generator().manual_seed(seed + 1)}
     sample_w = None
@@ -361,6 +396,11 @@ def fit(
                                generator=gens["sampler"], sample_weights=sample_w)
     val_loader = make_loader(data.val, task, max(spec.batch_size, 64), shuffle=False, precision=precision)
     transform = DeviceTransform(input_spec, precision)
+    steps_per_epoch = len(train_loader)
+    # a small dataset has few steps an epoch: train for at least min_steps optimiser steps
+    n_epochs = max(spec.epochs, math.ceil(spec.min_steps / max(1, steps_per_epoch)))
+    scheduler, per_step = _scheduler(optimizer, spec, mode, steps_per_epoch, n_epochs)
+    ema = ema_model(net, spec.ema_decay) if spec.ema_decay else None
 
     history: list[dict] = []
     best_value = math.inf if mode == "min" else -math.inf
@@ -374,6 +414,8 @@ def fit(
             scheduler.load_state_dict(ck["scheduler"])
         if scaler is not None and ck.get("scaler") is not None:
             scaler.load_state_dict(ck["scaler"])
+        if ema is not None and ck.get("ema") is not None:
+            ema.load_state_dict(ck["ema"])
         history, best_value, best_epoch = ck["history"], ck["best_value"], ck["best_epoch"]
         best_state, bad_epochs, start_epoch = ck["best_state"], ck["bad_epochs"], ck["epoch"] + 1
         _set_rng_state(ck["rng"], gens)
@@ -383,9 +425,10 @@ def fit(
     autocast_kw = ({"device_type": device.type, "dtype": precision.autocast_dtype}
                    if precision.autocast_dtype is not None else None)
 
-    stopped_early = bool(history) and bad_epochs >= (spec.patience or math.inf)
+    stopped_early = (bool(history) and bad_epochs >= (spec.patience or math.inf)
+                     and len(history) * steps_per_epoch >= spec.min_steps)
     epoch = start_epoch - 1
-    for epoch in range(start_epoch, spec.epochs + 1):
+    for epoch in range(start_epoch, n_epochs + 1):
         if stopped_early:
             break
         if hasattr(criterion, "set_epoch"):
@@ -393,7 +436,7 @@ def fit(
         net.train()
         t0 = time.perf_counter()
         total, seen = 0.0, 0
-        bar = tqdm(train_loader, desc=f"{model_spec.name}/{loss_spec.name} epoch {epoch}/{spec.epochs}",
+        bar = tqdm(train_loader, desc=f"{model_spec.name}/{loss_spec.name} epoch {epoch}/{n_epochs}",
                    leave=False, disable=None if progress is None else not progress)
         for images, targets in bar:
             x, y = transform(images, targets, augment=spec.augment, generator=gens["augment"])
@@ -408,19 +451,38 @@ def fit(
                 raise FloatingPointError(f"loss became {value.item()} at epoch {epoch}; lower training.lr")
             if scaler is not None:
                 scaler.scale(value).backward()
+                if spec.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(net.parameters(), spec.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 value.backward()
+                if spec.grad_clip:
+                    nn.utils.clip_grad_norm_(net.parameters(), spec.grad_clip)
                 optimizer.step()
+            if ema is not None:
+                ema.update_parameters(net)
+            if per_step:
+                scheduler.step()
             total += value.item() * len(x)
             seen += len(x)
             bar.set_postfix(loss=f"{total / seen:.4f}")
         train_time = time.perf_counter() - t0
         val_loss, probs, target = _evaluate(net, val_loader, transform, criterion, autocast_kw)
         metrics = quick_metrics(task, probs, target)
+        source = net
+        if ema is not None:  # the averaged weights compete with the raw ones every epoch
+            e_loss, e_probs, e_target = _evaluate(ema.module, val_loader, transform, criterion, autocast_kw)
+            e_metrics = quick_metrics(task, e_probs, e_target)
+            raw_v, ema_v = ((val_loss, e_loss) if spec.monitor == "val_loss"
+                            else (metrics[spec.monitor], e_metrics[spec.monitor]))
+            if (ema_v < raw_v) if mode == "min" else (ema_v > raw_v):
+                val_loss, metrics, source = e_loss, e_metrics, ema.module
         row = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
-               **{f"val_{m}": v for m, v in metrics.items()}, "lr": optimizer.param_groups[0]["lr"],
+               **{f"val_{m}": v for m, v in metrics.items()},
+               **({"weights": "ema" if source is not net else "raw"} if ema is not None else {}),
+               "lr": optimizer.param_groups[0]["lr"],
                "train_seconds": train_time, "train_images_per_s": seen / train_time if train_time else 0.0,
                "seconds": time.perf_counter() - t0}
         history.append(row)
@@ -428,18 +490,20 @@ def fit(
         improved = current < best_value if mode == "min" else current > best_value
         if improved:
             best_value, best_epoch, bad_epochs = current, epoch, 0
-            best_state = {k_: v.detach().to("cpu", copy=True) for k_, v in net.state_dict().items()}
+            best_state = {k_: v.detach().to("cpu", copy=True) for k_, v in source.state_dict().items()}
         else:
             bad_epochs += 1
-        if scheduler is not None:
+        if scheduler is not None and not per_step:
             scheduler.step(current)
         with log_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        stopped_early = spec.patience is not None and bad_epochs >= spec.patience
+        stopped_early = (spec.patience is not None and bad_epochs >= spec.patience
+                         and epoch * steps_per_epoch >= spec.min_steps)
         _save_checkpoint(ckpt_path, {
             "epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
+            "ema": ema.state_dict() if ema is not None else None,
             "history": history, "best_value": best_value, "best_epoch": best_epoch, "best_state": best_state,
             "bad_epochs": bad_epochs, "rng": _rng_state(gens),
         })
@@ -469,7 +533,8 @@ def fit(
         "train_on": train_on,
         "history": history,
         "best_epoch": best_epoch,
-        "stopped_early": stopped_early and epoch < spec.epochs,
+        "stopped_early": stopped_early and epoch < n_epochs,
+        "steps_per_epoch": steps_per_epoch,
         "val_metrics": val_metrics,
         "precision": precision.describe(),
         **(extra_manifest or {}),

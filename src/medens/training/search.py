@@ -53,6 +53,26 @@ def _apply(setting: dict[str, Any], model: ComponentSpec, loss: ComponentSpec,
             TrainingSpec.model_validate(t))
 
 
+def spec_with_setting(spec, model: ComponentSpec, loss: ComponentSpec, setting: dict[str, Any]):
+    """``spec`` with a search result written back: the searched model and loss entries (matched by
+    equality) get the setting's ``model.*`` / ``loss.*`` parameters, ``training`` its ``training.*``.
+
+    Returns:
+        A new :class:`~medens.config.ExperimentSpec`; the other models and losses are unchanged.
+
+    Raises:
+        ValueError: the model or loss is not one of the spec's.
+    """
+    m, lo, t = _apply(setting, model, loss, spec.training)
+    if model not in spec.models:
+        raise ValueError(f"model {model.key!r} is not one of the spec's models {[x.key for x in spec.models]}")
+    if loss not in spec.losses:
+        raise ValueError(f"loss {loss.key!r} is not one of the spec's losses {[x.key for x in spec.losses]}")
+    models = [m if x == model else x for x in spec.models]
+    losses = [lo if x == loss else x for x in spec.losses]
+    return spec.model_copy(update={"models": models, "losses": losses, "training": t})
+
+
 def grid_settings(grid: dict[str, list]) -> list[dict[str, Any]]:
     """Every combination of a grid ``{"loss.alpha": [..], "training.lr": [..]}``."""
     if not grid:
