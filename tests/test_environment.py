@@ -41,7 +41,7 @@ def read_lock(text: str) -> dict[str, str]:
     return out
 
 
-def declared(pyproject: dict, extras: Iterable[str] = ("dev",)) -> list[Requirement]:
+def declared(pyproject: dict, extras: Iterable[str] = ("dev", "bench")) -> list[Requirement]:
     """The requirements pyproject.toml declares: ``dependencies`` plus the named extras."""
     project = pyproject["project"]
     reqs = list(project.get("dependencies", []))

@@ -135,7 +135,18 @@ class TrainingSpec(_Spec):
                            "few steps, and no early stop before them (small datasets)")
     class_weights: Literal["none", "balanced", "effective"] = "none"
     sampler: Literal["none", "balanced"] = "none"
-    augment: bool = Field(True, description="random flips and 90-degree rotations during training")
+    augment: Literal["none", "flips", "light", "strong"] = Field(
+        "flips", description="training augmentation (medens.data.augment): none; flips (dihedral: flips and "
+                             "90-degree rotations); light (flips + mild affine); strong (affine, zoom, noise, "
+                             "contrast/gamma, intensity; a medical default). true/false mean flips/none")
+    flips: Literal["both", "horizontal", "vertical", "none"] = Field(
+        "both", description="the flips augmentation may use; none where laterality matters (a chest "
+                            "X-ray's heart is on the left)")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_bool(cls, v: Any) -> Any:
+        return {True: "flips", False: "none"}.get(v, v) if isinstance(v, bool) else v
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
     num_workers: int | None = Field(None, ge=0, description="DataLoader workers; null chooses by device")

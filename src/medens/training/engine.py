@@ -111,9 +111,15 @@ def make_loader(split: Split, task: str, batch_size: int, *, shuffle: bool, prec
 
 class DeviceTransform:
     """uint8 ``(B, H, W, C)`` on any device -> normalised float ``(B, C, H, W)`` on the run's device,
-    with optional random flips and 90-degree rotations (masks transformed identically)."""
+    with optional augmentation (:mod:`medens.data.augment`; masks transformed identically)."""
 
-    def __init__(self, spec: InputSpec, precision: Precision) -> None:
+    def __init__(self, spec: InputSpec, precision: Precision, *, augment: str = "none", flips: str = "both",
+                 task: str = "classification") -> None:
+        from medens.data.augment import build_augmentation
+
+        self.augment, self.flips = augment, flips
+        self.compose = build_augmentation(augment, (spec.size, spec.size), segmentation=task == "segmentation",
+                                          flips=flips)
         dev = precision.device
         self.device = dev
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
@@ -123,37 +129,17 @@ class DeviceTransform:
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, *, augment: bool = False,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalise; with ``augment`` (training batches) apply the configured augmentation."""
+        from medens.data.augment import augment_batch
+
         x = images.to(self.device, non_blocking=self.non_blocking).permute(0, 3, 1, 2).float().div_(255.0)
         x = (x - self.mean) / self.std
         y = targets.to(self.device, non_blocking=self.non_blocking)
-        if augment:
-            x, y = _augment(x, y, generator)
+        if augment and self.augment != "none":
+            x, y = augment_batch(x, y, self.augment, generator, flips=self.flips, compose=self.compose)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
-
-
-def _augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample horizontal/vertical flips and (square images) a transpose: the 8 dihedral
-    symmetries. Random draws come from ``g`` (on the CPU), so a resumed run repeats them."""
-    b = x.shape[0]
-    draws = torch.rand(b, 3, generator=g)
-    seg = y.dim() == 3
-
-    def where(mask: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        m = mask.to(a.device).view(-1, *([1] * (a.dim() - 1)))
-        return torch.where(m, t, a)
-
-    x = where(draws[:, 0] < 0.5, x, x.flip(-1))
-    x = where(draws[:, 1] < 0.5, x, x.flip(-2))
-    if seg:
-        y = where(draws[:, 0] < 0.5, y, y.flip(-1))
-        y = where(draws[:, 1] < 0.5, y, y.flip(-2))
-    if x.shape[-1] == x.shape[-2]:
-        x = where(draws[:, 2] < 0.5, x, x.transpose(-1, -2))
-        if seg:
-            y = where(draws[:, 2] < 0.5, y, y.transpose(-1, -2))
-    return x, y
 
 
 # ---------------------------------------------------------------- losses with trainer-side class weights
@@ -395,7 +381,7 @@ def fit(
     train_loader = make_loader(train_split, task, spec.batch_size, shuffle=True, precision=precision,
                                generator=gens["sampler"], sample_weights=sample_w)
     val_loader = make_loader(data.val, task, max(spec.batch_size, 64), shuffle=False, precision=precision)
-    transform = DeviceTransform(input_spec, precision)
+    transform = DeviceTransform(input_spec, precision, augment=spec.augment, flips=spec.flips, task=task)
     steps_per_epoch = len(train_loader)
     # a small dataset has few steps an epoch: train for at least min_steps optimiser steps
     n_epochs = max(spec.epochs, math.ceil(spec.min_steps / max(1, steps_per_epoch)))
@@ -439,7 +425,7 @@ def fit(
         bar = tqdm(train_loader, desc=f"{model_spec.name}/{loss_spec.name} epoch {epoch}/{n_epochs}",
                    leave=False, disable=None if progress is None else not progress)
         for images, targets in bar:
-            x, y = transform(images, targets, augment=spec.augment, generator=gens["augment"])
+            x, y = transform(images, targets, augment=True, generator=gens["augment"])
             optimizer.zero_grad(set_to_none=True)
             if autocast_kw:
                 with torch.autocast(**autocast_kw):
