@@ -131,6 +131,10 @@ class TrainingSpec(_Spec):
     ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the "
                                     "weights (torch AveragedModel); each epoch it is evaluated beside the raw "
                                     "weights and kept when better; null: off")
+    freeze_encoder_epochs: int = Field(0, ge=0, description="train only the head for this many epochs (the "
+                                       "encoder, e.g. pretrained weights_path, frozen with its BatchNorm statistics)")
+    encoder_lr_mult: float = Field(1.0, gt=0, description="the encoder's learning rate as a multiple of lr "
+                                   "(fine-tuning after the frozen epochs, e.g. 0.1)")
     min_steps: int = Field(0, ge=0, description="at least this many optimiser steps: more epochs when an epoch has "
                            "few steps, and no early stop before them (small datasets)")
     class_weights: Literal["none", "balanced", "effective"] = "none"

@@ -50,6 +50,11 @@ def test_names():
         "resnet50",
         "seresnet50",
         "study4_custom_cnn",
+        "timm_efficientnet_b0",
+        "timm_inception_resnet_v2",
+        "timm_resnet18",
+        "timm_resnetv2_50",
+        "timm_xception",
         "tv_densenet201",
         "tv_inception_v3",
         "tv_mobilenet_v2",
@@ -316,6 +321,30 @@ def test_torchvision_imagenet_style_weights_into_grey_model(tmp_path):
     assert report["missing"] == []
     assert report["unexpected"] == []
     assert [m.split(":")[0] for m in report["mismatched"]] == ["head.classifier.1.weight", "head.classifier.1.bias"]
+
+
+def test_timm_imagenet_style_weights_into_grey_model(tmp_path):
+    """A timm checkpoint (3 channels, 1000-class classifier) loads into a grey 3-class timm model."""
+    import timm
+
+    torch.manual_seed(3)
+    native = timm.create_model("resnet18", pretrained=False, num_classes=1000)
+    path = tmp_path / "resnet18_timm_imagenet.pth"
+    torch.save(native.state_dict(), path)
+    with pytest.raises(ValueError, match=r"does not fit timm_resnet18 \(missing: head\.fc\.bias, head\.fc\.weight; "
+                                         r"unexpected: fc\.bias, fc\.weight\)"):
+        build("timm_resnet18", in_channels=1, num_classes=3, weights_path=path)
+    model = build("timm_resnet18", in_channels=1, num_classes=3, weights_path=path, weights_strict=False)
+    assert torch.equal(model.features.conv1.weight, native.conv1.weight.sum(dim=1, keepdim=True))
+    assert torch.equal(model.features.layer4[1].conv2.weight, native.layer4[1].conv2.weight)
+    report = load_weights(model, path, strict=False)
+    assert report["unexpected"] == ["fc.bias", "fc.weight"] and report["mismatched"] == []
+    assert report["missing"] == ["head.fc.bias", "head.fc.weight"]  # our new head starts from scratch
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():  # the backbone computes exactly what timm's does on the summed-channel input
+        torch.testing.assert_close(model.eval().forward_features(x), native.eval().forward_features(x.repeat(1, 3, 1, 1)),
+                                   rtol=1e-4, atol=1e-4)
+        assert model(x).shape == (2, 3)
 
 
 def test_missing_weights_file(tmp_path):

@@ -31,6 +31,11 @@ EXPECTED_MIN_SIZE = {
     "resnet50": 32,
     "seresnet50": 32,
     "study4_custom_cnn": 8,
+    "timm_efficientnet_b0": 32,
+    "timm_inception_resnet_v2": 75,
+    "timm_resnet18": 32,
+    "timm_resnetv2_50": 32,
+    "timm_xception": 32,
     "tv_densenet201": 32,
     "tv_inception_v3": 75,
     "tv_mobilenet_v2": 32,
@@ -52,7 +57,7 @@ def _one_thread():
 def test_registry_holds_every_model():
     # the two fusion models need member specs, so they are swept in tests/models/test_fusion.py
     assert names("classification") == sorted([*EXPECTED_MIN_SIZE, "embedding_fusion", "feature_fusion"])
-    assert len(MODELS) == 18
+    assert len(MODELS) == 23
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])

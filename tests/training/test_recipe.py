@@ -100,3 +100,40 @@ def test_ema_competes_with_the_raw_weights_and_resumes_bitwise(cells32, tmp_path
     b = torch.load(resumed.path / "weights.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["val_loss"] for r in full.history] == [r["val_loss"] for r in resumed.history]
+
+
+def test_a_frozen_encoder_stays_bit_for_bit_unchanged_and_then_fine_tunes(cells32, tmp_path):
+    from medens.models import build
+
+    def init_state(seed):
+        seed_everything(seed)
+        return build("compact_cnn", in_channels=3, num_classes=3).state_dict()
+
+    spec = _spec(epochs=1, optimizer="adamw", weight_decay=0.05, freeze_encoder_epochs=1, augment="flips")
+    res = fit("compact_cnn", "ce", cells32, spec, tmp_path / "frozen", seed=2, progress=False)
+    after = torch.load(res.path / "weights.pt", weights_only=True)
+    before = init_state(2)
+    enc = [k for k in before if k.startswith("features.")]
+    head = [k for k in before if k.startswith("head.")]
+    assert enc and head
+    assert all(torch.equal(after[k], before[k]) for k in enc)  # weights and BatchNorm statistics
+    assert not all(torch.equal(after[k], before[k]) for k in head)
+    assert res.history[0]["encoder_frozen"] is True
+
+    tune = _spec(epochs=2, freeze_encoder_epochs=1, encoder_lr_mult=0.1, schedule="cosine")
+    res2 = fit("compact_cnn", "ce", cells32, tune, tmp_path / "tuned", seed=2, progress=False)
+    assert [r["encoder_frozen"] for r in res2.history] == [True, False]
+
+
+def test_encoder_learning_rate_multiplier_and_models_without_an_encoder(cells32):
+    from medens.models import build
+    from medens.training.engine import parameter_groups
+
+    net = build("compact_cnn", in_channels=3, num_classes=3)
+    groups = parameter_groups(net, _spec(encoder_lr_mult=0.1))
+    assert [g["lr"] for g in groups] == [pytest.approx(3e-4), 3e-3]
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    assert len(parameter_groups(net, _spec())) == 1
+    seg = build("basic_unet", task="segmentation", in_channels=1, num_classes=2)
+    with pytest.raises(ValueError, match="need a classification model with an encoder"):
+        parameter_groups(seg, _spec(freeze_encoder_epochs=2))

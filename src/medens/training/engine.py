@@ -240,7 +240,8 @@ def _scheduler(optimizer: torch.optim.Optimizer, spec: TrainingSpec, mode: str, 
             optimizer, lambda step: cosine_warmup_factor(step, total, warm, spec.min_lr_ratio)), True
     if spec.schedule == "onecycle":
         # one step more than is taken: the step after the last batch lands on the schedule's end
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=total + 1), True
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                   total_steps=total + 1), True
     if spec.plateau_patience:
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=spec.plateau_factor,
                                                           patience=spec.plateau_patience), False
@@ -253,6 +254,28 @@ def ema_model(net: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMod
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def parameter_groups(net: nn.Module, spec: TrainingSpec) -> list[dict[str, Any]]:
+    """One group for the encoder (``features``, at ``lr * encoder_lr_mult``) and one for the rest
+    (the head), when the spec freezes or slows the encoder; else one group of everything."""
+    if not spec.freeze_encoder_epochs and spec.encoder_lr_mult == 1.0:
+        return [{"params": list(net.parameters())}]
+    encoder = getattr(net, "features", None)
+    if not isinstance(encoder, nn.Module) or not isinstance(getattr(net, "head", None), nn.Module):
+        raise ValueError(f"training.freeze_encoder_epochs / encoder_lr_mult need a classification model with an "
+                         f"encoder (features) and a head; {getattr(net, 'name', type(net).__name__)} has none")
+    enc = {id(p) for p in encoder.parameters()}
+    return [{"params": [p for p in net.parameters() if id(p) in enc], "lr": spec.lr * spec.encoder_lr_mult},
+            {"params": [p for p in net.parameters() if id(p) not in enc], "lr": spec.lr}]
+
+
+def _set_encoder_frozen(net: nn.Module, frozen: bool) -> None:
+    """Freeze (no gradients, BatchNorm statistics kept: eval mode) or release ``net.features``."""
+    for p in net.features.parameters():
+        p.requires_grad_(not frozen)
+    if frozen:
+        net.features.eval()
 
 
 def _check_monitor(monitor: str, task: str) -> str:
@@ -368,7 +391,7 @@ def fit(
     counts = (np.bincount(train_split.labels, minlength=k) if task == "classification"
               else np.bincount(train_split.masks.reshape(-1), minlength=k)).tolist()
     criterion = build_loss(loss_spec, task, counts, spec.class_weights).to(device)
-    optimizer = _optimizer(net.parameters(), spec)
+    optimizer = _optimizer(parameter_groups(net, spec), spec)
     scaler = torch.amp.GradScaler("cuda") if precision.use_scaler else None
     gens = {"sampler": torch.Generator().manual_seed(seed), "augment": torch.Generator().manual_seed(seed + 1)}
     sample_w = None
@@ -420,6 +443,9 @@ def fit(
         if hasattr(criterion, "set_epoch"):
             criterion.set_epoch(epoch - 1)  # the loss library counts epochs from 0
         net.train()
+        frozen = epoch <= spec.freeze_encoder_epochs
+        if spec.freeze_encoder_epochs:
+            _set_encoder_frozen(net, frozen)
         t0 = time.perf_counter()
         total, seen = 0.0, 0
         bar = tqdm(train_loader, desc=f"{model_spec.name}/{loss_spec.name} epoch {epoch}/{n_epochs}",
@@ -468,7 +494,8 @@ def fit(
         row = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
                **{f"val_{m}": v for m, v in metrics.items()},
                **({"weights": "ema" if source is not net else "raw"} if ema is not None else {}),
-               "lr": optimizer.param_groups[0]["lr"],
+               **({"encoder_frozen": frozen} if spec.freeze_encoder_epochs else {}),
+               "lr": optimizer.param_groups[-1]["lr"],  # the head's when the encoder has its own
                "train_seconds": train_time, "train_images_per_s": seen / train_time if train_time else 0.0,
                "seconds": time.perf_counter() - t0}
         history.append(row)
