@@ -1,0 +1,552 @@
+"""medens on real imbalanced images (elpv) against strong simple baselines, same run, same split.
+
+The data are the 2,624 electroluminescence images of solar cells of the registry package
+``elpv-dataset`` (300 px grey; four classes by the experts' defect probability 0, 1/3, 2/3, 1 with
+1508/295/106/715 images; class folders ``p000``, ``p033``, ``p067``, ``p100``). They are written as
+grey PNGs, at their original resolution, into a temporary image folder, and medens' data stage
+(``prepare_data``, source ``image_folder``, one channel, ``--size`` px, stratified split
+train/val/test 0.6/0.15/0.25, seed 0) builds the one dataset every system below uses. Nothing is
+downloaded at run time: the images come from the installed package (the ``bench`` extra).
+
+Systems, each timed (wall seconds), each scored on the same test split:
+
+- ``hog_svm`` / ``hog_svm_balanced``: HOG features of the grey image (9 orientations, 8x8-pixel
+  cells, 2x2-cell blocks), standardised, an RBF ``SVC(probability=True)`` with default C and gamma
+  (no tuning), without and with ``class_weight="balanced"``; fitted on train + val (there is no
+  selection step to hold validation out for).
+- ``plain_resnet18``: a plain PyTorch recipe: torchvision ``resnet18(weights=None)`` with a
+  one-channel ``conv1``, trained from scratch on the training split (AdamW lr 1e-3, weight decay
+  0.05, OneCycleLR, batch 64, label smoothing 0.1, random resized crop 0.7-1.0, horizontal and
+  vertical flips, rotation within 15 degrees; inputs in [0, 1] normalised by the training split's
+  mean/std; ``--epochs`` epochs, the last one is kept; ``torch.manual_seed(0)``).
+- ``medens_selected``: the medens experiment's stages on the dataset directory (``training_grid``,
+  ``train_member`` for each member, ``build_ensembles``, ``evaluate_systems``); the system medens
+  selects on validation only. The medens spec is ``--spec`` (its ``data`` section and seed are
+  replaced as above) or :data:`DEFAULT_SPEC`. The whole spec and medens' own leaderboard
+  (validation selection score and test metrics of every member and ensemble) are recorded.
+- for information only, never selectable (chosen on test): ``medens_best_member_on_test`` and
+  ``medens_best_on_test`` (by test MCC).
+
+Statistics on the test split: MCC, macro-F1 and balanced accuracy of every system with 95%
+stratified percentile bootstrap CIs (``medens.evaluation.stats.bootstrap_ci``, seed 0), and
+``medens_selected`` against each baseline: paired bootstrap of the MCC and macro-F1 differences
+(``paired_bootstrap``: difference, its 95% CI, two-sided p) and McNemar's test.
+
+Goals:
+
+- ``beats_hog_svm``: medens' selected system beats the better HOG+SVM variant (by test MCC; both
+  are reported) on MCC and on macro-F1, each difference > 0 with paired bootstrap p < 0.05;
+- ``not_worse_than_plain_recipe``: the upper end of the 95% CI of the (medens - plain) MCC
+  difference is >= 0.
+
+``--quick`` is a smoke run (about a minute): 300 images (stratified), compact_cnn members for one
+epoch, two plain-recipe epochs, 200 bootstrap resamples; it writes ``real_data_quick.json``.
+
+Run: ``.venv/bin/python benchmarks/real_data.py [--size 64] [--quick] [--epochs N] [--spec PATH]
+[--workdir DIR] [--name real_data]``; results in ``benchmarks/results/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import write_result  # noqa: E402
+
+CLASS_NAMES = ("p000", "p033", "p067", "p100")
+"""Class folders by defect probability 0, 1/3, 2/3, 1."""
+ELPV_PACKAGE = "elpv-dataset==1.0.0.post1"
+INSTALL_HINT = ("the elpv images come from the registry package elpv-dataset, installed by the project's bench "
+                "extra: run `make venv`, or `.venv/bin/pip install -e '.[bench]'` "
+                f"(which installs {ELPV_PACKAGE})")
+SPLIT = {"train": 0.6, "val": 0.15, "test": 0.25}
+SEED = 0
+ALPHA = 0.05
+CI_METRICS = ("mcc", "f1_macro", "balanced_accuracy")
+PAIRED_METRICS = ("mcc", "f1_macro")
+HOG = {"orientations": 9, "pixels_per_cell": (8, 8), "cells_per_block": (2, 2)}
+QUICK_IMAGES = 300
+QUICK_PLAIN_EPOCHS = 2
+QUICK_BOOTSTRAP = 200
+DEFAULT_PLAIN_EPOCHS = 5
+PLAIN = {"lr": 1e-3, "weight_decay": 0.05, "batch_size": 64, "label_smoothing": 0.1, "crop_scale": (0.7, 1.0),
+         "rotation": 15.0}
+
+DEFAULT_SPEC: dict[str, Any] = {
+    "name": "elpv-real-data",
+    "description": "benchmarks/real_data.py: elpv solar cells, four defect-probability classes",
+    "task": "classification",
+    "seed": SEED,
+    "models": [{"name": "compact_cnn", "params": {"widths": [32, 64, 128, 256], "dropout": 0.3}}],
+    "losses": ["weighted_ce", "focal", "ce"],
+    "training": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 2,
+                 "min_lr_ratio": 0.02, "ema_decay": 0.99, "grad_clip": 5.0, "augment": "light", "epochs": 30,
+                 "patience": None, "monitor": "macro_f1", "batch_size": 64, "plateau_patience": None,
+                 "class_weights": "none"},
+    "ensemble": {"methods": ["mean", "weighted", "stacking"], "top_k": [3], "model_level": False},
+    "evaluation": {"bootstrap": 1000, "gradcam": False},
+}
+
+
+# ---------------------------------------------------------------- data
+
+def load_elpv() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The elpv images ``(2624, 300, 300)`` uint8, defect probabilities and module types, from the
+    installed package (nothing is downloaded).
+
+    Raises:
+        RuntimeError: with :data:`INSTALL_HINT` when ``elpv_dataset`` is not installed.
+    """
+    try:
+        from elpv_dataset.utils import load_dataset
+    except ImportError as e:
+        raise RuntimeError(f"cannot import elpv_dataset ({e}); {INSTALL_HINT}") from e
+    images, probs, types = load_dataset()
+    return np.asarray(images), np.asarray(probs, dtype=np.float64), np.asarray(types).astype(str)
+
+
+def class_index(probs: np.ndarray) -> np.ndarray:
+    """Defect probability (0, 1/3, 2/3, 1) -> class index 0..3 (into :data:`CLASS_NAMES`)."""
+    p = np.asarray(probs, dtype=np.float64)
+    k = np.rint(p * 3).astype(np.int64)
+    bad = (np.abs(p * 3 - k) > 1e-6) | (k < 0) | (k > 3)
+    if bad.any():
+        raise ValueError(f"elpv defect probabilities must be 0, 1/3, 2/3 or 1; found {sorted(set(p[bad].tolist()))[:5]}")
+    return k
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int = SEED) -> np.ndarray:
+    """Sorted indices of a class-stratified random subset of ``n`` samples."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    if n >= len(labels):
+        return idx
+    keep, _ = train_test_split(idx, train_size=n, stratify=labels, random_state=seed)
+    return np.sort(keep)
+
+
+def write_image_folder(images: np.ndarray, probs: np.ndarray, root: str | Path,
+                       names: list[str] | None = None) -> dict[str, int]:
+    """Write grey images as ``root/<class>/<name>.png`` (class from the defect probability).
+
+    Args:
+        images: ``(N, H, W)`` uint8 grey images (written at their own resolution).
+        probs: ``(N,)`` defect probabilities.
+        root: the image folder to create.
+        names: file stems; default ``cell<index + 1>`` (four digits, the package's numbering).
+
+    Returns:
+        Images written per class folder, in :data:`CLASS_NAMES` order.
+    """
+    from PIL import Image
+
+    images = np.asarray(images)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected (N, H, W) uint8 grey images, got {images.shape} {images.dtype}")
+    labels = class_index(probs)
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} probabilities")
+    names = names if names is not None else [f"cell{i + 1:04d}" for i in range(len(images))]
+    root = Path(root)
+    for c in CLASS_NAMES:
+        (root / c).mkdir(parents=True, exist_ok=True)
+    for img, k, name in zip(images, labels, names):
+        Image.fromarray(img, mode="L").save(root / CLASS_NAMES[k] / f"{name}.png", compress_level=1)
+    return {c: int(np.sum(labels == k)) for k, c in enumerate(CLASS_NAMES)}
+
+
+def build_spec(base: dict[str, Any], folder: str | Path, size: int, quick: bool) -> Any:
+    """The experiment spec: ``base`` with the elpv ``data`` section, seed 0 and, when ``quick``, short
+    training (compact_cnn only, one epoch) and :data:`QUICK_BOOTSTRAP` resamples."""
+    from medens.config import parse_spec
+
+    d = copy.deepcopy(base)
+    d["seed"] = SEED
+    d["data"] = {"source": "image_folder", "path": str(folder), "image_size": size, "channels": 1,
+                 "split": dict(SPLIT)}
+    if quick:
+        d["models"] = ["compact_cnn"]
+        d["training"] = {**d.get("training", {}), "epochs": 1, "min_steps": 0, "patience": None}
+        d["evaluation"] = {**d.get("evaluation", {}), "bootstrap": QUICK_BOOTSTRAP, "gradcam": False}
+    return parse_spec(d, source="benchmarks/real_data.py")
+
+
+def to_probs(p: np.ndarray) -> np.ndarray:
+    """float64 rows renormalised to sum to 1 (saved predictions are float16/32)."""
+    p = np.asarray(p, dtype=np.float64)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------- HOG + SVM
+
+def hog_features(images: np.ndarray) -> np.ndarray:
+    """HOG descriptors (:data:`HOG` settings) of ``(N, H, W[, 1])`` grey images, ``(N, D)`` float64."""
+    from skimage.feature import hog
+
+    imgs = np.asarray(images)
+    if imgs.ndim == 4:
+        if imgs.shape[-1] != 1:
+            raise ValueError(f"HOG takes grey images, got {imgs.shape[-1]} channels")
+        imgs = imgs[..., 0]
+    return np.stack([hog(im, **HOG, feature_vector=True) for im in imgs]).astype(np.float64)
+
+
+def hog_svm(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, balanced: bool,
+            num_classes: int) -> tuple[np.ndarray, float]:
+    """Test probabilities ``(N, K)`` of HOG + StandardScaler + RBF SVC fitted on ``train_x``, and its seconds."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    t0 = time.perf_counter()
+    clf = make_pipeline(StandardScaler(), SVC(kernel="rbf", probability=True, random_state=SEED,
+                                              class_weight="balanced" if balanced else None))
+    with warnings.catch_warnings():  # scikit-learn 1.9 deprecates probability=True (removal in 1.11)
+        warnings.filterwarnings("ignore", message=".*`probability` parameter was deprecated", category=FutureWarning)
+        clf.fit(hog_features(train_x), train_y)
+    raw = clf.predict_proba(hog_features(test_x))
+    probs = np.zeros((len(test_x), num_classes))
+    probs[:, clf.classes_] = raw
+    return to_probs(probs), time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- the plain PyTorch recipe
+
+def plain_recipe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, epochs: int, num_classes: int,
+                 log=print) -> tuple[np.ndarray, dict[str, Any]]:
+    """Train torchvision's resnet18 from scratch (the recipe of the module docstring) on
+    ``(N, H, W, 1)`` uint8 images; return test probabilities and ``{"seconds", "epoch_seconds", ...}``."""
+    import torch
+    from torch import nn
+    from torchvision.models import resnet18
+    from torchvision.transforms import v2
+
+    t0 = time.perf_counter()
+    torch.manual_seed(SEED)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    x = torch.from_numpy(np.ascontiguousarray(train_x.transpose(0, 3, 1, 2))).float().div_(255)
+    y = torch.from_numpy(np.asarray(train_y, dtype=np.int64))
+    mean, std = x.mean().item(), x.std().item()
+    size = tuple(x.shape[-2:])
+    augment = v2.Compose([
+        v2.RandomResizedCrop(size, scale=PLAIN["crop_scale"], antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.RandomRotation(PLAIN["rotation"]),
+    ])
+
+    class Augmented(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(x)
+
+        def __getitem__(self, i: int):
+            return (augment(x[i]) - mean) / std, y[i]
+
+    bs = PLAIN["batch_size"]
+    loader = torch.utils.data.DataLoader(Augmented(), batch_size=bs, shuffle=True, num_workers=0,
+                                         drop_last=len(x) % bs == 1,  # no BatchNorm batch of one
+                                         generator=torch.Generator().manual_seed(SEED))
+    net = resnet18(weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=PLAIN["lr"], weight_decay=PLAIN["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=PLAIN["lr"], total_steps=epochs * len(loader))
+    criterion = nn.CrossEntropyLoss(label_smoothing=PLAIN["label_smoothing"])
+    epoch_seconds, losses = [], []
+    for epoch in range(1, epochs + 1):
+        te = time.perf_counter()
+        net.train()
+        total, count = 0.0, 0
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = criterion(net(xb), yb)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(yb)
+            count += len(yb)
+        epoch_seconds.append(time.perf_counter() - te)
+        losses.append(total / max(count, 1))
+        log(f"[plain] epoch {epoch}/{epochs}: train loss {losses[-1]:.4f} ({epoch_seconds[-1]:.1f} s)")
+    net.eval()
+    xt = torch.from_numpy(np.ascontiguousarray(test_x.transpose(0, 3, 1, 2))).float().div_(255)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(xt), 256):
+            out.append(torch.softmax(net(((xt[i:i + 256] - mean) / std).to(device)), dim=1).cpu().numpy())
+    return to_probs(np.concatenate(out)), {
+        "seconds": time.perf_counter() - t0, "epochs": epochs, "epoch_seconds": [round(s, 2) for s in epoch_seconds],
+        "train_loss": [round(v, 4) for v in losses], "device": str(device), "input_mean": mean, "input_std": std}
+
+
+# ---------------------------------------------------------------- medens
+
+def run_medens(spec: Any, data_dir: Path, work: Path, log=print) -> dict[str, Any]:
+    """The experiment's stages on ``data_dir``; the selection, leaderboard and test probabilities."""
+    from medens.stages import build_ensembles, evaluate_systems, member_dirs, train_member, training_grid
+    from medens.training.predictions import Predictions
+
+    t0 = time.perf_counter()
+    paths, member_seconds = [], {}
+    grid = training_grid(spec)
+    for i, member in enumerate(grid, 1):
+        t = time.perf_counter()
+        paths.append(train_member(spec, data_dir, member, work / "members" / member["id"], progress=False))
+        member_seconds[member["id"]] = round(time.perf_counter() - t, 1)
+        log(f"[medens] trained {i}/{len(grid)} {member['id']} ({member_seconds[member['id']]:.0f} s)")
+    made = build_ensembles(spec, data_dir, paths, work / "ensembles", progress=False)
+    summary = evaluate_systems(spec, data_dir, paths, work / "ensembles", work / "evaluation")
+    seconds = time.perf_counter() - t0
+    metrics = json.loads((work / "evaluation" / "metrics.json").read_text())
+    dirs = {**member_dirs(paths), **{n: Path(p) for n, p in made.items()}}
+    gate = metrics["gate_metric"]
+    leaderboard = []
+    for name in metrics["leaderboard"]:
+        entry = metrics["systems"][name]
+        sel = metrics["selection"].get(name, {})
+        leaderboard.append({
+            "system": name, "kind": entry["kind"], "selection_score": sel.get("score"), "selection_basis": sel.get("basis"),
+            **{f"test_{m}": entry["metrics"].get(m) for m in dict.fromkeys((gate, *CI_METRICS))},
+        })
+    probs = {n: to_probs(Predictions.load(d / "predictions" / "test.npz").probs) for n, d in dirs.items()}
+    ids = {n: Predictions.load(d / "predictions" / "test.npz").ids for n, d in dirs.items()}
+    members = [n for n in metrics["systems"] if metrics["systems"][n]["kind"] == "member"]
+    best_member = max(members, key=lambda n: (metrics["systems"][n]["metrics"]["mcc"], n))
+    finite = {n: e["metrics"]["mcc"] for n, e in metrics["systems"].items() if e["metrics"].get("mcc") is not None}
+    best_on_test = max(finite, key=lambda n: (finite[n], n))
+    return {"selected": metrics["selected"], "summary_best": summary["best"], "gate_metric": gate,
+            "selection_rule": metrics["selection_rule"], "selection": metrics["selection"],
+            "leaderboard": leaderboard, "skipped": metrics.get("skipped", {}),
+            "best_on_test_by_gate_metric": metrics.get("best_on_test"), "best_member_on_test": best_member,
+            "best_on_test": best_on_test, "member_seconds": member_seconds, "seconds": seconds,
+            "probs": probs, "ids": ids}
+
+
+# ---------------------------------------------------------------- statistics and goals
+
+def ci_table(y: np.ndarray, probs: np.ndarray, n_resamples: int) -> dict[str, dict[str, Any]]:
+    """Point value and 95% stratified percentile bootstrap CI of each of :data:`CI_METRICS`."""
+    from medens.evaluation.stats import bootstrap_ci
+
+    return {m: bootstrap_ci(y, probs, m, n_resamples=n_resamples, seed=SEED) for m in CI_METRICS}
+
+
+def compare(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, n_resamples: int) -> dict[str, Any]:
+    """a against b: paired bootstrap of each of :data:`PAIRED_METRICS` (a - b) and McNemar's test."""
+    from medens.evaluation.stats import mcnemar, paired_bootstrap
+
+    out = {m: paired_bootstrap(y, probs_a, probs_b, m, n_resamples=n_resamples, seed=SEED) for m in PAIRED_METRICS}
+    out["mcnemar"] = mcnemar(y, probs_a, probs_b)
+    return out
+
+
+def _better(c: dict[str, Any]) -> bool:
+    return c["diff"] is not None and c["p_value"] is not None and c["diff"] > 0 and c["p_value"] < ALPHA
+
+
+def judge_goals(comparisons: dict[str, dict[str, Any]], hog_mcc: dict[str, float], plain: str) -> dict[str, Any]:
+    """The goals from the paired comparisons of medens' selected system against each baseline.
+
+    Args:
+        comparisons: baseline name -> :func:`compare` (medens minus baseline).
+        hog_mcc: test MCC of each HOG+SVM variant; the best is the one to beat.
+        plain: the plain recipe's name in ``comparisons``.
+    """
+    target = max(hog_mcc, key=lambda n: (hog_mcc[n], n))
+    c = comparisons[target]
+    per_metric = {m: {"diff": c[m]["diff"], "low": c[m]["low"], "high": c[m]["high"], "p_value": c[m]["p_value"],
+                      "better": _better(c[m])} for m in PAIRED_METRICS}
+    p = comparisons[plain]["mcc"]
+    return {
+        "beats_hog_svm": {
+            "met": all(v["better"] for v in per_metric.values()),
+            "rule": f"medens_selected - best HOG+SVM variant (by test MCC) > 0 with paired bootstrap p < {ALPHA} "
+                    "on MCC and on macro-F1",
+            "baseline": target, "hog_variants_test_mcc": hog_mcc, **per_metric,
+            "mcnemar_p": c["mcnemar"]["p_value"],
+        },
+        "not_worse_than_plain_recipe": {
+            "met": p["high"] is not None and p["high"] >= 0,
+            "rule": "upper end of the 95% CI of the (medens_selected - plain) MCC difference >= 0",
+            "baseline": plain, "mcc_diff": p["diff"], "low": p["low"], "high": p["high"], "p_value": p["p_value"],
+        },
+    }
+
+
+def table(systems: dict[str, dict[str, Any]]) -> str:
+    """The compact text table: system, MCC [CI], macro-F1 [CI], balanced accuracy [CI], seconds."""
+    def cell(ci: dict[str, Any]) -> str:
+        if ci["point"] is None:
+            return "n/a"
+        lo = "?" if ci["low"] is None else f"{ci['low']:.3f}"
+        hi = "?" if ci["high"] is None else f"{ci['high']:.3f}"
+        return f"{ci['point']:.3f} [{lo}, {hi}]"
+
+    rows = [("system", "MCC [95% CI]", "macro-F1 [95% CI]", "bal. acc [95% CI]", "seconds")]
+    for name, s in systems.items():
+        label = name + ("" if s["selectable"] else " *")
+        secs = "" if s.get("seconds") is None else f"{s['seconds']:.0f}"
+        rows.append((label, *(cell(s["metrics"][m]) for m in CI_METRICS), secs))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    lines.append("* chosen on test: for information, not a selectable system")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=64, help="input size in pixels (medens resizes the 300 px cells)")
+    ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_IMAGES} images, very short training")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help=f"plain recipe epochs (default {DEFAULT_PLAIN_EPOCHS}; --quick {QUICK_PLAIN_EPOCHS})")
+    ap.add_argument("--spec", default=None, help="medens experiment spec (YAML); its data section and seed are replaced")
+    ap.add_argument("--workdir", default=None, help="keep the image folder, dataset and medens artifacts here")
+    ap.add_argument("--name", default=None, help="results file benchmarks/results/<name>.json "
+                                                 "(default real_data; real_data_quick with --quick)")
+    args = ap.parse_args(argv)
+    epochs = args.epochs or (QUICK_PLAIN_EPOCHS if args.quick else DEFAULT_PLAIN_EPOCHS)
+    name = args.name or ("real_data_quick" if args.quick else "real_data")
+    t_start = time.perf_counter()
+
+    try:
+        images, probs, types = load_elpv()
+    except RuntimeError as e:
+        sys.exit(f"real_data: {e}")
+    labels = class_index(probs)
+    keep = stratified_subset(labels, QUICK_IMAGES) if args.quick else np.arange(len(labels))
+
+    if args.spec:
+        from medens.config import load_spec
+
+        base = load_spec(args.spec).to_dict()
+    else:
+        base = DEFAULT_SPEC
+
+    tmp = None
+    work = Path(args.workdir) if args.workdir else Path(tmp := tempfile.mkdtemp(prefix="medens-real-data-"))
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        folder = work / "elpv"
+        if folder.exists():
+            shutil.rmtree(folder)
+        written = write_image_folder(images[keep], probs[keep], folder, names=[f"cell{i + 1:04d}" for i in keep])
+        del images
+        print(f"[data] {sum(written.values())} images into {folder}: {written}", file=sys.stderr)
+        spec = build_spec(base, folder, args.size, args.quick)
+        n_boot = spec.evaluation.bootstrap
+
+        from medens.data.types import SplitData
+        from medens.stages import prepare_data
+
+        data_dir = work / "data"
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
+        t = time.perf_counter()
+        data_summary = prepare_data(spec, data_dir)
+        data_seconds = time.perf_counter() - t
+        data = SplitData.load(data_dir)
+        k = data.num_classes
+        y = data.test.labels
+        counts = {s: np.bincount(data.split(s).labels, minlength=k).tolist() for s in ("train", "val", "test")}
+        print(f"[data] splits {counts} at {args.size} px ({data_seconds:.0f} s)", file=sys.stderr)
+
+        log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+        systems: dict[str, dict[str, Any]] = {}
+        probs_of: dict[str, np.ndarray] = {}
+
+        # medens first (the longest part); a kept --workdir is not resumed from (train_member would)
+        if (work / "medens").exists():
+            shutil.rmtree(work / "medens")
+        med = run_medens(spec, data_dir, work / "medens", log=log)
+        for n, ids in med["ids"].items():
+            if ids != data.test.ids:
+                raise RuntimeError(f"medens system {n}: test predictions are not in the test split's order")
+        sel = med["selected"]
+        probs_of["medens_selected"] = med["probs"][sel]
+        systems["medens_selected"] = {"system": sel, "selectable": True, "seconds": med["seconds"],
+                                      "description": "the system medens selects on validation (all stages timed)"}
+
+        trval = np.concatenate([data.train.images, data.val.images])
+        trval_y = np.concatenate([data.train.labels, data.val.labels])
+        for variant, balanced in (("hog_svm", False), ("hog_svm_balanced", True)):
+            p, secs = hog_svm(trval, trval_y, data.test.images, balanced=balanced, num_classes=k)
+            probs_of[variant] = p
+            systems[variant] = {"system": variant, "selectable": True, "seconds": secs,
+                                "description": "HOG + StandardScaler + RBF SVC (default C, gamma), fitted on train+val"
+                                               + (", class_weight=balanced" if balanced else "")}
+            log(f"[{variant}] {secs:.0f} s")
+
+        p, plain_info = plain_recipe(data.train.images, data.train.labels, data.test.images, epochs=epochs,
+                                     num_classes=k, log=log)
+        probs_of["plain_resnet18"] = p
+        systems["plain_resnet18"] = {"system": "torchvision resnet18 from scratch", "selectable": True,
+                                     "seconds": plain_info["seconds"], "recipe": {**PLAIN, **plain_info},
+                                     "description": "plain PyTorch recipe on the training split, last epoch"}
+
+        for key, sysname in (("medens_best_member_on_test", med["best_member_on_test"]),
+                             ("medens_best_on_test", med["best_on_test"])):
+            probs_of[key] = med["probs"][sysname]
+            systems[key] = {"system": sysname, "selectable": False,
+                            "seconds": med["member_seconds"].get(sysname),
+                            "description": "chosen by test MCC: for information only, not a selectable system"}
+
+        for key in systems:
+            systems[key]["metrics"] = ci_table(y, probs_of[key], n_boot)
+        comparisons = {b: compare(y, probs_of["medens_selected"], probs_of[b], n_boot)
+                       for b in ("hog_svm", "hog_svm_balanced", "plain_resnet18")}
+        hog_mcc = {v: systems[v]["metrics"]["mcc"]["point"] for v in ("hog_svm", "hog_svm_balanced")}
+        goals = judge_goals(comparisons, hog_mcc, "plain_resnet18")
+
+        from importlib.metadata import version
+
+        result = {
+            "goal": "on elpv, medens' validation-selected system beats the better HOG+SVM (paired p < 0.05 on MCC "
+                    "and macro-F1) and is not worse than a plain resnet18 recipe (MCC difference CI upper end >= 0)",
+            "config": {"size": args.size, "quick": args.quick, "plain_epochs": epochs, "seed": SEED, "split": SPLIT,
+                       "spec_path": args.spec, "bootstrap": n_boot, "alpha": ALPHA, "hog": HOG},
+            "data": {"package": f"elpv-dataset {version('elpv-dataset')}", "images": int(len(keep)),
+                     "class_names": data.class_names, "folder_counts": written, "split_counts": counts,
+                     "module_types": {str(t): int(c) for t, c in zip(*np.unique(types[keep], return_counts=True))},
+                     "summary": {k2: v for k2, v in data_summary.items() if k2 != "source"},
+                     "seconds": round(data_seconds, 1)},
+            "goals": goals,
+            "systems": systems,
+            "comparisons": {f"medens_selected_vs_{b}": c for b, c in comparisons.items()},
+            "medens": {k2: v for k2, v in med.items() if k2 not in ("probs", "ids")},
+            "spec": spec.to_dict(),
+            "seconds_total": round(time.perf_counter() - t_start, 1),
+        }
+        for s in result["systems"].values():
+            if s.get("seconds") is not None:
+                s["seconds"] = round(s["seconds"], 1)
+        result["medens"]["seconds"] = round(result["medens"]["seconds"], 1)
+        write_result(name, result)
+        print()
+        print(table(systems))
+        print(f"\nbeats_hog_svm: {goals['beats_hog_svm']['met']}   "
+              f"not_worse_than_plain_recipe: {goals['not_worse_than_plain_recipe']['met']}   "
+              f"(medens selected {sel}; total {result['seconds_total']:.0f} s)")
+        return result
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The pieces of ``benchmarks/real_data.py`` that can fail: the elpv image folder, HOG features and
+the goal logic. No training; the full benchmark is run by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def rd():
+    sys.path.insert(0, str(BENCHMARKS))  # the script imports _common from its own folder
+    try:
+        spec = importlib.util.spec_from_file_location("real_data_benchmark", BENCHMARKS / "real_data.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_elpv_to_image_folder(rd, tmp_path):
+    from PIL import Image
+
+    # fails (never skips) without the package, with the install hint in the message
+    images, probs, types = rd.load_elpv()
+    assert images.shape == (2624, 300, 300) and images.dtype == np.uint8
+    labels = rd.class_index(probs)
+    assert np.bincount(labels, minlength=4).tolist() == [1508, 295, 106, 715]
+    assert set(types) == {"mono", "poly"}
+
+    pick = np.concatenate([np.flatnonzero(labels == k)[:2] for k in range(4)])
+    written = rd.write_image_folder(images[pick], probs[pick], tmp_path / "elpv",
+                                    names=[f"cell{i + 1:04d}" for i in pick])
+    assert written == {"p000": 2, "p033": 2, "p067": 2, "p100": 2}
+    assert sorted(p.name for p in (tmp_path / "elpv").iterdir()) == ["p000", "p033", "p067", "p100"]
+    for k, cls in enumerate(rd.CLASS_NAMES):
+        files = sorted((tmp_path / "elpv" / cls).glob("*.png"))
+        assert [f.stem for f in files] == [f"cell{i + 1:04d}" for i in pick[labels[pick] == k]]
+        for f, i in zip(files, pick[labels[pick] == k]):
+            with Image.open(f) as im:
+                assert im.mode == "L" and im.size == (300, 300)
+                np.testing.assert_array_equal(np.asarray(im), images[i])  # lossless, original resolution
+
+
+def test_missing_package_names_the_install(rd, monkeypatch):
+    monkeypatch.setitem(sys.modules, "elpv_dataset", None)
+    monkeypatch.setitem(sys.modules, "elpv_dataset.utils", None)
+    with pytest.raises(RuntimeError, match=r"make venv.*pip install -e '\.\[bench\]'"):
+        rd.load_elpv()
+
+
+def test_class_index_refuses_other_probabilities(rd):
+    assert rd.class_index(np.array([0.0, 1 / 3, 2 / 3, 1.0])).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="0, 1/3, 2/3 or 1"):
+        rd.class_index(np.array([0.5]))
+
+
+def test_hog_features_at_64_px(rd):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(3, 64, 64, 1), dtype=np.uint8)
+    f = rd.hog_features(x)
+    # 8x8 cells of 8 px, 7x7 blocks of 2x2 cells, 9 orientations
+    assert f.shape == (3, 7 * 7 * 2 * 2 * 9)
+    np.testing.assert_allclose(rd.hog_features(x[:, :, :, 0]), f)
+    assert np.isfinite(f).all()
+
+
+def test_stratified_subset_keeps_every_class(rd):
+    labels = np.repeat(np.arange(4), [1508, 295, 106, 715])
+    keep = rd.stratified_subset(labels, rd.QUICK_IMAGES)
+    assert len(keep) == rd.QUICK_IMAGES and np.all(np.diff(keep) > 0)
+    assert np.bincount(labels[keep], minlength=4).min() >= 10
+
+
+def _planted(n: int, accuracy: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and one-hot-ish probabilities right on about ``accuracy`` of the samples."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(4), n // 4)
+    pred = np.where(rng.random(y.size) < accuracy, y, (y + rng.integers(1, 4, y.size)) % 4)
+    probs = np.full((y.size, 4), 0.1)
+    probs[np.arange(y.size), pred] = 0.7
+    return y, probs
+
+
+def test_goals_clear_win(rd):
+    y, strong = _planted(400, 0.9, seed=1)
+    _, weak = _planted(400, 0.5, seed=2)
+    _, weaker = _planted(400, 0.4, seed=3)
+    comparisons = {b: rd.compare(y, strong, p, 300) for b, p in
+                   (("hog_svm", weak), ("hog_svm_balanced", weaker), ("plain_resnet18", weak))}
+    hog_mcc = {"hog_svm": 0.35, "hog_svm_balanced": 0.2}
+    goals = rd.judge_goals(comparisons, hog_mcc, "plain_resnet18")
+    assert goals["beats_hog_svm"]["met"] is True
+    assert goals["beats_hog_svm"]["baseline"] == "hog_svm"  # the better variant by test MCC
+    assert goals["beats_hog_svm"]["mcc"]["diff"] > 0.3 and goals["beats_hog_svm"]["mcc"]["p_value"] < 0.05
+    assert goals["not_worse_than_plain_recipe"]["met"] is True
+
+
+def test_goals_equal_systems_do_not_beat(rd):
+    y, probs = _planted(400, 0.7, seed=1)
+    comparisons = {b: rd.compare(y, probs, probs.copy(), 300) for b in ("hog_svm", "hog_svm_balanced", "plain_resnet18")}
+    goals = rd.judge_goals(comparisons, {"hog_svm": 0.6, "hog_svm_balanced": 0.6}, "plain_resnet18")
+    assert goals["beats_hog_svm"]["met"] is False
+    assert goals["beats_hog_svm"]["mcc"]["diff"] == 0 and goals["beats_hog_svm"]["mcc"]["p_value"] == 1.0
+    assert goals["not_worse_than_plain_recipe"]["met"] is True  # a CI ending at 0 is not worse
+
+
+def test_goals_better_baseline_variant_is_the_one_to_beat(rd):
+    y, medens = _planted(400, 0.7, seed=1)
+    _, weak = _planted(400, 0.4, seed=2)
+    _, strong = _planted(400, 0.95, seed=3)
+    comparisons = {"hog_svm": rd.compare(y, medens, weak, 300), "hog_svm_balanced": rd.compare(y, medens, strong, 300),
+                   "plain_resnet18": rd.compare(y, medens, strong, 300)}
+    goals = rd.judge_goals(comparisons, {"hog_svm": 0.2, "hog_svm_balanced": 0.93}, "plain_resnet18")
+    assert goals["beats_hog_svm"]["baseline"] == "hog_svm_balanced"
+    assert goals["beats_hog_svm"]["met"] is False
+    assert goals["not_worse_than_plain_recipe"]["met"] is False
+    assert goals["not_worse_than_plain_recipe"]["high"] < 0
+
+
+def test_table_marks_systems_chosen_on_test(rd):
+    ci = {"point": 0.5, "low": 0.4, "high": 0.6}
+    text = rd.table({"medens_selected": {"selectable": True, "seconds": 12.0, "metrics": dict.fromkeys(rd.CI_METRICS, ci)},
+                     "medens_best_on_test": {"selectable": False, "seconds": None,
+                                             "metrics": dict.fromkeys(rd.CI_METRICS, ci)}})
+    assert "medens_best_on_test *" in text and "0.500 [0.400, 0.600]" in text
