@@ -95,7 +95,7 @@ DEFAULT_SPEC: dict[str, Any] = {
                  "min_lr_ratio": 0.02, "ema_decay": 0.99, "grad_clip": 5.0, "augment": "flips", "epochs": 30,
                  "patience": None, "monitor": "macro_f1", "batch_size": 64, "plateau_patience": None,
                  "class_weights": "none"},
-    "ensemble": {"methods": ["mean", "weighted", "stacking"], "top_k": [3], "model_level": False},
+    "ensemble": {"methods": ["mean", "mean_la", "weighted", "stacking"], "top_k": [3], "model_level": False},
     "evaluation": {"bootstrap": 1000, "gradcam": False},
 }
 

@@ -160,7 +160,7 @@ class TrainingSpec(_Spec):
 class EnsembleSpec(_Spec):
     """Which ensembles to build from the trained members."""
 
-    methods: list[Literal["vote", "mean", "weighted", "greedy", "stacking"]] = Field(
+    methods: list[Literal["vote", "mean", "mean_la", "weighted", "greedy", "stacking"]] = Field(
         default_factory=lambda: ["vote", "mean", "weighted", "greedy", "stacking"]
     )
     top_k: list[int] = Field(default_factory=lambda: [3], description="member counts ranked by rank_metric")

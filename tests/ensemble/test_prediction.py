@@ -25,7 +25,7 @@ from medens.ensemble.segmentation import SEG_ENSEMBLES, fit_seg_ensemble
 from medens.ensemble.selection import accuracy, log_loss
 from medens.training.predictions import Predictions
 
-METHODS = ["vote", "mean", "weighted", "greedy", "stacking"]
+METHODS = ["vote", "mean", "mean_la", "weighted", "greedy", "stacking"]
 
 
 def softmax(z):
@@ -290,7 +290,7 @@ def test_from_dict_errors(graded):
     d = build_ensemble("mean").fit(val, y_val).to_dict()
     with pytest.raises(ValueError, match="not a prediction ensemble description"):
         PredictionEnsemble.from_dict({**d, "format": "x"})
-    with pytest.raises(ValueError, match=r"unknown ensemble 'medn'; did you mean 'mean'\?"):
+    with pytest.raises(ValueError, match=r"unknown ensemble 'medn'; did you mean 'mean', 'mean_la'\?"):
         PredictionEnsemble.from_dict({**d, "method": "medn"})
     with pytest.raises(ValueError, match="StackingEnsemble.from_dict got method 'mean'"):
         StackingEnsemble.from_dict(d)
@@ -342,3 +342,33 @@ def test_module_imports_stay_light():
     src = inspect.getsource(pred)
     head = src.split("class PredictionEnsemble")[0]
     assert "import sklearn" not in head and "from sklearn" not in head and "from scipy" not in head
+
+
+def prior_biased_members(n, seed, pi=(0.8, 0.15, 0.05)):
+    """Two members that learned the training prior on top of their evidence (argmax favours class 0),
+    scored on balanced labels drawn with the same prior as their training data."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(3, size=n, p=list(pi))
+    out = {}
+    for i in range(2):
+        z = rng.normal(0, 1, (n, 3)) + 1.5 * np.eye(3)[y]
+        out[f"m{i}"] = softmax(z + np.log(np.asarray(pi)))
+    return out, y
+
+
+def test_logit_adjusted_mean_helps_the_minority_classes_out_of_sample():
+    from sklearn.metrics import f1_score
+
+    val, y_val = prior_biased_members(1500, 0)
+    held, y_held = prior_biased_members(3000, 1)
+    mean = build_ensemble("mean").fit(val, y_val)
+    la = build_ensemble("mean_la").fit(val, y_val)
+    tau = la.adjustment.tau
+    assert 0.3 <= tau <= 2.0
+    f1 = {name: f1_score(y_held, e.predict(held), average="macro") for name, e in (("mean", mean), ("la", la))}
+    assert f1["la"] > f1["mean"] + 0.03  # out of sample, on data it was not fitted on
+    back = PredictionEnsemble.from_dict(la.to_dict())
+    np.testing.assert_array_equal(back.predict_proba(held), la.predict_proba(held))
+    # tau = 0 is the plain mean, exactly
+    la.adjustment.tau = 0.0
+    np.testing.assert_allclose(la.predict_proba(held), mean.predict_proba(held), atol=1e-12)

@@ -359,6 +359,45 @@ class MeanEnsemble(_WeightedAverage):
         return P.mean(axis=0)
 
 
+@ENSEMBLES.register("mean_la")
+class LogitAdjustedMeanEnsemble(_WeightedAverage):
+    """Mean of member probabilities with post-hoc logit adjustment for the class priors
+    (Menon et al., ICLR 2021): ``softmax(log mean_m p_m - tau log pi)``.
+
+    ``pi`` is the class frequency of the validation labels (+1 smoothing; the splits are
+    stratified, so these are the training priors) and ``tau`` is chosen on the validation
+    predictions it is fitted on, from 0 to 2 in steps of 0.1, by ``metric`` (default macro-F1;
+    ``tau = 0`` is the plain mean). Like every prediction-level ensemble it is selected on
+    cross-fitted validation predictions, so choosing ``tau`` on validation does not bias selection.
+    """
+
+    method = "mean_la"
+    option_names = ("metric",)
+
+    def __init__(self, member_ids: Sequence[str] | None = None, metric: str = "macro_f1") -> None:
+        super().__init__(member_ids)
+        self.metric = metric
+
+    def _fit(self, P: np.ndarray, y: np.ndarray) -> None:
+        from medens.ensemble.calibration import LogitAdjustment
+
+        self.weights = np.full(P.shape[0], 1.0 / P.shape[0])
+        priors = np.bincount(y, minlength=P.shape[2]) + 1.0
+        self.adjustment = LogitAdjustment(priors, metric=self.metric).fit(P.mean(axis=0), y)
+
+    def _predict_proba(self, P: np.ndarray) -> np.ndarray:
+        return self.adjustment.transform(P.mean(axis=0))
+
+    def _params(self) -> dict[str, Any]:
+        return {"weights": self.weights.tolist(), "logit_adjustment": self.adjustment.to_dict()}
+
+    def _load_params(self, params: Mapping[str, Any]) -> None:
+        from medens.ensemble.calibration import LogitAdjustment
+
+        super()._load_params(params)
+        self.adjustment = LogitAdjustment.from_dict(params["logit_adjustment"])
+
+
 @ENSEMBLES.register("weighted")
 class WeightedEnsemble(_WeightedAverage):
     """Weighted mean ``sum_m w_m p_m`` with ``w >= 0``, ``sum w = 1`` minimising validation log-loss.
