@@ -129,10 +129,14 @@ def prepare_data(spec: ExperimentSpec, out_dir: str | os.PathLike, *, data_uri: 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def lineage(source: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"data_fingerprint", "data_source"}`` of a source fingerprint (for artifacts' ``lineage``)."""
+    src = source or {}
+    return {"data_fingerprint": src.get("sha256"), "data_source": src.get("uri") or src.get("kind")}
+
+
 def dataset_lineage(data_dir: str | os.PathLike) -> dict[str, Any]:
-    """``{"data_fingerprint", "data_source"}`` of a dataset directory (for artifacts' ``lineage``)."""
+    """The :func:`lineage` of a dataset directory's source."""
     import json
 
-    info = json.loads((Path(data_dir) / "dataset.json").read_text()).get("info", {})
-    src = info.get("source") or {}
-    return {"data_fingerprint": src.get("sha256"), "data_source": src.get("uri") or src.get("kind")}
+    return lineage(json.loads((Path(data_dir) / "dataset.json").read_text()).get("info", {}).get("source"))

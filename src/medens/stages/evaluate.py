@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from medens.config import ExperimentSpec
+from medens.stages.data import lineage
 from medens.stages.ensemble import OOF, ensemble_dirs, read_index
 from medens.stages.train import member_dirs
 from medens.storage.atomic import atomic_write_text
@@ -25,7 +26,7 @@ def gate_metric(spec: ExperimentSpec) -> str:
     return m
 
 
-def _selection(spec: ExperimentSpec, metric: str, members: dict[str, Path], ensembles: dict[str, Path],
+def _selection(metric: str, members: dict[str, Path], ensembles: dict[str, Path],
                index: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each system's selection score on validation data that neither trained nor fitted it."""
     from medens.evaluation.systems import selection_score
@@ -85,7 +86,7 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
         raise ValueError("no trained members to evaluate")
     index = read_index(ensembles_dir)
     metric = gate_metric(spec)
-    selection = _selection(spec, metric, members, ensembles, index)
+    selection = _selection(metric, members, ensembles, index)
     order = selection_order({n: s["score"] for n, s in selection.items()})
     if selection[order[0]]["score"] is None:
         raise ValueError(f"no system has a validation {metric}; nothing can be selected to serve: "
@@ -156,8 +157,7 @@ def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], en
         raise ValueError(f"selected system {best!r} is neither a member nor an ensemble of this run")
     entry = metrics["systems"][best]
     test_metrics = {k: v for k, v in entry["metrics"].items() if isinstance(v, int | float) or v is None}
-    source = metrics.get("data_source") or {}
-    lineage = {"data_fingerprint": source.get("sha256"), "data_source": source.get("uri") or source.get("kind")}
+    data_lineage = lineage(metrics.get("data_source"))
     evaluation = {"experiment": metrics.get("experiment"), "system": best, "kind": entry["kind"],
                   "gate_metric": metrics.get("gate_metric"), "selection_rule": metrics.get("selection_rule"),
                   "selection_score": metrics["selection"][best]["score"], "test_metrics": test_metrics,
@@ -168,11 +168,11 @@ def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], en
     if best in ensembles:
         shutil.copytree(Path(ensembles[best]), out, ignore=shutil.ignore_patterns("predictions"))
         manifest = json.loads((out / ENSEMBLE_MANIFEST).read_text())
-        manifest.update({"evaluation": evaluation, "lineage": lineage})
+        manifest.update({"evaluation": evaluation, "lineage": data_lineage})
         atomic_write_text(out / ENSEMBLE_MANIFEST, json.dumps(manifest, indent=2))
     else:
         write_ensemble(out, name=best, member_dirs={best: members[best]}, combiner=None, gate_metrics=test_metrics,
-                       extra={"evaluation": evaluation, "lineage": lineage})
+                       extra={"evaluation": evaluation, "lineage": data_lineage})
     return out
 
 
