@@ -115,7 +115,7 @@ def test_invalid_yaml_and_non_mapping(tmp_path):
 
 def test_spec_is_a_pydantic_model():
     spec = ExperimentSpec(name="x", models=["compact_cnn"], losses=["ce"])
-    assert spec.training.monitor == "val_loss"
+    assert spec.training.monitor == "auto"
     assert Path(spec.store.uri) == Path("runs")
 
 

@@ -36,7 +36,7 @@ def test_elpv_to_image_folder(rd, tmp_path):
     assert set(types) == {"mono", "poly"}
 
     pick = np.concatenate([np.flatnonzero(labels == k)[:2] for k in range(4)])
-    written = rd.write_image_folder(images[pick], probs[pick], tmp_path / "elpv",
+    written = rd.write_image_folder(images[pick], labels[pick], tmp_path / "elpv",
                                     names=[f"cell{i + 1:04d}" for i in pick])
     assert written == {"p000": 2, "p033": 2, "p067": 2, "p100": 2}
     assert sorted(p.name for p in (tmp_path / "elpv").iterdir()) == ["p000", "p033", "p067", "p100"]
@@ -131,3 +131,23 @@ def test_table_marks_systems_chosen_on_test(rd):
                      "medens_best_on_test": {"selectable": False, "seconds": None,
                                              "metrics": dict.fromkeys(rd.CI_METRICS, ci)}})
     assert "medens_best_on_test *" in text and "0.500 [0.400, 0.600]" in text
+
+
+def test_long_tailed_digits(rd, tmp_path):
+    images, labels = rd.long_tailed_digits(32)
+    counts = np.bincount(labels, minlength=10)
+    # 170 * 0.1 ** (c / 9), rounded: 170 down to 17 (the ratio 10)
+    assert counts.tolist() == [round(170 * 0.1 ** (c / 9)) for c in range(10)]
+    assert counts[0] == 170 and counts[9] == 17 and images.shape == (len(labels), 32, 32) and images.dtype == np.uint8
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # each image is one real scan (16 grey levels -> 0..255), bilinearly upsampled by 4
+    import torch
+
+    zeros = torch.tensor(d.images[d.target == 0], dtype=torch.float32)[:, None]
+    up = torch.nn.functional.interpolate(zeros, size=32, mode="bilinear")[:, 0].numpy() / 16 * 255
+    diffs = np.abs(up - images[labels == 0][0]).max(axis=(1, 2))
+    assert np.sum(diffs <= 0.5) == 1 and np.sort(diffs)[1] > 10
+    written = rd.write_image_folder(images[:20], labels[:20], tmp_path / "digits", class_names=rd.DIGIT_CLASSES)
+    assert sum(written.values()) == 20 and sorted(p.name for p in (tmp_path / "digits").iterdir()) == list("0123456789")

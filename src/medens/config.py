@@ -58,6 +58,9 @@ class SyntheticSpec(_Spec):
     n_images: int = Field(200, ge=1, description="number of smears or segmentation scans")
     smear_size: int = Field(256, ge=64, description="side of a smear field in pixels")
     cell_radius: float = Field(12.0, gt=2, description="cell radius in a smear, pixels")
+    separation: float = Field(1.0, ge=0, le=1, description="synthetic_cells: how far the abnormal classes lie "
+                              "from the normal cell (1: default morphology; smaller: more ambiguous cells, a "
+                              "harder task)")
 
 
 class DataSpec(_Spec):
@@ -119,7 +122,9 @@ class TrainingSpec(_Spec):
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(20, ge=1)
     patience: int | None = Field(5, ge=1, description="early stopping patience in epochs; null disables")
-    monitor: str = Field("val_loss", description="val_loss (minimised) or a validation metric (maximised)")
+    monitor: str = Field("auto", description="what chooses the best epoch: val_loss (minimised) or a validation "
+                         "metric (maximised: accuracy, macro_f1, mcc, balanced_accuracy; dice); auto: mcc for "
+                         "classification (it sees every class, unlike accuracy), dice for segmentation")
     plateau_patience: int | None = Field(3, ge=1, description="ReduceLROnPlateau patience; null disables")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     schedule: Literal["plateau", "cosine", "onecycle"] = Field(
@@ -147,10 +152,19 @@ class TrainingSpec(_Spec):
         "both", description="the flips augmentation may use; none where laterality matters (a chest "
                             "X-ray's heart is on the left)")
 
+    tta: Literal["none", "flips"] = Field(
+        "none", description="test-time augmentation: flips averages the softmax over the flips allowed by "
+                            "training.flips (4 views for both); stored in the artifact and used by every "
+                            "prediction (validation, test, ensembles, serving)")
+    calibrate: bool = Field(True, description="classification: fit a temperature on the validation predictions "
+                            "(Guo et al. 2017), store it in model.json and apply it wherever the artifact "
+                            "predicts, so members' and served probabilities are calibrated (argmax unchanged)")
+
     @field_validator("augment", mode="before")
     @classmethod
     def _augment_bool(cls, v: Any) -> Any:
         return {True: "flips", False: "none"}.get(v, v) if isinstance(v, bool) else v
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
     num_workers: int | None = Field(None, ge=0, description="DataLoader workers; null chooses by device")

@@ -276,3 +276,29 @@ def test_make_segmentation_deterministic_and_bad_input():
         make_segmentation(-1)
     with pytest.raises(ValueError, match="lesion_probs"):
         make_segmentation(2, lesion_probs=(0.5, 0.5))
+
+
+def test_separation_moves_the_abnormal_classes_towards_normal():
+    base = make_cells([60, 60, 60], size=32, seed=3)
+    again = make_cells([60, 60, 60], size=32, seed=3, separation=1.0)
+    assert np.array_equal(base[0], again[0])  # 1 is the default, bit for bit
+
+    def medians(meta, labels, key):
+        v = np.array([m[key] for m in meta])
+        return {c: float(np.median(v[labels == c])) for c in (CODO, HYPO, NORMAL)}
+
+    _, labels, meta = make_cells([400, 400, 400], size=32, seed=3, separation=0.5)
+    pallor = medians(meta, labels, "pallor_fraction")
+    stain = medians(meta, labels, "stain")
+    # halfway: hypochromia pallor 0.35 + 0.5 * 0.20, codocyte 0.35 + 0.5 * 0.12, stain 1 - 0.5 * 0.18
+    assert pallor[HYPO] == pytest.approx(0.45, abs=0.01) and pallor[CODO] == pytest.approx(0.41, abs=0.01)
+    assert pallor[NORMAL] == pytest.approx(0.35, abs=0.01) and stain[HYPO] == pytest.approx(0.91, abs=0.015)
+    strength = np.array([m["spot_strength"] for m in meta])
+    assert strength[labels == CODO].max() <= 0.5 + 1e-9 and strength[labels == CODO].mean() > 0.3
+    # at 0 the classes are drawn from one morphology: no spot, normal pallor and stain
+    _, labels0, meta0 = make_cells([200, 200, 200], size=32, seed=3, separation=0.0)
+    p0 = medians(meta0, labels0, "pallor_fraction")
+    assert max(p0.values()) - min(p0.values()) < 0.015
+    assert all(m["spot_strength"] == 0 for m in meta0)
+    with pytest.raises(ValueError, match="separation must be in"):
+        make_cells([1, 1, 1], separation=1.5)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from medens.evaluation.report import table_rows
+from medens.evaluation.report import significance_note, table_rows
 from medens.evaluation.systems import evaluate_classification, evaluate_segmentation, selection_order
 
 
@@ -27,6 +27,13 @@ def test_classification_reference_and_holm():
     assert s["mcnemar"]["p_value"] == 1.0 and s["mcnemar_p_holm"] == 1.0
     head, rows = table_rows(r, ["good", "ref", "same"], "classification")
     assert rows[0][1] == "good" and "reference" in [row[8] for row in rows]
+    r["leaderboard"] = ["good", "ref", "same"]
+    note = significance_note(r, 0.05, "classification")
+    assert note.startswith("Significance at alpha 0.05 (Holm-corrected), against the reference ref: good (accuracy "
+                           "higher, p < 0.001); good (MCC higher")
+    assert "same" not in note and note.endswith("Every other difference in the table is not significant.")
+    r["leaderboard"] = ["ref", "same"]
+    assert "no system differs significantly from the reference ref" in significance_note(r, 0.05, "classification")
 
 
 def test_selection_order_ranks_scores_and_puts_unscored_last():
@@ -49,3 +56,5 @@ def test_segmentation_perfect_system_beats_reference():
     # a 4x4 square shifted by 2 overlaps by half: Dice 0.5 on every image
     assert abs(r["systems"]["ref"]["metrics"]["dice"] - 0.5) < 1e-9
     assert p["vs_reference"]["dice_difference"] == 0.5 and p["vs_reference"]["p_value"] < 0.01
+    r["leaderboard"] = ["perfect", "ref"]
+    assert "perfect (Dice higher, p " in significance_note(r, 0.05, "segmentation")

@@ -15,7 +15,7 @@ def load_pool(data: DataSpec, seed: int) -> sources.Pool:
     size, ch = data.image_size, data.channels
     syn = data.synthetic
     if data.source == "synthetic_cells":
-        return sources.synthetic_cells(syn.counts, size, ch, seed, data.class_names)
+        return sources.synthetic_cells(syn.counts, size, ch, seed, data.class_names, syn.separation)
     if data.source == "synthetic_smears":
         return sources.synthetic_smears(syn.counts, syn.n_images, syn.smear_size, syn.cell_radius, size, ch, seed)
     if data.source == "synthetic_segmentation":

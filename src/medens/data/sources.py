@@ -97,7 +97,7 @@ def _masks_to_labels(masks: np.ndarray) -> np.ndarray:
 
 
 def synthetic_cells(counts: dict[str, int] | None, size: int, channels: int, seed: int,
-                    class_names: list[str] | None = None) -> Pool:
+                    class_names: list[str] | None = None, separation: float = 1.0) -> Pool:
     """Synthetic red-blood-cell crops (METHODS section 4), any class distribution."""
     from medens.data.synthetic import CELL_CLASSES, make_cells
 
@@ -108,14 +108,15 @@ def synthetic_cells(counts: dict[str, int] | None, size: int, channels: int, see
     unknown = sorted(set(counts) - set(CELL_CLASSES))
     if unknown:
         raise ValueError(f"data.synthetic.counts: unknown class(es) {unknown}; cell classes are {list(CELL_CLASSES)}")
-    images, labels, _ = make_cells({c: counts.get(c, 0) for c in CELL_CLASSES}, size=size, seed=seed)
+    images, labels, _ = make_cells({c: counts.get(c, 0) for c in CELL_CLASSES}, size=size, seed=seed,
+                                   separation=separation)
     # Re-index labels to the requested class order.
     remap = np.array([names.index(c) for c in CELL_CLASSES])
     labels = remap[labels]
     images = _to_channels(images, channels)
     ids = [f"cell-{i:05d}" for i in range(len(labels))]
     return Pool(names, {"all": Split(images=images, labels=labels.astype(np.int64), ids=ids)},
-                {"source": "synthetic_cells", "counts": dict(counts)})
+                {"source": "synthetic_cells", "counts": dict(counts), "separation": separation})
 
 
 def synthetic_smears(counts: dict[str, int] | None, n_images: int, smear_size: int, cell_radius: float,

@@ -64,29 +64,38 @@ def _rng(seed: int) -> np.random.Generator:
 # ---------------------------------------------------------------------------------------------
 
 
-def _sample_morphology(labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _sample_morphology(labels: np.ndarray, rng: np.random.Generator, separation: float = 1.0) -> dict[str, np.ndarray]:
     """Per-cell morphology parameters; radii are fractions of the cell radius.
 
     The class distributions overlap at their tails (normal/hypochromia pallor radius and overall
     stain; codocytes whose central spot is faint), which makes a few percent of cells ambiguous.
+    ``separation`` scales every class's offset from the normal cell (pallor radius and depth, stain,
+    the strength of a codocyte's spot): 1 is the default morphology, smaller values move the
+    abnormal classes towards normal, so more cells are ambiguous and the task is harder.
     """
     n = len(labels)
     codo, hypo = labels == 0, labels == 1
+    sep = float(separation)
+
+    def shifted(normal: float, abnormal: float) -> float:  # exact at 1, so the default output stays bit for bit
+        return abnormal if sep == 1.0 else normal + sep * (abnormal - normal)
+
     pallor = rng.normal(0.35, 0.05, n)
-    pallor[hypo] = rng.normal(0.55, 0.055, hypo.sum())
-    pallor[codo] = rng.normal(0.47, 0.045, codo.sum())
+    pallor[hypo] = rng.normal(shifted(0.35, 0.55), 0.055, hypo.sum())
+    pallor[codo] = rng.normal(shifted(0.35, 0.47), 0.045, codo.sum())
     depth = rng.uniform(0.45, 0.7, n)
-    depth[hypo] = rng.uniform(0.6, 0.85, hypo.sum())
-    depth[codo] = rng.uniform(0.55, 0.8, codo.sum())
+    depth[hypo] = rng.uniform(shifted(0.45, 0.6), shifted(0.7, 0.85), hypo.sum())
+    depth[codo] = rng.uniform(shifted(0.45, 0.55), shifted(0.7, 0.8), codo.sum())
     stain = rng.normal(1.0, 0.07, n)
-    stain[hypo] = rng.normal(0.82, 0.07, hypo.sum())
+    stain[hypo] = rng.normal(shifted(1.0, 0.82), 0.07, hypo.sum())
     spot = np.zeros(n)
     spot[codo] = np.clip(rng.normal(0.15, 0.025, codo.sum()), 0.07, 0.25)
     strength = np.zeros(n)
     # Most target cells have a clear central spot; about 8% have a faint one and then look
     # like a normal cell or a hypochromic one with a large pallor.
     faint = rng.random(n) < 0.08
-    strength[codo] = np.where(faint[codo], rng.uniform(0.0, 0.3, codo.sum()), rng.uniform(0.65, 1.0, codo.sum()))
+    strength[codo] = sep * np.where(faint[codo], rng.uniform(0.0, 0.3, codo.sum()),
+                                    rng.uniform(0.65, 1.0, codo.sum()))
     offset_angle = rng.uniform(0, 2 * np.pi, n)
     offset = rng.uniform(0, 0.05, n)
     return {
@@ -198,6 +207,7 @@ def make_cells(
     *,
     neighbour_prob: float = _NEIGHBOUR_PROB,
     chunk: int = 128,
+    separation: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Red-blood-cell crops drawn directly, one cell per crop (METHODS section 4, study 2).
 
@@ -214,6 +224,9 @@ def make_cells(
         seed: random seed; the same seed gives identical output.
         neighbour_prob: probability that a crop shows part of a neighbouring cell.
         chunk: cells rendered per vectorised batch (bounds memory at large sizes).
+        separation: how far the abnormal classes' morphology lies from the normal cell's
+            (1: the default; towards 0 the classes overlap more and the task is harder; 0 makes
+            the classes indistinguishable).
 
     Returns:
         ``images`` uint8 ``(N, size, size, 3)`` RGB, ``labels`` int64 ``(N,)`` indexing
@@ -232,6 +245,8 @@ def make_cells(
         raise ValueError(f"neighbour_prob must be in [0, 1], got {neighbour_prob}")
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk}")
+    if not 0.0 <= separation <= 1.0:
+        raise ValueError(f"separation must be in [0, 1], got {separation}")
     rng = _rng(seed)
     size = int(size)
     n = int(n_per_class.sum())
@@ -239,7 +254,7 @@ def make_cells(
     r0 = CELL_FRACTION * size / 2
     radius = r0 * rng.uniform(1 - _RADIUS_JITTER, 1 + _RADIUS_JITTER, n)
     centre = (size - 1) / 2 + rng.uniform(-_CROP_OFFSET, _CROP_OFFSET, (n, 2)) * size
-    morph = _sample_morphology(labels, rng)
+    morph = _sample_morphology(labels, rng, separation)
     # Neighbour: a cell of a random class just touching the main one, mostly outside the crop.
     has_nb = rng.random(n) < neighbour_prob
     nb_morph = _sample_morphology(rng.integers(0, len(CELL_CLASSES), n), rng)

@@ -111,12 +111,8 @@ class LoadedEnsemble(ManifestView):
     def predict(self, x: torch.Tensor | np.ndarray, *, device: str | torch.device = "cpu"
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Ensemble probabilities and per-member probabilities for preprocessed inputs ``(N, C, H, W)``."""
-        from medens.training.predictions import logits_to_probs
-
         t = torch.as_tensor(x).to(device)
-        member_probs = {}
-        for mid, m in self.members.items():
-            member_probs[mid] = logits_to_probs(m.model(t).float()).cpu().numpy().astype(np.float64)
+        member_probs = {mid: m.probs(t).cpu().numpy().astype(np.float64) for mid, m in self.members.items()}
         if self.combiner is None:
             probs = next(iter(member_probs.values()))
         else:

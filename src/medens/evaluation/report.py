@@ -246,6 +246,36 @@ def render_markdown(title: str, subtitle: str, head: list[str], rows: list[list[
 # ---------------------------------------------------------------- the documents from a result
 
 
+SIGNIFICANCE_TESTS = {
+    "classification": (("mcnemar_p_holm", "accuracy", "accuracy"), ("mcc_p_holm", "mcc", "MCC"),
+                       ("auroc_p_holm", "auroc_macro", "AUROC")),
+    "segmentation": (("p_holm", "dice", "Dice"),),
+}
+
+
+def significance_note(result: dict[str, Any], alpha: float, task: str) -> str:
+    """One plain sentence: which systems differ significantly from the reference (Holm-corrected
+    p < ``alpha``), on what and in which direction, and that every other difference is not significant."""
+    ref = result["reference"]
+    found = []
+    for name in result["leaderboard"]:
+        if name == ref:
+            continue
+        s = result["systems"][name]
+        v = s.get("vs_reference", {})
+        for key, metric, label in SIGNIFICANCE_TESTS[task]:
+            p = v.get(key)
+            if p is not None and p < alpha:
+                a, b = s["metrics"].get(metric), result["systems"][ref]["metrics"].get(metric)
+                word = "" if a is None or b is None else (" higher" if a > b else " lower")
+                found.append(f"{name} ({label}{word}, p {'< 0.001' if p < 0.001 else f'= {p:.3f}'})")
+    if not found:
+        return (f"Significance at alpha {alpha:g} (Holm-corrected): no system differs significantly from the "
+                f"reference {ref} on this test split; the differences in the table are within chance.")
+    return (f"Significance at alpha {alpha:g} (Holm-corrected), against the reference {ref}: "
+            + "; ".join(found) + ". Every other difference in the table is not significant.")
+
+
 def report_notes(result: dict[str, Any], spec: ExperimentSpec) -> list[str]:
     """The plain-words lines under the leaderboard: what was selected and how, what was skipped."""
     ev, sel, best = spec.evaluation, result["selected"], result.get("best_on_test")
@@ -260,6 +290,7 @@ def report_notes(result: dict[str, Any], spec: ExperimentSpec) -> list[str]:
              "across systems." if spec.task == "classification" else
              "p-values: paired bootstrap of the per-image Dice difference against the reference, Holm-corrected.",
              "Ensembles were fitted on validation predictions only."]
+    notes.append(significance_note(result, spec.evaluation.alpha, spec.task))
     for name, info in result.get("selection", {}).items():
         if info.get("score") is None:
             notes.append(f"Not selectable: {name}: {info.get('reason') or 'no selection score'}.")

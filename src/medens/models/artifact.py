@@ -90,6 +90,48 @@ class ManifestView:
         return self.manifest.get("task", "classification")
 
 
+def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 1; a single channel is a sigmoid, returned as two channels."""
+    if logits.shape[1] == 1:
+        s = torch.sigmoid(logits)
+        return torch.cat([1 - s, s], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+TTA_FLIPS = {"none": (), "horizontal": ((3,),), "vertical": ((2,),), "both": ((3,), (2,), (2, 3))}
+
+
+def tta_flips(tta: str, flips: str) -> tuple[tuple[int, ...], ...]:
+    """The flipped views (dims of ``(N, C, H, W)``) that test-time augmentation ``tta`` adds to the
+    identity, restricted to the flips the training spec allows."""
+    if tta not in ("none", "flips"):
+        raise ValueError(f"tta must be 'none' or 'flips', got {tta!r}")
+    if flips not in TTA_FLIPS:
+        raise ValueError(f"flips must be one of {', '.join(TTA_FLIPS)}, got {flips!r}")
+    return () if tta == "none" else TTA_FLIPS[flips]
+
+
+def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax(log p / T)`` over dim 1 (temperature scaling of probabilities; the identity at ``T = 1``)."""
+    if temperature == 1.0:
+        return probs
+    return torch.softmax(torch.log(probs.clamp_min(1e-12)) / temperature, dim=1)
+
+
+def model_probs(model: torch.nn.Module, x: torch.Tensor, *, task: str = "classification",
+                flips: tuple[tuple[int, ...], ...] = (), temperature: float = 1.0) -> torch.Tensor:
+    """A member's probabilities: the mean softmax over the identity and each flipped view (a
+    segmentation map is flipped back), then temperature-scaled. Every prediction path of an
+    artifact (validation predictions, test predictions, ensembles, serving) goes through here."""
+    p = logits_to_probs(model(x).float())
+    for dims in flips:
+        q = logits_to_probs(model(torch.flip(x, dims)).float())
+        p = p + (torch.flip(q, dims) if task == "segmentation" else q)
+    if flips:
+        p = p / (1 + len(flips))
+    return apply_temperature(p, temperature)
+
+
 @dataclass
 class LoadedModel(ManifestView):
     """A rebuilt model with what its artifact says about it."""
@@ -97,6 +139,23 @@ class LoadedModel(ManifestView):
     model: torch.nn.Module
     manifest: dict
     path: Path
+
+    @property
+    def temperature(self) -> float:
+        """The validation-fitted temperature (1 when the artifact has none)."""
+        return float(self.manifest.get("inference", {}).get("temperature", 1.0))
+
+    @property
+    def flips(self) -> tuple[tuple[int, ...], ...]:
+        """The test-time flipped views the artifact was evaluated with."""
+        return tuple(tuple(d) for d in self.manifest.get("inference", {}).get("tta_flips", []))
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities for preprocessed inputs on the model's device, as the artifact defines
+        them (test-time augmentation and temperature included)."""
+        self.model.eval()
+        return model_probs(self.model, x, task=self.task, flips=self.flips, temperature=self.temperature)
 
 
 def load_artifact(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",

@@ -14,6 +14,7 @@ it bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -33,7 +34,16 @@ from medens.config import ComponentSpec, TrainingSpec
 from medens.data.drift import intensity_reference
 from medens.data.transforms import InputSpec
 from medens.data.types import Split, SplitData
-from medens.models.artifact import MANIFEST, WEIGHTS, read_manifest, save_state_dict, write_manifest
+from medens.models.artifact import (
+    MANIFEST,
+    WEIGHTS,
+    apply_temperature,
+    model_probs,
+    read_manifest,
+    save_state_dict,
+    tta_flips,
+    write_manifest,
+)
 from medens.storage.atomic import atomic_write_bytes
 from medens.training.device import Precision, select_device, select_precision
 from medens.training.predictions import Predictions, logits_to_probs
@@ -278,11 +288,16 @@ def _set_encoder_frozen(net: nn.Module, frozen: bool) -> None:
         net.features.eval()
 
 
-def _check_monitor(monitor: str, task: str) -> str:
-    allowed = ("val_loss", *(CLASSIFICATION_METRICS if task == "classification" else SEGMENTATION_METRICS))
+DEFAULT_MONITOR = {"classification": "mcc", "segmentation": "dice"}
+
+
+def resolve_monitor(monitor: str, task: str) -> tuple[str, str]:
+    """The monitored quantity (``auto`` resolved for the task) and its direction (``min``/``max``)."""
+    allowed = ("auto", "val_loss", *(CLASSIFICATION_METRICS if task == "classification" else SEGMENTATION_METRICS))
     if monitor not in allowed:
         raise ValueError(f"training.monitor {monitor!r} is not one of {', '.join(allowed)}")
-    return "min" if monitor == "val_loss" else "max"
+    monitor = DEFAULT_MONITOR[task] if monitor == "auto" else monitor
+    return monitor, "min" if monitor == "val_loss" else "max"
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -366,7 +381,7 @@ def fit(
     if resume and (out / MANIFEST).is_file():
         m = read_manifest(out)
         return FitResult(out, m["best_epoch"], m["history"], m["val_metrics"], m.get("precision", ""))
-    mode = _check_monitor(spec.monitor, task)
+    monitor, mode = resolve_monitor(spec.monitor, task)
     train_split = data.train if train_on == "train" else data.extras.get(train_on)
     if train_split is None or len(train_split) == 0:
         raise ValueError(f"training split {train_on!r} is missing or empty")
@@ -487,8 +502,8 @@ def fit(
         if ema is not None:  # the averaged weights compete with the raw ones every epoch
             e_loss, e_probs, e_target = _evaluate(ema.module, val_loader, transform, criterion, autocast_kw)
             e_metrics = quick_metrics(task, e_probs, e_target)
-            raw_v, ema_v = ((val_loss, e_loss) if spec.monitor == "val_loss"
-                            else (metrics[spec.monitor], e_metrics[spec.monitor]))
+            raw_v, ema_v = ((val_loss, e_loss) if monitor == "val_loss"
+                            else (metrics[monitor], e_metrics[monitor]))
             if (ema_v < raw_v) if mode == "min" else (ema_v > raw_v):
                 val_loss, metrics, source = e_loss, e_metrics, ema.module
         row = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss,
@@ -499,7 +514,7 @@ def fit(
                "train_seconds": train_time, "train_images_per_s": seen / train_time if train_time else 0.0,
                "seconds": time.perf_counter() - t0}
         history.append(row)
-        current = val_loss if spec.monitor == "val_loss" else metrics[spec.monitor]
+        current = val_loss if monitor == "val_loss" else metrics[monitor]
         improved = current < best_value if mode == "min" else current > best_value
         if improved:
             best_value, best_epoch, bad_epochs = current, epoch, 0
@@ -526,9 +541,18 @@ def fit(
     # The artifact: best weights, validation predictions, manifest last.
     net.load_state_dict(best_state)
     save_state_dict(out / WEIGHTS, best_state)
-    _, probs, target = _evaluate(net, val_loader, transform, criterion, autocast_kw)
-    val_metrics = {"val_loss": best_value if spec.monitor == "val_loss" else history[best_epoch - 1]["val_loss"],
-                   **quick_metrics(task, probs, target)}
+    inference = {"tta": spec.tta, "tta_flips": [list(d) for d in tta_flips(spec.tta, spec.flips)],
+                 "temperature": 1.0}
+    _, probs, target = _evaluate(net, val_loader, transform, criterion, autocast_kw,
+                                 flips=tta_flips(spec.tta, spec.flips), task=task)
+    calibration = None
+    if spec.calibrate and task == "classification":
+        from medens.training.calibration import TemperatureScaling
+
+        ts = TemperatureScaling().fit(probs, target)
+        inference["temperature"], calibration = ts.temperature, ts.to_dict()
+        probs = apply_temperature(torch.from_numpy(probs), ts.temperature).numpy()
+    val_metrics = {"val_loss": history[best_epoch - 1]["val_loss"], **quick_metrics(task, probs, target)}
     preds = Predictions(probs=probs.astype(np.float16 if task == "segmentation" else np.float32), ids=data.val.ids,
                         labels=data.val.labels, masks=data.val.masks, class_names=data.class_names)
     preds.save(out / "predictions" / "val.npz")
@@ -548,7 +572,10 @@ def fit(
         "best_epoch": best_epoch,
         "stopped_early": stopped_early and epoch < n_epochs,
         "steps_per_epoch": steps_per_epoch,
+        "monitor": monitor,
         "val_metrics": val_metrics,
+        "inference": inference,
+        **({"calibration": calibration} if calibration else {}),
         "precision": precision.describe(),
         **(extra_manifest or {}),
     }
@@ -559,20 +586,23 @@ def fit(
 
 @torch.no_grad()
 def _evaluate(net: nn.Module, loader, transform: DeviceTransform, criterion: nn.Module,
-              autocast_kw: dict | None) -> tuple[float, np.ndarray, np.ndarray]:
+              autocast_kw: dict | None, *, flips: tuple[tuple[int, ...], ...] = (),
+              task: str = "classification") -> tuple[float, np.ndarray, np.ndarray]:
+    """Validation loss (identity view) and probabilities (averaged over the ``flips`` views)."""
     net.eval()
     total, n, probs, targets = 0.0, 0, [], []
     for images, t in loader:
         x, y = transform(images, t)
-        if autocast_kw:
-            with torch.autocast(**autocast_kw):
-                logits = net(x)
-        else:
+        with torch.autocast(**autocast_kw) if autocast_kw else contextlib.nullcontext():
             logits = net(x)
         logits = logits.float()
         total += criterion(logits, y).item() * len(x)
+        p = logits_to_probs(logits)
+        if flips:
+            with torch.autocast(**autocast_kw) if autocast_kw else contextlib.nullcontext():
+                p = model_probs(net, x, task=task, flips=flips)
         n += len(x)
-        probs.append(logits_to_probs(logits).cpu())
+        probs.append(p.float().cpu())
         targets.append(t)
     return total / max(n, 1), torch.cat(probs).numpy(), torch.cat(targets).numpy()
 
@@ -587,7 +617,7 @@ def predict_split(path: str | os.PathLike, split: Split, *, batch_size: int = 25
     dev = select_device("auto") if device is None else torch.device(device)
     loaded = load_artifact(path, map_location=dev)
     x = preprocess(split.images, loaded.input_spec)
-    probs = predict_probs(loaded.model, x, batch_size=batch_size, device=dev, task=loaded.task)
+    probs = predict_probs(loaded, x, batch_size=batch_size, device=dev)
     return Predictions(probs=probs, ids=list(split.ids), labels=split.labels, masks=split.masks,
                        class_names=loaded.class_names)
 

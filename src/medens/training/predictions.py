@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medens.models.artifact import LoadedModel, logits_to_probs
 from medens.storage.atomic import atomic_write_bytes
+
+__all__ = ["Predictions", "logits_to_probs", "predict_probs"]
 
 
 @dataclass
@@ -54,27 +57,24 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: int = 256,
+def predict_probs(model: torch.nn.Module | LoadedModel, x: np.ndarray | torch.Tensor, *, batch_size: int = 256,
                   device: torch.device | str = "cpu", task: str = "classification") -> np.ndarray:
-    """Softmax probabilities of ``model`` on preprocessed float inputs ``(N, C, H, W)``.
+    """Probabilities of ``model`` on preprocessed float inputs ``(N, C, H, W)``: a plain module's
+    softmax, or a loaded artifact's own (:meth:`LoadedModel.probs`: test-time augmentation and
+    temperature as the artifact defines them).
 
     One output channel (binary sigmoid) becomes two columns ``[1 - s, s]``.
     """
-    model.eval()
+    if isinstance(model, LoadedModel):
+        forward, task = model.probs, model.task
+    else:
+        model.eval()
+        forward = lambda t: logits_to_probs(model(t).float())  # noqa: E731
     out = []
     t = torch.as_tensor(x)
     for i in range(0, len(t), batch_size):
-        logits = model(t[i:i + batch_size].to(device)).float()
-        out.append(logits_to_probs(logits).cpu())
+        out.append(forward(t[i:i + batch_size].to(device)).cpu())
     if not out:
         return np.empty((0,), np.float32)
     probs = torch.cat(out).numpy()
     return probs.astype(np.float16 if task == "segmentation" else np.float32)
-
-
-def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over dim 1; a single channel is a sigmoid, returned as two channels."""
-    if logits.shape[1] == 1:
-        s = torch.sigmoid(logits)
-        return torch.cat([1 - s, s], dim=1)
-    return torch.softmax(logits, dim=1)
