@@ -7,6 +7,7 @@ Every problem in a spec is reported at once, each with its YAML path, in one ``V
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,26 @@ DataSource = Literal[
     "csv",
 ]
 SEGMENTATION_SOURCES = {"synthetic_segmentation", "seg_folder"}
+
+
+GROUP_BY_PREFIXES = ("pattern:", "column:")
+
+
+def parse_group_by(group_by: str) -> tuple[str, str]:
+    """``(kind, argument)`` of a ``data.group_by`` value; ``ValueError`` naming the problem."""
+    for prefix in GROUP_BY_PREFIXES:
+        if group_by.startswith(prefix):
+            arg = group_by[len(prefix):]
+            if not arg:
+                raise ValueError(f"data.group_by {group_by!r}: nothing after {prefix!r}")
+            if prefix == "pattern:":
+                try:
+                    re.compile(arg)
+                except re.error as e:
+                    raise ValueError(f"data.group_by {group_by!r}: invalid regular expression ({e})") from e
+            return prefix[:-1], arg
+    raise ValueError(f"data.group_by {group_by!r} must start with one of {', '.join(GROUP_BY_PREFIXES)} "
+                     "(e.g. 'pattern:(person\\d+)' or 'column:patient_id')")
 
 
 class _Spec(BaseModel):
@@ -83,6 +104,18 @@ class DataSpec(_Spec):
     normalize: Literal["unit", "zscore"] = Field(
         "unit", description="unit: pixels/255; zscore: per-channel mean/std of the training split"
     )
+    group_by: str | None = Field(
+        None, description="patient-level splits (medens.data.groups): 'pattern:<regex>' on each sample's "
+                          "relative path (Kermany: 'pattern:(person\\d+)') or 'column:<name>' of a CSV "
+                          "manifest; every split is then group-disjoint, and given splits that share a group "
+                          "are refused")
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_by(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_group_by(v)
+        return v
 
     @field_validator("fractions")
     @classmethod

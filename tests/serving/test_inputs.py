@@ -133,6 +133,17 @@ def test_check_count_and_base64_messages():
         decode_base64("abc", "instances[0]")
 
 
+def test_base64_with_line_breaks_is_accepted_as_rfc_2045_decoders_do():
+    data = bytes(range(256)) * 3
+    wrapped = base64.encodebytes(data).decode()  # what `base64` prints: 76-column lines
+    assert "\n" in wrapped.strip()
+    assert decode_base64(wrapped, "i") == data
+    assert decode_base64(wrapped.replace("\n", "\r\n"), "i") == data
+    assert decode_base64("data:image/png;base64," + wrapped, "i") == data
+    with pytest.raises(InputError, match="invalid base64"):
+        decode_base64(wrapped[:40] + "*" + wrapped[40:], "i")
+
+
 def test_settings_from_env_flags_and_validation():
     s = ServingSettings.from_env({"MEDENS_SERVE_MAX_BATCH": "8", "MEDENS_SERVE_MAX_WAIT_MS": "2.5"}, max_batch=4)
     assert s.max_batch == 4 and s.max_wait_ms == 2.5 and s.max_instances == 64

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from medens.config import DataSpec, ExperimentSpec
 from medens.data import sources
+from medens.data.groups import group_split, groups_from_pattern, leakage_problem, parse_group_by
 from medens.data.imbalance import lesion_crops, oversample, resample_to_ratio, undersample_indices
 from medens.data.splits import stratified_split
 from medens.data.types import SPLITS, Split, SplitData
@@ -29,7 +30,10 @@ def load_pool(data: DataSpec, seed: int) -> sources.Pool:
     if data.source == "seg_folder":
         return sources.seg_folder(data.path, size, ch, data.class_names)
     if data.source == "csv":
-        return sources.csv_manifest(data.path, size, ch, data.class_names)
+        column = None
+        if data.group_by is not None and data.group_by.startswith("column:"):
+            column = data.group_by[len("column:"):]
+        return sources.csv_manifest(data.path, size, ch, data.class_names, group_column=column)
     raise ValueError(f"unknown data source {data.source!r}")  # pragma: no cover - the spec forbids it
 
 
@@ -56,26 +60,78 @@ def validate_pool(pool: sources.Pool, task: str, where: str) -> None:
     problems.raise_if_any()
 
 
-def _split_pool(pool: sources.Pool, data: DataSpec, task: str, seed: int) -> dict[str, Split]:
+def pool_groups(pool: sources.Pool, group_by: str, where: str) -> dict[str, list[str]]:
+    """The group id of every sample of every part (``data.group_by``); one ``ValueError`` listing
+    every sample without one."""
+    kind, arg = parse_group_by(group_by)
+    if kind == "column":
+        if pool.groups is None:
+            raise ValueError(f"data.group_by {group_by!r} names a manifest column; only data.source csv has columns "
+                             f"(for file names use 'pattern:<regex>')")
+        return dict(pool.groups)
+    problems = DataProblems(where)
+    out = {}
+    for name, part in pool.parts.items():
+        groups, missing = groups_from_pattern(part.ids, arg)
+        problems.extend(f"{name}: {m}" for m in missing)
+        out[name] = groups
+    problems.raise_if_any()
+    return out
+
+
+def _refuse_leakage(split_groups: dict[str, list[str]], group_by: str, where: str) -> None:
+    leak = leakage_problem(split_groups, group_by)
+    if leak:
+        problems = DataProblems(where)
+        problems.add(leak)
+        problems.raise_if_any()
+
+
+def _split_pool(pool: sources.Pool, data: DataSpec, task: str, seed: int,
+                where: str = "data") -> tuple[dict[str, Split], dict | None]:
+    """The train/val/test splits, and with ``data.group_by`` how many groups each holds."""
     f = data.split
     parts = dict(pool.parts)
     labels_of = (lambda s: s.labels) if task == "classification" else (lambda s: None)
+    groups = pool_groups(pool, data.group_by, where) if data.group_by else None
+
+    def split(part: str, fractions: tuple[float, float, float]):
+        whole = parts[part]
+        if groups is None:
+            return stratified_split(labels_of(whole), fractions, seed=seed, n=len(whole))
+        return group_split(labels_of(whole), groups[part], fractions, seed=seed)
+
+    def pick(part: str, idx) -> list[str]:
+        return [groups[part][i] for i in idx]
+
+    out_groups: dict[str, list[str]] = {}
     if "all" in parts:
+        tr, va, te = split("all", (f.train, f.val, f.test))
         whole = parts.pop("all")
-        tr, va, te = stratified_split(labels_of(whole), (f.train, f.val, f.test), seed=seed, n=len(whole))
-        return {"train": whole.subset(tr), "val": whole.subset(va), "test": whole.subset(te)}
-    if "train" not in parts:
-        raise ValueError(f"the source gave splits {sorted(parts)} but no training split")
-    if "val" not in parts:
-        train = parts["train"]
-        val_frac = f.val / (f.train + f.val) if f.val > 0 else 0.0
-        if val_frac == 0:
-            raise ValueError("data.split.val must be > 0 when the source has no validation split")
-        tr, va, _ = stratified_split(labels_of(train), (1 - val_frac, val_frac, 0.0), seed=seed, n=len(train))
-        parts["train"], parts["val"] = train.subset(tr), train.subset(va)
-    if "test" not in parts:
-        raise ValueError("the source has train/val splits but no test split; add one or use a single pool")
-    return parts
+        if groups is not None:
+            out_groups = {"train": pick("all", tr), "val": pick("all", va), "test": pick("all", te)}
+        parts = {"train": whole.subset(tr), "val": whole.subset(va), "test": whole.subset(te)}
+    else:
+        if "train" not in parts:
+            raise ValueError(f"the source gave splits {sorted(parts)} but no training split")
+        if groups is not None:
+            out_groups = {name: list(groups[name]) for name in parts}
+            _refuse_leakage(out_groups, data.group_by, where)  # the splits the source gave
+        if "val" not in parts:
+            val_frac = f.val / (f.train + f.val) if f.val > 0 else 0.0
+            if val_frac == 0:
+                raise ValueError("data.split.val must be > 0 when the source has no validation split")
+            tr, va, _ = split("train", (1 - val_frac, val_frac, 0.0))
+            train = parts["train"]
+            if groups is not None:
+                out_groups["train"], out_groups["val"] = pick("train", tr), pick("train", va)
+            parts["train"], parts["val"] = train.subset(tr), train.subset(va)
+        if "test" not in parts:
+            raise ValueError("the source has train/val splits but no test split; add one or use a single pool")
+    if groups is None:
+        return parts, None
+    _refuse_leakage(out_groups, data.group_by, where)
+    return parts, {"group_by": data.group_by, "groups": {s: len(set(g)) for s, g in out_groups.items()}}
 
 
 def build_dataset(spec: ExperimentSpec) -> SplitData:
@@ -101,7 +157,9 @@ def build_dataset(spec: ExperimentSpec) -> SplitData:
         kept = resample_to_ratio(part.labels, data.fractions, seed=seed)
         pool.parts[key] = part.subset(kept)
         info["resampled_to"] = list(data.fractions)
-    parts = _split_pool(pool, data, task, seed)
+    where = f"data source {data.source}" + (f" at {data.path}" if data.path else "")
+    parts, grouping = _split_pool(pool, data, task, seed, where)
+    info["split_unit"] = grouping or "image"
     train = parts["train"]
     if data.balance != "none":
         if task != "classification":

@@ -34,6 +34,8 @@ class Pool:
     class_names: list[str]
     parts: dict[str, Split]
     info: dict = field(default_factory=dict)
+    groups: dict[str, list[str]] | None = None
+    """Per part, the group id of each sample in order (a manifest's group column), when the source has one."""
 
 
 # ---------------------------------------------------------------- file reading
@@ -42,23 +44,22 @@ class Pool:
 def read_image(path: str | Path, channels: int, size: int | None, *, mask: bool = False) -> np.ndarray:
     """Read one image as uint8 ``(H, W, C)`` (or ``(H, W)`` for a mask), resized to ``size``.
 
-    Images are resized bilinearly, masks with nearest neighbour. Raises ``OSError``/``ValueError``
-    from PIL for unreadable files (callers collect them).
+    Intensities follow :func:`medens.data.decode.image_to_array`, the mapping the endpoint uses
+    for uploads (16-bit images scaled over their full range). Images are resized bilinearly,
+    masks with nearest neighbour. Raises ``OSError``/``ValueError`` from PIL for unreadable files
+    (callers collect them).
     """
     from PIL import Image
+
+    from medens.data.decode import image_to_array, resize_uint8
 
     with Image.open(path) as im:
         im.load()
         if mask:
-            im = im.convert("L")
+            arr = np.asarray(im.convert("L"), dtype=np.uint8)
         else:
-            im = im.convert("L" if channels == 1 else "RGB")
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size), Image.NEAREST if mask else Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
-    if mask:
-        return arr
-    return arr[:, :, None] if arr.ndim == 2 else arr
+            arr = image_to_array(im, channels)
+    return arr if size is None else resize_uint8(arr, size, nearest=mask)
 
 
 def _read_many(paths: list[Path], channels: int, size: int, problems: DataProblems, *, mask: bool = False) -> list:
@@ -411,10 +412,12 @@ def seg_folder(path: str | None, size: int, channels: int, class_names: list[str
     return Pool(list(class_names or ["background", "lesion"]), parts, {"source": "seg_folder", "path": str(root)})
 
 
-def csv_manifest(path: str | None, size: int, channels: int, class_names: list[str] | None = None) -> Pool:
+def csv_manifest(path: str | None, size: int, channels: int, class_names: list[str] | None = None,
+                 group_column: str | None = None) -> Pool:
     """A CSV manifest with a header: ``path,label`` (classification) or ``image,mask``
     (segmentation), and an optional ``split`` column (train/val/test). Relative paths are
-    relative to the CSV's folder. Labels are class names (or indices into ``class_names``)."""
+    relative to the CSV's folder. Labels are class names (or indices into ``class_names``).
+    ``group_column`` names a column holding each sample's group (patient) id."""
     p = _require_path(path, "csv", "point it at a CSV with columns path,label or image,mask")
     problems = DataProblems(str(p))
     with p.open(newline="") as f:
@@ -430,6 +433,9 @@ def csv_manifest(path: str | None, size: int, channels: int, class_names: list[s
     else:
         raise ValueError(f"{p}: columns must include path,label or image,mask; found {', '.join(sorted(cols))}")
     has_split = "split" in cols
+    if group_column is not None and group_column not in cols:
+        raise ValueError(f"{p}: data.group_by names column {group_column!r}, which the manifest does not have "
+                         f"(columns: {', '.join(sorted(cols))})")
     groups: dict[str, list[tuple[int, dict]]] = {}
     for line, row in enumerate(rows, start=2):
         s = (row.get("split") or "").strip() if has_split else "all"
@@ -441,11 +447,17 @@ def csv_manifest(path: str | None, size: int, channels: int, class_names: list[s
     if not seg and names is None:
         raw = sorted({r["label"].strip() for r in rows})
         names = raw
-    parts = {}
+    parts, part_groups = {}, {}
     for s, items in groups.items():
+        kept_groups = []
+        if group_column is not None:
+            for line, r in items:
+                if not (r.get(group_column) or "").strip():
+                    problems.add(f"line {line}: missing group id in column {group_column!r}")
         if seg:
             part = _assemble_pairs([base / r["image"] for _, r in items], [base / r["mask"] for _, r in items],
                                    size, channels, problems, base)
+            kept_groups = [(r.get(group_column) or "").strip() for _, r in items] if group_column else []
         else:
             paths, labels = [], []
             for line, r in items:
@@ -459,8 +471,12 @@ def csv_manifest(path: str | None, size: int, channels: int, class_names: list[s
                     continue
                 paths.append(base / r["path"])
                 labels.append(k)
+                if group_column:
+                    kept_groups.append((r.get(group_column) or "").strip())
             part = _assemble(paths, labels, size, channels, problems, base)
         if part is not None:
             parts[s] = part
+            part_groups[s] = kept_groups
     problems.raise_if_any()
-    return Pool(names or ["background", "lesion"], parts, {"source": "csv", "path": str(p)})
+    return Pool(names or ["background", "lesion"], parts, {"source": "csv", "path": str(p)},
+                groups=part_groups if group_column else None)

@@ -289,7 +289,10 @@ def report_notes(result: dict[str, Any], spec: ExperimentSpec) -> list[str]:
              "paired bootstrap for the MCC difference, DeLong for macro one-vs-rest AUROC), Holm-corrected "
              "across systems." if spec.task == "classification" else
              "p-values: paired bootstrap of the per-image Dice difference against the reference, Holm-corrected.",
-             "Ensembles were fitted on validation predictions only."]
+             "Ensembles were fitted on validation predictions only.",
+             (f"Split unit: groups (data.group_by {spec.data.group_by}); no group is in two splits."
+              if spec.data.group_by else "Split unit: image (data.group_by not set: images of one patient may be "
+                                         "in more than one split).")]
     notes.append(significance_note(result, spec.evaluation.alpha, spec.task))
     for name, info in result.get("selection", {}).items():
         if info.get("score") is None:

@@ -52,11 +52,14 @@ class InputError(ValueError):
 
 
 def decode_base64(text: str, where: str) -> bytes:
-    """Strict base64 (an optional ``data:...;base64,`` prefix is dropped)."""
+    """Base64 (an optional ``data:...;base64,`` prefix is dropped). Line breaks and other
+    whitespace are ignored, as RFC 2045 decoders do (``base64`` prints 76-column lines by
+    default); any other character outside the alphabet is refused."""
     if text.startswith("data:"):
         head, sep, text = text.partition(",")
         if not sep or ";base64" not in head:
             raise InputError("invalid_base64", f"{where}: a data URI must be ';base64,' encoded")
+    text = "".join(text.split())
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
@@ -88,14 +91,9 @@ def decode_image_bytes(data: bytes, where: str, max_pixels: int, budget: PixelBu
     except Exception as e:
         raise InputError("corrupt_image", f"{where}: the {img.format} image is truncated or corrupt "
                                           f"({type(e).__name__}: {e})") from e
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
-        return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)[..., None]
-    if img.mode not in ("L", "RGB"):
-        img = img.convert("L" if img.mode in ("1", "LA", "F") else "RGB")
-    a = np.asarray(img, dtype=np.uint8)
-    return a[..., None] if a.ndim == 2 else a
+    from medens.data.decode import image_to_array
+
+    return image_to_array(img)  # the same intensities the training data got from the same file
 
 
 def _check_pixels(h: int, w: int, where: str, max_pixels: int) -> None:

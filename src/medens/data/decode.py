@@ -1,0 +1,56 @@
+"""Decoded images -> uint8 pixel arrays: the one intensity mapping that training (file sources)
+and the endpoint (uploads) share, so a file gives the model the same pixels in both.
+
+16-bit greyscale (a common export of radiographs: PNG/TIFF modes ``I;16*``) is scaled over its
+full range, ``round(v * 255 / 65535)``; 32-bit integer images (mode ``I``) the same way when any
+value exceeds 255, else taken as 8-bit values. Pillow's own ``convert("L")`` clips such images
+(a full-range 16-bit gradient becomes almost all white), which is why nothing here uses it for
+them. Other modes become grey (``L``) or RGB as Pillow converts them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+GREY_MODES = ("1", "L", "LA", "F", "I", *SIXTEEN_BIT_MODES)
+
+
+def image_to_array(img: Any, channels: int | None = None) -> np.ndarray:
+    """A loaded Pillow image as uint8 ``(H, W, C)``.
+
+    Args:
+        img: the ``PIL.Image.Image`` (already ``load()``-ed or loadable).
+        channels: 1 (grey) or 3 (RGB) to convert to; ``None`` keeps the image's own (grey modes
+            give 1 channel, everything else 3).
+    """
+    if img.mode in SIXTEEN_BIT_MODES or img.mode == "I":
+        a = np.asarray(img, dtype=np.float64)
+        if a.ndim == 3:  # some plugins give (H, W, 1)
+            a = a[..., 0]
+        top = 65535.0 if img.mode in SIXTEEN_BIT_MODES or a.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        if channels == 3:
+            return np.repeat(grey[..., None], 3, axis=-1)
+        return grey[..., None]
+    want = channels or (1 if img.mode in GREY_MODES else 3)
+    target = "L" if want == 1 else "RGB"
+    if img.mode != target:
+        img = img.convert(target)
+    a = np.asarray(img, dtype=np.uint8)
+    return a[..., None] if a.ndim == 2 else a
+
+
+def resize_uint8(a: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
+    """Resize uint8 ``(H, W)`` or ``(H, W, C)`` to ``size`` x ``size`` with Pillow (bilinear, or
+    nearest neighbour for masks)."""
+    from PIL import Image
+
+    if a.shape[0] == size and a.shape[1] == size:
+        return a
+    squeeze = a.ndim == 3 and a.shape[-1] == 1
+    im = Image.fromarray(a[..., 0] if squeeze else a)
+    out = np.asarray(im.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR), dtype=np.uint8)
+    return out[..., None] if squeeze else out
