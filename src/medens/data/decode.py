@@ -5,11 +5,13 @@ and the endpoint (uploads) share, so a file gives the model the same pixels in b
 full range, ``round(v * 255 / 65535)``; 32-bit integer images (mode ``I``) the same way when any
 value exceeds 255, else taken as 8-bit values. Pillow's own ``convert("L")`` clips such images
 (a full-range 16-bit gradient becomes almost all white), which is why nothing here uses it for
-them. Other modes become grey (``L``) or RGB as Pillow converts them.
+them. Other modes become grey (``L``) or RGB as Pillow converts them. DICOM has its own mapping
+(:mod:`medens.data.dicom`); :func:`decode_bytes` dispatches encoded bytes to the right one.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -54,3 +56,31 @@ def resize_uint8(a: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarr
     im = Image.fromarray(a[..., 0] if squeeze else a)
     out = np.asarray(im.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR), dtype=np.uint8)
     return out[..., None] if squeeze else out
+
+
+def to_channels(a: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 ``(H, W, C)`` with ``C`` 1 or 3 -> ``channels`` channels (grey repeated; RGB to grey by
+    Pillow's ITU-R 601 luma, as :func:`image_to_array` converts)."""
+    from PIL import Image
+
+    if a.shape[-1] == channels:
+        return a
+    if a.shape[-1] == 1 and channels == 3:
+        return np.repeat(a, 3, axis=-1)
+    if a.shape[-1] == 3 and channels == 1:
+        return np.asarray(Image.fromarray(a).convert("L"), dtype=np.uint8)[..., None]
+    raise ValueError(f"cannot convert {a.shape[-1]}-channel pixels to {channels} channels")
+
+
+def decode_bytes(data: bytes, where: str = "image") -> np.ndarray:
+    """Encoded bytes (PNG, JPEG, TIFF, ... or a DICOM file) -> uint8 ``(H, W, C)`` by the same
+    mapping a file of those bytes gets in the data stage."""
+    from PIL import Image
+
+    from medens.data.dicom import dicom_pixels, is_dicom_bytes
+
+    if is_dicom_bytes(data):
+        return dicom_pixels(data, where)
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return image_to_array(im)

@@ -18,7 +18,7 @@ import numpy as np
 from medens.data.types import SPLITS, Split
 from medens.data.validate import DataProblems
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 KERMANY_CLASSES = ["bacterial", "normal", "viral"]
 MEDMNIST_HINT = (
     "MedMNIST files are not downloaded at run time: fetch e.g. bloodmnist.npz (from the MedMNIST "
@@ -44,21 +44,23 @@ class Pool:
 def read_image(path: str | Path, channels: int, size: int | None, *, mask: bool = False) -> np.ndarray:
     """Read one image as uint8 ``(H, W, C)`` (or ``(H, W)`` for a mask), resized to ``size``.
 
-    Intensities follow :func:`medens.data.decode.image_to_array`, the mapping the endpoint uses
-    for uploads (16-bit images scaled over their full range). Images are resized bilinearly,
+    Intensities follow :func:`medens.data.decode.image_to_array` (DICOM:
+    :func:`medens.data.dicom.dicom_pixels`), the mappings the endpoint uses for uploads (16-bit
+    images scaled over their full range; DICOM windowed). Images are resized bilinearly,
     masks with nearest neighbour. Raises ``OSError``/``ValueError`` from PIL for unreadable files
     (callers collect them).
     """
     from PIL import Image
 
-    from medens.data.decode import image_to_array, resize_uint8
+    from medens.data.decode import image_to_array, resize_uint8, to_channels
+    from medens.data.dicom import dicom_pixels, is_dicom_file
 
-    with Image.open(path) as im:
-        im.load()
-        if mask:
-            arr = np.asarray(im.convert("L"), dtype=np.uint8)
-        else:
-            arr = image_to_array(im, channels)
+    if not mask and is_dicom_file(path):
+        arr = to_channels(dicom_pixels(path), channels)
+    else:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im.convert("L"), dtype=np.uint8) if mask else image_to_array(im, channels)
     return arr if size is None else resize_uint8(arr, size, nearest=mask)
 
 

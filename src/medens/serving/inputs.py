@@ -70,8 +70,14 @@ def decode_base64(text: str, where: str) -> bytes:
 
 
 def decode_image_bytes(data: bytes, where: str, max_pixels: int, budget: PixelBudget | None = None) -> np.ndarray:
-    """Encoded image bytes -> uint8 ``(H, W, C)``; the size is checked before pixels are decoded."""
+    """Encoded image bytes -> uint8 ``(H, W, C)``; the size is checked before pixels are decoded.
+    A DICOM file (``DICM`` preamble) is decoded as the data stage decodes ``.dcm`` files."""
     from PIL import Image, UnidentifiedImageError
+
+    from medens.data.dicom import is_dicom_bytes
+
+    if is_dicom_bytes(data):
+        return _decode_dicom(data, where, max_pixels, budget)
 
     try:
         img = Image.open(io.BytesIO(data))
@@ -94,6 +100,22 @@ def decode_image_bytes(data: bytes, where: str, max_pixels: int, budget: PixelBu
     from medens.data.decode import image_to_array
 
     return image_to_array(img)  # the same intensities the training data got from the same file
+
+
+def _decode_dicom(data: bytes, where: str, max_pixels: int, budget: PixelBudget | None) -> np.ndarray:
+    from medens.data.dicom import DicomError, dicom_header, dicom_to_uint8, read_dicom
+
+    try:
+        rows, cols = dicom_header(data, where)
+    except DicomError as e:
+        raise InputError("bad_dicom", str(e)) from e
+    _check_pixels(rows, cols, where, max_pixels)
+    if budget is not None:
+        budget.take(rows * cols, where)
+    try:
+        return dicom_to_uint8(read_dicom(data, where))
+    except DicomError as e:
+        raise InputError("bad_dicom", str(e)) from e
 
 
 def _check_pixels(h: int, w: int, where: str, max_pixels: int) -> None:

@@ -96,10 +96,16 @@ class EnsemblePredictor:
     def prepare(self, images: list[np.ndarray]) -> np.ndarray:
         """Decoded images ``(H, W, C)`` of any size -> the artifact's preprocessing, ``(N, C, S, S)`` float32.
 
-        Each image is preprocessed on its own (sizes may differ); the result equals
-        :func:`medens.data.transforms.preprocess` of the same images stacked.
+        Each image is preprocessed on its own (sizes may differ). uint8 images (decoded uploads)
+        are first resized as the data stage resizes files (:func:`medens.data.decode.resize_uint8`),
+        so an uploaded file gives the model exactly the input its training copy gave; float
+        arrays are resized by :func:`medens.data.transforms.preprocess`.
         """
-        return np.concatenate([preprocess(img[None], self.input_spec) for img in images], axis=0)
+        from medens.data.decode import resize_uint8
+
+        size = self.input_spec.size
+        return np.concatenate([preprocess((resize_uint8(img, size) if img.dtype == np.uint8 else img)[None],
+                                          self.input_spec) for img in images], axis=0)
 
     @torch.no_grad()
     def forward(self, x: np.ndarray) -> list[dict[str, np.ndarray]]:
