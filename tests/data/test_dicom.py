@@ -201,3 +201,26 @@ def test_a_real_radiograph_through_the_data_stage_training_and_the_endpoint(tmp_
     assert status == 200, out
     served = np.asarray(next(o for o in out["outputs"] if o["name"] == "probabilities")["data"]).reshape(offline.shape)
     np.testing.assert_allclose(served, offline, atol=1e-5, rtol=0)
+
+
+def test_a_folder_with_bad_files_gets_one_error_listing_each_and_nothing_is_written(tmp_path, capsys):
+    import shutil
+
+    from medens.cli import main
+    from medens.config import parse_spec
+
+    folders = radiograph_folder(tmp_path / "xr", per_class=4, size=64)
+    shutil.copy(DATA_STORE / "OBXXXX1A_2frame.dcm", tmp_path / "xr" / "a" / "cine.dcm")  # multi-frame
+    shutil.copy(PYDICOM_FILES / "test-SR.dcm", tmp_path / "xr" / "b" / "report.dcm")  # a structured report
+    (tmp_path / "xr" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    spec = parse_spec({"name": "xr", "models": ["compact_cnn"], "losses": ["ce"],
+                       "data": {"source": "image_folder", "path": str(tmp_path / "xr"), "image_size": 32,
+                                "channels": 1}})
+    spec.save(tmp_path / "spec.yaml")
+    assert main(["data", "summary", "--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "ds")]) != 0
+    text = capsys.readouterr().err
+    assert "(3 problems)" in text
+    assert f"unusable DICOM {tmp_path / 'xr' / 'a' / 'cine.dcm'}: multi-frame object (2 frames)" in text
+    assert f"unusable DICOM {tmp_path / 'xr' / 'b' / 'report.dcm'}: no pixel data (modality SR" in text
+    assert f"unreadable file {tmp_path / 'xr' / 'b' / 'broken.png'}: UnidentifiedImageError" in text
+    assert not (tmp_path / "ds").exists() and len(folders["a"]) == 4

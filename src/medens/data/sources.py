@@ -70,7 +70,12 @@ def _read_many(paths: list[Path], channels: int, size: int, problems: DataProble
         try:
             out.append(read_image(p, channels, size, mask=mask))
         except Exception as e:  # PIL raises several types for bad files
-            problems.add(f"unreadable file {p}: {type(e).__name__}: {e}")
+            from medens.data.dicom import DicomError
+
+            if isinstance(e, DicomError):  # its message already names the file
+                problems.add(f"unusable DICOM {e}")
+            else:
+                problems.add(f"unreadable file {p}: {type(e).__name__}: {e}")
             out.append(None)
     return out
 

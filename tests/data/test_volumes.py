@@ -1,0 +1,64 @@
+"""NIfTI and NRRD volumes load with the right shape, spacing and orientation (medens.data.volumes)."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import nrrd
+import numpy as np
+import pytest
+
+from medens.data.volumes import read_volume, reorient
+
+NIBABEL_DATA = os.path.join(os.path.dirname(nib.__file__), "tests", "data")
+
+
+@pytest.mark.parametrize("name, shape, spacing, codes", [
+    ("anatomical.nii", (33, 41, 25), (2.0, 2.0, 2.0), "LAS"),
+    ("standard.nii.gz", (4, 5, 7), (1.0, 3.0, 2.0), "RAS"),
+    ("example4d.nii.gz", (128, 96, 24, 2), (2.0, 2.0, 2.2), "LAS"),
+])
+def test_nifti_volumes_from_nibabels_test_data(name, shape, spacing, codes):
+    path = os.path.join(NIBABEL_DATA, name)
+    v = read_volume(path)
+    ref = nib.load(path)
+    assert v.array.shape == shape == ref.shape and v.reader == "NibabelReader"
+    np.testing.assert_allclose(v.spacing, spacing, atol=1e-5)
+    np.testing.assert_allclose(v.spacing, ref.header.get_zooms()[:3], atol=1e-5)
+    assert v.orientation == codes == "".join(nib.aff2axcodes(ref.affine))
+    np.testing.assert_allclose(v.affine, ref.affine, atol=1e-5)
+    np.testing.assert_array_equal(v.array, np.asarray(ref.dataobj, dtype=np.float32))
+
+
+def test_nrrd_in_lps_space_reads_back_as_the_same_ras_volume(tmp_path):
+    ref = nib.load(os.path.join(NIBABEL_DATA, "anatomical.nii"))
+    data = np.asarray(ref.dataobj)
+    lps = np.diag([-1.0, -1.0, 1.0]) @ ref.affine[:3, :4]  # RAS world -> LPS world, as NRRD stores it
+    nrrd.write(str(tmp_path / "anat.nrrd"), data, {"space": "left-posterior-superior",
+                                                   "space directions": lps[:, :3].T, "space origin": lps[:, 3]})
+    v = read_volume(tmp_path / "anat.nrrd")
+    assert v.reader == "NrrdReader" and v.array.shape == (33, 41, 25)
+    assert v.orientation == "LAS" and v.spacing == (2.0, 2.0, 2.0)
+    np.testing.assert_allclose(v.affine, ref.affine, atol=1e-6)
+    np.testing.assert_array_equal(v.array, data.astype(np.float32))
+
+
+def test_reorient_to_ras_flips_the_left_right_axis():
+    v = read_volume(os.path.join(NIBABEL_DATA, "anatomical.nii"))
+    r = reorient(v, "RAS")
+    assert r.orientation == "RAS" and r.array.shape == v.array.shape and r.spacing == v.spacing
+    np.testing.assert_array_equal(r.array, v.array[::-1])
+    # the same world point: voxel (0, 0, 0) of the reoriented volume is voxel (32, 0, 0) of the original
+    np.testing.assert_allclose(r.affine @ [0, 0, 0, 1], v.affine @ [32, 0, 0, 1])
+
+
+def test_bad_volumes_are_named(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        read_volume(tmp_path / "missing.nii")
+    (tmp_path / "x.mha").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"x.mha: not a volume medens reads"):
+        read_volume(tmp_path / "x.mha")
+    (tmp_path / "broken.nii").write_bytes(b"\0" * 20)
+    with pytest.raises(ValueError, match=r"broken.nii: unreadable volume \(NibabelReader"):
+        read_volume(tmp_path / "broken.nii")
