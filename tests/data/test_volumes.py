@@ -62,3 +62,31 @@ def test_bad_volumes_are_named(tmp_path):
     (tmp_path / "broken.nii").write_bytes(b"\0" * 20)
     with pytest.raises(ValueError, match=r"broken.nii: unreadable volume \(NibabelReader"):
         read_volume(tmp_path / "broken.nii")
+
+
+def test_a_folder_of_dicom_slices_is_one_volume_in_physical_units(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    series, study = generate_uid(), generate_uid()
+    for k in (2, 0, 3, 1):  # written out of order: the reader sorts by position
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", "P1", series, study
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 6, 5, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelSpacing, ds.SliceThickness = [0.5, 0.7], 2.5  # row spacing, column spacing
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * k], [1, 0, 0, 0, 1, 0]
+        ds.InstanceNumber = k + 1
+        ds.PixelData = np.full((6, 5), 1024 + 100 * k, np.uint16).tobytes()
+        ds.save_as(tmp_path / f"slice{k}.dcm", enforce_file_format=True)
+    v = read_volume(tmp_path)
+    assert v.reader == "PydicomReader" and v.array.shape == (5, 6, 4)  # columns, rows, slices
+    assert v.spacing == pytest.approx((0.7, 0.5, 2.5))
+    assert v.orientation == "LPS"  # DICOM patient axes: +x left, +y posterior, +z superior
+    np.testing.assert_array_equal(v.array[0, 0], [0, 100, 200, 300])  # Hounsfield units, sorted by position
