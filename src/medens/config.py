@@ -31,7 +31,7 @@ DataSource = Literal[
 SEGMENTATION_SOURCES = {"synthetic_segmentation", "seg_folder"}
 
 
-GROUP_BY_PREFIXES = ("pattern:", "column:")
+GROUP_BY_PREFIXES = ("pattern:", "column:", "dicom:")
 
 
 def parse_group_by(group_by: str) -> tuple[str, str]:
@@ -41,6 +41,8 @@ def parse_group_by(group_by: str) -> tuple[str, str]:
             arg = group_by[len(prefix):]
             if not arg:
                 raise ValueError(f"data.group_by {group_by!r}: nothing after {prefix!r}")
+            if prefix == "dicom:" and not arg.isidentifier():
+                raise ValueError(f"data.group_by {group_by!r}: {arg!r} is not a DICOM keyword such as PatientID")
             if prefix == "pattern:":
                 try:
                     re.compile(arg)
@@ -48,7 +50,7 @@ def parse_group_by(group_by: str) -> tuple[str, str]:
                     raise ValueError(f"data.group_by {group_by!r}: invalid regular expression ({e})") from e
             return prefix[:-1], arg
     raise ValueError(f"data.group_by {group_by!r} must start with one of {', '.join(GROUP_BY_PREFIXES)} "
-                     "(e.g. 'pattern:(person\\d+)' or 'column:patient_id')")
+                     "(e.g. 'pattern:(person\\d+)', 'column:patient_id' or 'dicom:PatientID')")
 
 
 class _Spec(BaseModel):
@@ -106,8 +108,8 @@ class DataSpec(_Spec):
     )
     group_by: str | None = Field(
         None, description="patient-level splits (medens.data.groups): 'pattern:<regex>' on each sample's "
-                          "relative path (Kermany: 'pattern:(person\\d+)') or 'column:<name>' of a CSV "
-                          "manifest; every split is then group-disjoint, and given splits that share a group "
+                          "relative path (Kermany: 'pattern:(person\\d+)'), 'column:<name>' of a CSV "
+                          "manifest, or 'dicom:<keyword>' of each DICOM file (e.g. 'dicom:PatientID'); every split is then group-disjoint, and given splits that share a group "
                           "are refused")
 
     @field_validator("group_by")

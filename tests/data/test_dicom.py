@@ -224,3 +224,30 @@ def test_a_folder_with_bad_files_gets_one_error_listing_each_and_nothing_is_writ
     assert f"unusable DICOM {tmp_path / 'xr' / 'b' / 'report.dcm'}: no pixel data (modality SR" in text
     assert f"unreadable file {tmp_path / 'xr' / 'b' / 'broken.png'}: UnidentifiedImageError" in text
     assert not (tmp_path / "ds").exists() and len(folders["a"]) == 4
+
+
+def test_group_by_a_dicom_tag_keeps_each_patient_in_one_split(tmp_path):
+    from medens.config import parse_spec
+    from medens.data import build_dataset
+
+    folders = radiograph_folder(tmp_path / "xr", per_class=12, size=32)
+    patient = {}
+    for cls, paths in folders.items():
+        for i, p in enumerate(paths):
+            ds = pydicom.dcmread(p)
+            ds.PatientID = f"{cls}-patient{i // 2}"  # two images per patient
+            ds.save_as(p)
+            patient[f"{cls}/{p.name}"] = ds.PatientID
+    spec = parse_spec({"name": "xr", "models": ["compact_cnn"], "losses": ["ce"],
+                       "data": {"source": "image_folder", "path": str(tmp_path / "xr"), "image_size": 16,
+                                "channels": 1, "group_by": "dicom:PatientID",
+                                "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})
+    data = build_dataset(spec)
+    seen = {s: {patient[i] for i in data.split(s).ids} for s in ("train", "val", "test")}
+    assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
+    assert sum(len(v) for v in seen.values()) == 12
+    ds = pydicom.dcmread(folders["a"][0])
+    del ds.PatientID
+    ds.save_as(folders["a"][0])
+    with pytest.raises(ValueError, match=r"missing group id: .*a00.dcm has no PatientID"):
+        build_dataset(spec)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from medens.config import DataSpec, ExperimentSpec
 from medens.data import sources
-from medens.data.groups import group_split, groups_from_pattern, leakage_problem, parse_group_by
+from medens.data.groups import group_split, groups_from_dicom, groups_from_pattern, leakage_problem, parse_group_by
 from medens.data.imbalance import lesion_crops, oversample, resample_to_ratio, undersample_indices
 from medens.data.splits import stratified_split
 from medens.data.types import SPLITS, Split, SplitData
@@ -71,8 +73,13 @@ def pool_groups(pool: sources.Pool, group_by: str, where: str) -> dict[str, list
         return dict(pool.groups)
     problems = DataProblems(where)
     out = {}
+    root = Path(pool.info.get("path", "."))
+    root = root.parent if root.is_file() else root  # a manifest's paths are relative to its folder
     for name, part in pool.parts.items():
-        groups, missing = groups_from_pattern(part.ids, arg)
+        if kind == "dicom":
+            groups, missing = groups_from_dicom([root / i for i in part.ids], arg)
+        else:
+            groups, missing = groups_from_pattern(part.ids, arg)
         problems.extend(f"{name}: {m}" for m in missing)
         out[name] = groups
     problems.raise_if_any()

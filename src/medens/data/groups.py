@@ -10,6 +10,8 @@ sample:
   ``NORMAL`` files are ``IM-<patient>-<image>.jpeg`` or ``NORMAL2-IM-<patient>-<image>.jpeg``:
   ``pattern:(person\\d+|IM-\\d+)``.
 - ``column:<name>``: a column of a CSV manifest (``data.source: csv``), e.g. ``column:patient_id``.
+- ``dicom:<keyword>``: a tag of each DICOM file, e.g. ``dicom:PatientID`` (read from the header
+  only; every sample must be a DICOM file with the tag).
 
 With groups, every split the data stage makes is group-disjoint and as stratified as the groups
 allow (scikit-learn's ``StratifiedGroupKFold``; one fold is held out, so a fraction ``f`` is
@@ -22,12 +24,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from medens.config import GROUP_BY_PREFIXES, parse_group_by
 
-__all__ = ["GROUP_BY_PREFIXES", "group_split", "groups_from_pattern", "leakage_problem", "parse_group_by",
+__all__ = ["GROUP_BY_PREFIXES", "group_split", "groups_from_dicom", "groups_from_pattern", "leakage_problem", "parse_group_by",
            "shared_groups"]
 
 def groups_from_pattern(ids: Sequence[str], pattern: str) -> tuple[list[str | None], list[str]]:
@@ -113,3 +116,23 @@ def leakage_problem(split_groups: dict[str, Sequence[str]], group_by: str) -> st
     more = f" and {len(items) - 10} more" if len(items) > 10 else ""
     return (f"group leakage: {len(items)} group(s) of data.group_by {group_by!r} are in more than one split "
             f"({shown}{more}); every image of a patient must be in one split")
+
+
+def groups_from_dicom(paths: Sequence[Path], keyword: str) -> tuple[list[str | None], list[str]]:
+    """The value of DICOM tag ``keyword`` in each file's header (``None`` where missing) and the problems."""
+    import pydicom
+
+    out: list[str | None] = []
+    problems = []
+    for p in paths:
+        try:
+            value = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=[keyword]).get(keyword)
+        except Exception as e:
+            out.append(None)
+            problems.append(f"missing group id: {p} has no DICOM header to read {keyword} from ({type(e).__name__})")
+            continue
+        text = "" if value is None else str(value).strip()
+        out.append(text or None)
+        if not text:
+            problems.append(f"missing group id: {p} has no {keyword}")
+    return out, problems
