@@ -23,6 +23,10 @@ EPS = 1e-4
 
 def intensity_counts(images: np.ndarray, bins: int = BINS) -> np.ndarray:
     """Counts of pixel intensities (all channels pooled) in ``bins`` equal bins over [0, 256)."""
+    from medens.data.filearray import FileArray, iter_rows
+
+    if isinstance(images, FileArray):  # on disk: count in row chunks
+        return sum((intensity_counts(c, bins) for c in iter_rows(images)), np.zeros(bins, dtype=np.int64))
     a = np.asarray(images)
     if a.size == 0:
         return np.zeros(bins, dtype=np.int64)

@@ -287,15 +287,53 @@ def _load_class_folders(root: Path, names: list[str], size: int, channels: int, 
     return _assemble(paths, labels, size, channels, problems, root)
 
 
+_SCRATCH: list[Path] = []
+
+
+def _scratch_file() -> Path:
+    """A new file in this process's scratch folder (removed when the process exits)."""
+    import atexit
+    import shutil
+    import tempfile
+    import uuid
+
+    if not _SCRATCH:
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="medens-pool-")))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return _SCRATCH[0] / f"{uuid.uuid4().hex}.npy"
+
+
+def _read_to_disk(paths: list[Path], channels: int, size: int, problems: DataProblems):
+    """Decode ``paths`` one by one into an on-disk array (a scratch ``.npy``): a pool larger than
+    memory is read without holding it. Returns the ``FileArray`` of the readable files' rows."""
+    from tqdm.auto import tqdm
+
+    from medens.data.filearray import FileArray, NpyWriter
+
+    path, keep = _scratch_file(), []
+    with NpyWriter(path, len(paths), (size, size, channels), np.uint8) as w:
+        for i, p in enumerate(tqdm(paths, desc="reading images", unit="img", leave=False, disable=None)):
+            a = _read_many([p], channels, size, problems)[0]
+            if a is not None:
+                keep.append(i)
+            w.append((a if a is not None else np.zeros((size, size, channels), np.uint8))[None])
+    return FileArray(path).take(keep), keep
+
+
 def _assemble(paths: list[Path], labels: list[int], size: int, channels: int, problems: DataProblems,
               root: Path) -> Split | None:
-    arrays = _read_many(paths, channels, size, problems)
-    keep = [i for i, a in enumerate(arrays) if a is not None]
+    from medens.data.types import lazy_bytes
+
+    if len(paths) * size * size * channels > lazy_bytes():  # larger than memory should hold: on disk
+        images, keep = _read_to_disk(paths, channels, size, problems)
+    else:
+        arrays = _read_many(paths, channels, size, problems)
+        keep = [i for i, a in enumerate(arrays) if a is not None]
+        images = np.stack([arrays[i] for i in keep]) if keep else None
     if not keep:
         return None
     ids = [str(paths[i].relative_to(root)) if paths[i].is_relative_to(root) else str(paths[i]) for i in keep]
-    return Split(images=np.stack([arrays[i] for i in keep]),
-                 labels=np.asarray([labels[i] for i in keep], np.int64), ids=ids)
+    return Split(images=images, labels=np.asarray([labels[i] for i in keep], np.int64), ids=ids)
 
 
 def image_folder(path: str | None, size: int, channels: int, class_names: list[str] | None = None) -> Pool:

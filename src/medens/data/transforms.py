@@ -35,10 +35,18 @@ class InputSpec:
         c, size = int(images.shape[-1]), int(images.shape[1])
         if mode == "unit":
             return cls(channels=c, size=size, mean=[0.0] * c, std=[1.0] * c)
-        if mode == "zscore":
-            x = images.reshape(-1, c).astype(np.float64) / 255.0
-            std = np.maximum(x.std(axis=0), 1e-6)
-            return cls(channels=c, size=size, mean=x.mean(axis=0).round(6).tolist(), std=std.round(6).tolist())
+        if mode == "zscore":  # in row chunks: the images may be on disk (FileArray)
+            from medens.data.filearray import iter_rows
+
+            total, sq, n = np.zeros(c), np.zeros(c), 0
+            for chunk in iter_rows(images):
+                x = chunk.reshape(-1, c).astype(np.float64) / 255.0
+                total += x.sum(axis=0)
+                sq += (x * x).sum(axis=0)
+                n += len(x)
+            mean = total / max(n, 1)
+            std = np.maximum(np.sqrt(np.maximum(sq / max(n, 1) - mean * mean, 0.0)), 1e-6)
+            return cls(channels=c, size=size, mean=mean.round(6).tolist(), std=std.round(6).tolist())
         raise ValueError(f"unknown normalisation {mode!r}; expected 'unit' or 'zscore'")
 
 

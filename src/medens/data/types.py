@@ -1,8 +1,9 @@
 """The split structure every data source returns.
 
 A ``Split`` holds images as a uint8 array ``(N, H, W, C)`` (channel-last, as MedMNIST stores
-them), labels ``(N,)`` for classification or masks ``(N, H, W)`` for segmentation, and one
-string id per sample. ``SplitData`` bundles the train/val/test splits with the class names.
+them; in memory, or on disk as a :class:`~medens.data.filearray.FileArray` read by rows when the
+dataset is large), labels ``(N,)`` for classification or masks ``(N, H, W)`` for segmentation,
+and one string id per sample. ``SplitData`` bundles the train/val/test splits with the class names.
 Transforms turn images into float tensors ``(N, C, H, W)`` later.
 """
 
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from medens.data.filearray import FileArray
 
 Task = Literal["classification", "segmentation"]
 SPLITS = ("train", "val", "test")
@@ -37,7 +40,7 @@ class Split:
         """A new split holding the samples at ``index`` (in that order)."""
         idx = np.asarray(index, dtype=np.int64)
         return Split(
-            images=self.images[idx],
+            images=self.images.take(idx) if isinstance(self.images, FileArray) else self.images[idx],
             ids=[self.ids[i] for i in idx],
             labels=None if self.labels is None else self.labels[idx],
             masks=None if self.masks is None else self.masks[idx],
@@ -122,14 +125,20 @@ class SplitData:
         return out
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``<split>.npz`` for each split and ``dataset.json``; atomic per file."""
+        """Write ``<split>.images.npy`` (uncompressed, written in bounded chunks, so a dataset on
+        disk is copied without loading it) and ``<split>.npz`` (ids, labels, masks) for each
+        split, and ``dataset.json``; atomic per file."""
+        from medens.data.filearray import write_npy
         from medens.storage.atomic import atomic_write_bytes, atomic_write_text
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         for name in (*SPLITS, *(f"extra_{e}" for e in self.extras)):
             s = self.extras[name[6:]] if name.startswith("extra_") else self.split(name)
-            arrays = {"images": s.images, "ids": np.asarray(s.ids, dtype=str)}
+            tmp = d / f".{name}.images.npy.tmp"
+            write_npy(tmp, s.images)
+            os.replace(tmp, d / f"{name}.images.npy")
+            arrays = {"ids": np.asarray(s.ids, dtype=str)}
             if s.labels is not None:
                 arrays["labels"] = s.labels
             if s.masks is not None:
@@ -143,23 +152,49 @@ class SplitData:
         return d
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> SplitData:
-        """Read a directory written by :meth:`save`."""
+    def load(cls, directory: str | os.PathLike, *, lazy: bool | None = None) -> SplitData:
+        """Read a directory written by :meth:`save`.
+
+        Args:
+            directory: the dataset directory.
+            lazy: keep each split's images on disk (a :class:`~medens.data.filearray.FileArray`,
+                read one batch at a time) instead of in memory. ``None`` (default): on disk when
+                a split's images exceed :func:`lazy_bytes` (``MEDENS_LAZY_BYTES``, 64 MiB).
+        """
         d = Path(directory)
         meta_path = d / "dataset.json"
         if not meta_path.is_file():
             raise ValueError(f"{d} is not a medens dataset directory: {meta_path.name} is missing")
         meta = json.loads(meta_path.read_text())
-        splits = {name: _load_split(d / f"{name}.npz") for name in SPLITS}
-        extras = {p.stem[6:]: _load_split(p) for p in sorted(d.glob("extra_*.npz"))}
+        splits = {name: _load_split(d, name, lazy) for name in SPLITS}
+        extras = {p.stem[6:]: _load_split(d, p.stem, lazy) for p in sorted(d.glob("extra_*.npz"))}
         return cls(task=meta["task"], class_names=list(meta["class_names"]), info=meta.get("info", {}),
                    extras=extras, **splits)
 
 
-def _load_split(path: Path) -> Split:
-    with np.load(path, allow_pickle=False) as z:
+LAZY_BYTES = 64 * 2**20
+
+
+def lazy_bytes() -> int:
+    """Images larger than this stay on disk when a dataset is loaded (``MEDENS_LAZY_BYTES``)."""
+    raw = os.environ.get("MEDENS_LAZY_BYTES")
+    try:
+        return LAZY_BYTES if raw is None else int(raw)
+    except ValueError:
+        raise ValueError(f"MEDENS_LAZY_BYTES must be an integer number of bytes, got {raw!r}") from None
+
+
+def _load_split(d: Path, name: str, lazy: bool | None) -> Split:
+    images_path = d / f"{name}.images.npy"
+    with np.load(d / f"{name}.npz", allow_pickle=False) as z:
+        if "images" in z:  # written before images had their own file
+            images = z["images"]
+        else:
+            images = FileArray(images_path)
+            if not (lazy or (lazy is None and images.nbytes > lazy_bytes())):
+                images = np.load(images_path, allow_pickle=False)
         return Split(
-            images=z["images"],
+            images=images,
             ids=[str(i) for i in z["ids"]],
             labels=z["labels"] if "labels" in z else None,
             masks=z["masks"] if "masks" in z else None,

@@ -57,7 +57,10 @@ def check_arrays(
     """
     p = f"{split}: " if split else ""
     problems: list[str] = []
-    images = np.asarray(images)
+    from medens.data.filearray import FileArray
+
+    if not isinstance(images, FileArray):  # on disk: uint8 rows of a known shape, nothing to scan
+        images = np.asarray(images)
     n = len(images)
     if images.ndim != 4:
         problems.append(f"{p}images must have shape (N, H, W, C), got {tuple(images.shape)}")

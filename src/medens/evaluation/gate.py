@@ -172,8 +172,12 @@ def ensemble_predictions(artifact_dir: str | os.PathLike, data_dir: str | os.Pat
         return predict_split(d, part, batch_size=batch_size, device=device)
     dev = select_device("auto") if device is None else torch.device(device)
     ens = load_ensemble(d, map_location=dev)
-    x = preprocess(part.images, ens.input_spec)
-    chunks = [ens.predict(x[i:i + batch_size], device=dev)[0] for i in range(0, len(x), batch_size)]
+    from medens.data.filearray import iter_rows
+
+    chunks = []
+    for rows in iter_rows(part.images, 8 * 2**20):  # bounded memory when the images are on disk
+        x = preprocess(rows, ens.input_spec)
+        chunks += [ens.predict(x[i:i + batch_size], device=dev)[0] for i in range(0, len(x), batch_size)]
     k = len(ens.class_names)
     probs = np.concatenate(chunks) if chunks else np.empty((0, k), np.float64)
     # float32 for maps too (not the members' float16): the argmax must be the ensemble's own mask

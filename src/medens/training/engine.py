@@ -79,17 +79,18 @@ def seed_everything(seed: int) -> None:
 
 
 class _IndexedArrays(torch.utils.data.Dataset):
-    """Fetches a whole batch per ``__getitem__`` (a list of indices): one gather, no per-item collation."""
+    """Fetches a whole batch per ``__getitem__`` (a list of indices): one gather, no per-item
+    collation. The images may be in memory or on disk (a ``FileArray``: only the batch is read)."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+    def __init__(self, images, targets: torch.Tensor) -> None:
         self.images, self.targets = images, targets
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        i = torch.as_tensor(idx)
-        return self.images[i], self.targets[i]
+        i = np.asarray(idx, dtype=np.int64)
+        return torch.from_numpy(np.ascontiguousarray(self.images[i])), self.targets[torch.from_numpy(i)]
 
 
 def _targets(split: Split, task: str) -> torch.Tensor:
@@ -101,7 +102,7 @@ def _targets(split: Split, task: str) -> torch.Tensor:
 def make_loader(split: Split, task: str, batch_size: int, *, shuffle: bool, precision: Precision,
                 generator: torch.Generator | None = None, sample_weights: np.ndarray | None = None):
     """A DataLoader of uint8 ``(B, H, W, C)`` image batches and long targets."""
-    ds = _IndexedArrays(torch.from_numpy(np.ascontiguousarray(split.images)), _targets(split, task))
+    ds = _IndexedArrays(split.images, _targets(split, task))
     n = len(ds)
     if sample_weights is not None:
         base = torch.utils.data.WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), n,
@@ -610,14 +611,17 @@ def _evaluate(net: nn.Module, loader, transform: DeviceTransform, criterion: nn.
 def predict_split(path: str | os.PathLike, split: Split, *, batch_size: int = 256,
                   device: str | torch.device | None = None) -> Predictions:
     """Predictions of the artifact at ``path`` on ``split`` (preprocessing from the artifact)."""
+    from medens.data.filearray import iter_rows
     from medens.data.transforms import preprocess
     from medens.models.artifact import load_artifact
     from medens.training.predictions import predict_probs
 
     dev = select_device("auto") if device is None else torch.device(device)
     loaded = load_artifact(path, map_location=dev)
-    x = preprocess(split.images, loaded.input_spec)
-    probs = predict_probs(loaded, x, batch_size=batch_size, device=dev)
+    chunks = [predict_probs(loaded, preprocess(rows, loaded.input_spec), batch_size=batch_size, device=dev)
+              for rows in iter_rows(split.images, 8 * 2**20)]  # bounded memory when the images are on disk
+    probs = (np.concatenate(chunks) if chunks else
+             predict_probs(loaded, preprocess(np.asarray(split.images), loaded.input_spec), device=dev))
     return Predictions(probs=probs, ids=list(split.ids), labels=split.labels, masks=split.masks,
                        class_names=loaded.class_names)
 
