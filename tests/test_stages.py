@@ -263,7 +263,7 @@ def test_prepare_data_from_new_data_in_s3(s3_endpoint, monkeypatch, tmp_path):
     assert summary["class_names"] == ["codocyte", "hypochromia", "normal"]
     with pytest.raises(ValueError, match="no objects under"):
         prepare_data(spec, tmp_path / "ds2", data_uri=f"s3://{bucket}/nothing", endpoint=s3_endpoint)
-    assert np.load(tmp_path / "ds" / "train.npz")["images"].shape[1:] == (32, 32, 3)
+    assert np.load(tmp_path / "ds" / "train.images.npy").shape[1:] == (32, 32, 3)
 
 
 # ---------------------------------------------------------------- selection without the test split

@@ -17,6 +17,16 @@ from typing import Any
 import numpy as np
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+PREPROCESSING = {
+    "version": 1,
+    "images": "Pillow decode; 16-bit (I;16*, I above 255) scaled v * 255 / 65535; other modes converted to L or RGB",
+    "dicom": "pydicom; modality LUT (rescale slope/intercept); VOI window from the file, else the image's full "
+             "range; MONOCHROME1 inverted; 8-bit; colour and palette as RGB",
+    "resize": "Pillow bilinear on uint8 to the input size (files in the data stage, uploads at the endpoint)",
+}
+"""How pixels reach a model, recorded in every model artifact (``model.json`` ``preprocessing``):
+the endpoint applies the same functions, and a different version is reported when it loads."""
 GREY_MODES = ("1", "L", "LA", "F", "I", *SIXTEEN_BIT_MODES)
 
 

@@ -93,6 +93,14 @@ class EnsembleModel(Model):
         self._decoders = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="medens-decode",
             initializer=_single_threaded_torch)
+        from medens.data.decode import PREPROCESSING
+
+        for mid, member in predictor.ensemble.members.items():
+            recorded = member.manifest.get("preprocessing", {}).get("version")
+            if recorded != PREPROCESSING["version"]:
+                log.warning("member %s was trained with preprocessing version %s; this endpoint decodes with "
+                            "version %s (%s): served inputs may differ from its training inputs", mid, recorded,
+                            PREPROCESSING["version"], PREPROCESSING["images"])
         if predictor.reference is None:
             log.warning("%s has no training intensity reference (trained before references were stored): "
                         "medens_input_drift_psi stays unset", self.model_dir)

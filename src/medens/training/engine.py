@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from medens.config import ComponentSpec, TrainingSpec
+from medens.data.decode import PREPROCESSING
 from medens.data.drift import intensity_reference
 from medens.data.transforms import InputSpec
 from medens.data.types import Split, SplitData
@@ -565,6 +566,7 @@ def fit(
         "class_names": data.class_names,
         "class_counts": counts,
         "input": input_spec.to_dict(),
+        "preprocessing": dict(PREPROCESSING),
         "reference": intensity_reference(train_split.images),
         "training": spec.model_dump(mode="json"),
         "seed": seed,
