@@ -19,10 +19,11 @@ SYSTEM_PACKAGES ?= chromium prometheus
 PORT ?= 8080
 MODEL_DIR ?= runs/latest
 
-.PHONY: help venv lock versions system-deps run test lint format serve compile submit schedule bench clean
+.PHONY: help venv lock versions system-deps run test lint format serve compile submit schedule bench clean chart
 
 help:
 	@echo "make run [PRESET=rbc-demo]   the pipeline end to end on this machine with kfp.local (runs/<run-id>/, runs/latest)"
+	@echo "make chart [VALUES=my.yaml]  lint charts/medens and render it (Helm v4 engine) into build/chart/"
 	@echo "make serve [MODEL_DIR=runs/latest] [PORT=8080]   serve an ensemble with KServe (v1/v2 REST, /metrics)"
 	@echo "make compile                 recompile pipelines/compiled/*.yaml (MEDENS_* settings)"
 	@echo "make submit [PRESET=..] [KFP_HOST=http://localhost:8080]   one run on a Kubeflow cluster"
@@ -62,6 +63,9 @@ lock:
 	mv $(LOCK).tmp $(LOCK)
 	rm -rf $(LOCK_VENV)
 	@echo "wrote $(LOCK) ($$(grep -vc '^#' $(LOCK)) packages); now: make test"
+
+chart: $(STAMP)
+	$(PY) scripts/chart.py $(if $(VALUES),-f $(VALUES)) --out build/chart
 
 run: $(STAMP)
 	$(PY) -m pipelines run --preset $(PRESET)
