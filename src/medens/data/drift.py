@@ -21,12 +21,18 @@ BINS = 32
 EPS = 1e-4
 
 
+COUNT_CHUNK_BYTES = 4 * 2**20
+"""Pixels counted per chunk (bincount copies them to 8-byte integers: 32 MiB of scratch)."""
+
+
 def intensity_counts(images: np.ndarray, bins: int = BINS) -> np.ndarray:
     """Counts of pixel intensities (all channels pooled) in ``bins`` equal bins over [0, 256)."""
     from medens.data.filearray import FileArray, iter_rows
 
-    if isinstance(images, FileArray):  # on disk: count in row chunks
-        return sum((intensity_counts(c, bins) for c in iter_rows(images)), np.zeros(bins, dtype=np.int64))
+    if isinstance(images, FileArray) or (hasattr(images, "nbytes") and images.nbytes > COUNT_CHUNK_BYTES):
+        # in row chunks: the images may be on disk, and bincount works on an 8-byte copy of its input
+        return sum((intensity_counts(c, bins) for c in iter_rows(images, COUNT_CHUNK_BYTES)),
+                   np.zeros(bins, dtype=np.int64))
     a = np.asarray(images)
     if a.size == 0:
         return np.zeros(bins, dtype=np.int64)

@@ -39,7 +39,7 @@ class InputSpec:
             from medens.data.filearray import iter_rows
 
             total, sq, n = np.zeros(c), np.zeros(c), 0
-            for chunk in iter_rows(images):
+            for chunk in iter_rows(images, 8 * 2**20):  # float64 copies: 64 MiB of scratch
                 x = chunk.reshape(-1, c).astype(np.float64) / 255.0
                 total += x.sum(axis=0)
                 sq += (x * x).sum(axis=0)
