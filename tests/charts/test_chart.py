@@ -263,3 +263,19 @@ def test_the_dockerfile_installs_exactly_the_lock_and_matches_the_chart(default_
         "left-pad==1.0 is installed but not in the lock", f"numpy==0.1 is installed; the lock has {lock['numpy']}"]
     dockerignore = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "runs", ".git"} <= set(dockerignore)
+
+
+def test_the_retraining_job_is_a_valid_medens_schedule_command(all_on_docs, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from pipelines.__main__ import build_parser
+
+    job = by_kind(all_on_docs)["Job"]
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"][:3] == ["python", "-m", "pipelines"]
+    args = build_parser().parse_args(c["command"][3:] + c["args"])
+    assert (args.command, args.cron, args.data_uri, args.store) == (
+        "schedule", "0 0 2 * * *", "s3://medens/incoming/rbc-demo", "s3://medens/models")
+    assert args.model_name == "rbc-demo" and args.namespace == "ml" and args.deploy is False
+    assert args.service_account == "medens-predictor" and sys.modules["pipelines.__main__"]
