@@ -106,11 +106,22 @@ class DataSpec(_Spec):
     normalize: Literal["unit", "zscore"] = Field(
         "unit", description="unit: pixels/255; zscore: per-channel mean/std of the training split"
     )
+    window: list[float] | None = Field(
+        None, description="DICOM VOI window [center, width] in the modality's units (CT lung: [-600, 1500]); "
+                          "recorded in every model artifact and applied to DICOM uploads at the endpoint. "
+                          "Default: each file's own Window Center/Width, else its full range")
     group_by: str | None = Field(
         None, description="patient-level splits (medens.data.groups): 'pattern:<regex>' on each sample's "
                           "relative path (Kermany: 'pattern:(person\\d+)'), 'column:<name>' of a CSV "
                           "manifest, or 'dicom:<keyword>' of each DICOM file (e.g. 'dicom:PatientID'); every split is then group-disjoint, and given splits that share a group "
                           "are refused")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 2 or not v[1] > 0):
+            raise ValueError(f"window must be [center, width] with width > 0, got {v}")
+        return v
 
     @field_validator("group_by")
     @classmethod

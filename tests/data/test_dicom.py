@@ -161,7 +161,8 @@ def radiograph_folder(root: Path, per_class: int = 10, size: int = 384, seed: in
     return out
 
 
-def test_a_real_radiograph_through_the_data_stage_training_and_the_endpoint(tmp_path, capsys):
+@pytest.mark.parametrize("window", [None, [600.0, 800.0]], ids=["file-window", "spec-window"])
+def test_a_real_radiograph_through_the_data_stage_training_and_the_endpoint(tmp_path, capsys, window):
     import json
 
     from medens.cli import main
@@ -173,7 +174,8 @@ def test_a_real_radiograph_through_the_data_stage_training_and_the_endpoint(tmp_
     radiograph_folder(tmp_path / "xr")
     spec = parse_spec({"name": "xr", "models": ["compact_cnn"], "losses": ["ce"],
                        "data": {"source": "image_folder", "path": str(tmp_path / "xr"), "image_size": 32,
-                                "channels": 1, "split": {"train": 0.5, "val": 0.25, "test": 0.25}}})
+                                "channels": 1, "split": {"train": 0.5, "val": 0.25, "test": 0.25},
+                                "window": window}})
     spec.save(tmp_path / "spec.yaml")
     assert main(["data", "summary", "--spec", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "ds"),
                  "--json"]) == 0
@@ -184,6 +186,12 @@ def test_a_real_radiograph_through_the_data_stage_training_and_the_endpoint(tmp_
     res = fit("compact_cnn", "ce", data, TrainingSpec(epochs=1, batch_size=8, augment="none"), tmp_path / "m",
               progress=False)
     offline = predict_split(res.path, data.test).probs
+    manifest = json.loads((res.path / "model.json").read_text())
+    assert manifest["preprocessing"]["dicom_window"] == window  # recorded in the artifact
+    if window is not None:  # the spec's window, not the file's, made the training pixels
+        first = tmp_path / "xr" / data.train.ids[0]
+        own = dicom_pixels(first)
+        assert not np.array_equal(own, dicom_pixels(first, window=tuple(window)))
     write_ensemble(tmp_path / "ens", name="xr", member_dirs={"m": res.path}, combiner=None)
 
     import sys

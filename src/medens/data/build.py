@@ -16,6 +16,7 @@ from medens.data.validate import DataProblems, check_arrays
 def load_pool(data: DataSpec, seed: int) -> sources.Pool:
     """Call the source named by ``data.source``."""
     size, ch = data.image_size, data.channels
+    window = (float(data.window[0]), float(data.window[1])) if data.window else None
     syn = data.synthetic
     if data.source == "synthetic_cells":
         return sources.synthetic_cells(syn.counts, size, ch, seed, data.class_names, syn.separation)
@@ -26,16 +27,16 @@ def load_pool(data: DataSpec, seed: int) -> sources.Pool:
     if data.source == "medmnist":
         return sources.medmnist(data.path, size, ch, data.class_names)
     if data.source == "image_folder":
-        return sources.image_folder(data.path, size, ch, data.class_names)
+        return sources.image_folder(data.path, size, ch, data.class_names, window=window)
     if data.source == "kermany":
-        return sources.kermany(data.path, size, ch)
+        return sources.kermany(data.path, size, ch, window=window)
     if data.source == "seg_folder":
-        return sources.seg_folder(data.path, size, ch, data.class_names)
+        return sources.seg_folder(data.path, size, ch, data.class_names, window=window)
     if data.source == "csv":
         column = None
         if data.group_by is not None and data.group_by.startswith("column:"):
             column = data.group_by[len("column:"):]
-        return sources.csv_manifest(data.path, size, ch, data.class_names, group_column=column)
+        return sources.csv_manifest(data.path, size, ch, data.class_names, group_column=column, window=window)
     raise ValueError(f"unknown data source {data.source!r}")  # pragma: no cover - the spec forbids it
 
 
@@ -185,6 +186,8 @@ def build_dataset(spec: ExperimentSpec) -> SplitData:
         out.extras["train_crops"] = Split(images=ci, masks=cm, ids=cids)
         info["sampling_method_crops"] = len(cids)
     info.update({"seed": seed, "image_size": data.image_size, "channels": data.channels})
+    if data.window:
+        info["dicom_window"] = [float(v) for v in data.window]
     return out
 
 

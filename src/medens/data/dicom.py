@@ -183,6 +183,8 @@ def dicom_to_uint8(image: DicomImage, window: tuple[float, float] | None = None)
     return out[..., None]
 
 
-def dicom_pixels(source: str | os.PathLike | bytes, where: str | None = None) -> np.ndarray:
-    """uint8 pixels of a DICOM file or its bytes: :func:`read_dicom`, then :func:`dicom_to_uint8`."""
-    return dicom_to_uint8(read_dicom(source, where))
+def dicom_pixels(source: str | os.PathLike | bytes, where: str | None = None,
+                 window: tuple[float, float] | None = None) -> np.ndarray:
+    """uint8 pixels of a DICOM file or its bytes: :func:`read_dicom`, then :func:`dicom_to_uint8`
+    (``window``: the spec's ``data.window``, else the file's own)."""
+    return dicom_to_uint8(read_dicom(source, where), window)

@@ -41,7 +41,8 @@ class Pool:
 # ---------------------------------------------------------------- file reading
 
 
-def read_image(path: str | Path, channels: int, size: int | None, *, mask: bool = False) -> np.ndarray:
+def read_image(path: str | Path, channels: int, size: int | None, *, mask: bool = False,
+               window: tuple[float, float] | None = None) -> np.ndarray:
     """Read one image as uint8 ``(H, W, C)`` (or ``(H, W)`` for a mask), resized to ``size``.
 
     Intensities follow :func:`medens.data.decode.image_to_array` (DICOM:
@@ -56,7 +57,7 @@ def read_image(path: str | Path, channels: int, size: int | None, *, mask: bool 
     from medens.data.dicom import dicom_pixels, is_dicom_file
 
     if not mask and is_dicom_file(path):
-        arr = to_channels(dicom_pixels(path), channels)
+        arr = to_channels(dicom_pixels(path, window=window), channels)
     else:
         with Image.open(path) as im:
             im.load()
@@ -64,11 +65,12 @@ def read_image(path: str | Path, channels: int, size: int | None, *, mask: bool 
     return arr if size is None else resize_uint8(arr, size, nearest=mask)
 
 
-def _read_many(paths: list[Path], channels: int, size: int, problems: DataProblems, *, mask: bool = False) -> list:
+def _read_many(paths: list[Path], channels: int, size: int, problems: DataProblems, *, mask: bool = False,
+               window: tuple[float, float] | None = None) -> list:
     out = []
     for p in paths:
         try:
-            out.append(read_image(p, channels, size, mask=mask))
+            out.append(read_image(p, channels, size, mask=mask, window=window))
         except Exception as e:  # PIL raises several types for bad files
             from medens.data.dicom import DicomError
 
@@ -273,7 +275,7 @@ def _class_folders(root: Path, class_names: list[str] | None, problems: DataProb
 
 
 def _load_class_folders(root: Path, names: list[str], size: int, channels: int, problems: DataProblems,
-                        split: str) -> Split | None:
+                        split: str, window: tuple[float, float] | None = None) -> Split | None:
     paths, labels = [], []
     for k, c in enumerate(names):
         folder = root / c
@@ -284,7 +286,7 @@ def _load_class_folders(root: Path, names: list[str], size: int, channels: int, 
             problems.add(f"{split}: class {c!r} has no images in {folder}")
         paths += files
         labels += [k] * len(files)
-    return _assemble(paths, labels, size, channels, problems, root)
+    return _assemble(paths, labels, size, channels, problems, root, window)
 
 
 _SCRATCH: list[Path] = []
@@ -303,7 +305,7 @@ def _scratch_file() -> Path:
     return _SCRATCH[0] / f"{uuid.uuid4().hex}.npy"
 
 
-def _read_to_disk(paths: list[Path], channels: int, size: int, problems: DataProblems):
+def _read_to_disk(paths: list[Path], channels: int, size: int, problems: DataProblems, window: tuple[float, float] | None = None):
     """Decode ``paths`` one by one into an on-disk array (a scratch ``.npy``): a pool larger than
     memory is read without holding it. Returns the ``FileArray`` of the readable files' rows."""
     from tqdm.auto import tqdm
@@ -313,7 +315,7 @@ def _read_to_disk(paths: list[Path], channels: int, size: int, problems: DataPro
     path, keep = _scratch_file(), []
     with NpyWriter(path, len(paths), (size, size, channels), np.uint8) as w:
         for i, p in enumerate(tqdm(paths, desc="reading images", unit="img", leave=False, disable=None)):
-            a = _read_many([p], channels, size, problems)[0]
+            a = _read_many([p], channels, size, problems, window=window)[0]
             if a is not None:
                 keep.append(i)
             w.append((a if a is not None else np.zeros((size, size, channels), np.uint8))[None])
@@ -321,13 +323,13 @@ def _read_to_disk(paths: list[Path], channels: int, size: int, problems: DataPro
 
 
 def _assemble(paths: list[Path], labels: list[int], size: int, channels: int, problems: DataProblems,
-              root: Path) -> Split | None:
+              root: Path, window: tuple[float, float] | None = None) -> Split | None:
     from medens.data.types import lazy_bytes
 
     if len(paths) * size * size * channels > lazy_bytes():  # larger than memory should hold: on disk
-        images, keep = _read_to_disk(paths, channels, size, problems)
+        images, keep = _read_to_disk(paths, channels, size, problems, window)
     else:
-        arrays = _read_many(paths, channels, size, problems)
+        arrays = _read_many(paths, channels, size, problems, window=window)
         keep = [i for i, a in enumerate(arrays) if a is not None]
         images = np.stack([arrays[i] for i in keep]) if keep else None
     if not keep:
@@ -336,7 +338,8 @@ def _assemble(paths: list[Path], labels: list[int], size: int, channels: int, pr
     return Split(images=images, labels=np.asarray([labels[i] for i in keep], np.int64), ids=ids)
 
 
-def image_folder(path: str | None, size: int, channels: int, class_names: list[str] | None = None) -> Pool:
+def image_folder(path: str | None, size: int, channels: int, class_names: list[str] | None = None,
+                 window: tuple[float, float] | None = None) -> Pool:
     """One folder per class (``root/<class>/*.png``), or ``root/{train,val,test}/<class>/``."""
     root = _require_path(path, "image_folder", "point it at a folder with one sub-folder of images per class")
     problems = DataProblems(str(root))
@@ -345,12 +348,12 @@ def image_folder(path: str | None, size: int, channels: int, class_names: list[s
     if split_dirs:
         names = _class_folders(root / split_dirs[0], class_names, problems)
         for s in split_dirs:
-            part = _load_class_folders(root / s, names, size, channels, problems, s)
+            part = _load_class_folders(root / s, names, size, channels, problems, s, window)
             if part is not None:
                 parts[s] = part
     else:
         names = _class_folders(root, class_names, problems)
-        part = _load_class_folders(root, names, size, channels, problems, "all")
+        part = _load_class_folders(root, names, size, channels, problems, "all", window)
         if part is not None:
             parts["all"] = part
     problems.raise_if_any()
@@ -372,7 +375,7 @@ def kermany_class(path: Path) -> str | None:
     return None
 
 
-def kermany(path: str | None, size: int, channels: int) -> Pool:
+def kermany(path: str | None, size: int, channels: int, window: tuple[float, float] | None = None) -> Pool:
     """The Kermany layout (``train/``, ``test/`` and optional ``val/`` with ``NORMAL/`` and
     ``PNEUMONIA/``), relabelled into bacterial / normal / viral. ``val/`` (16 images in the
     release) is merged into train; validation is then held out from train by ``data.split``."""
@@ -397,7 +400,7 @@ def kermany(path: str | None, size: int, channels: int) -> Pool:
                         continue
                     paths.append(f)
                     labels.append(KERMANY_CLASSES.index(c))
-        split = _assemble(paths, labels, size, channels, problems, root)
+        split = _assemble(paths, labels, size, channels, problems, root, window)
         if split is not None:
             parts[part] = split
     problems.raise_if_any()
@@ -407,7 +410,8 @@ def kermany(path: str | None, size: int, channels: int) -> Pool:
 # ---------------------------------------------------------------- segmentation folders and manifests
 
 
-def _pair_folder(root: Path, size: int, channels: int, problems: DataProblems, split: str) -> Split | None:
+def _pair_folder(root: Path, size: int, channels: int, problems: DataProblems, split: str,
+                 window: tuple[float, float] | None = None) -> Split | None:
     img_dir, mask_dir = root / "images", root / "masks"
     for d in (img_dir, mask_dir):
         if not d.is_dir():
@@ -425,12 +429,12 @@ def _pair_folder(root: Path, size: int, channels: int, problems: DataProblems, s
         mask_paths.append(m)
     for stem in sorted(masks_by_stem):
         problems.add(f"{split}: mask {masks_by_stem[stem].name} has no image in {img_dir}")
-    return _assemble_pairs(image_paths, mask_paths, size, channels, problems, root)
+    return _assemble_pairs(image_paths, mask_paths, size, channels, problems, root, window)
 
 
 def _assemble_pairs(image_paths: list[Path], mask_paths: list[Path], size: int, channels: int,
-                    problems: DataProblems, root: Path) -> Split | None:
-    imgs = _read_many(image_paths, channels, size, problems)
+                    problems: DataProblems, root: Path, window: tuple[float, float] | None = None) -> Split | None:
+    imgs = _read_many(image_paths, channels, size, problems, window=window)
     masks = _read_many(mask_paths, channels, size, problems, mask=True)
     keep = [i for i in range(len(imgs)) if imgs[i] is not None and masks[i] is not None]
     if not keep:
@@ -441,7 +445,8 @@ def _assemble_pairs(image_paths: list[Path], mask_paths: list[Path], size: int, 
     return Split(images=np.stack([imgs[i] for i in keep]), masks=mask_arr, ids=ids)
 
 
-def seg_folder(path: str | None, size: int, channels: int, class_names: list[str] | None = None) -> Pool:
+def seg_folder(path: str | None, size: int, channels: int, class_names: list[str] | None = None,
+               window: tuple[float, float] | None = None) -> Pool:
     """Image/mask pairs: ``root/images/x.png`` with ``root/masks/x.png`` (or ``x_mask.png``),
     optionally under ``root/{train,val,test}/``. Binary masks saved as 0/255 become 0/1."""
     root = _require_path(path, "seg_folder",
@@ -450,7 +455,7 @@ def seg_folder(path: str | None, size: int, channels: int, class_names: list[str
     split_dirs = [s for s in SPLITS if (root / s).is_dir()]
     parts = {}
     for s in split_dirs or ["all"]:
-        part = _pair_folder(root if s == "all" else root / s, size, channels, problems, s)
+        part = _pair_folder(root if s == "all" else root / s, size, channels, problems, s, window)
         if part is not None:
             parts[s] = part
     problems.raise_if_any()
@@ -458,7 +463,7 @@ def seg_folder(path: str | None, size: int, channels: int, class_names: list[str
 
 
 def csv_manifest(path: str | None, size: int, channels: int, class_names: list[str] | None = None,
-                 group_column: str | None = None) -> Pool:
+                 group_column: str | None = None, window: tuple[float, float] | None = None) -> Pool:
     """A CSV manifest with a header: ``path,label`` (classification) or ``image,mask``
     (segmentation), and an optional ``split`` column (train/val/test). Relative paths are
     relative to the CSV's folder. Labels are class names (or indices into ``class_names``).
@@ -501,7 +506,7 @@ def csv_manifest(path: str | None, size: int, channels: int, class_names: list[s
                     problems.add(f"line {line}: missing group id in column {group_column!r}")
         if seg:
             part = _assemble_pairs([base / r["image"] for _, r in items], [base / r["mask"] for _, r in items],
-                                   size, channels, problems, base)
+                                   size, channels, problems, base, window)
             kept_groups = [(r.get(group_column) or "").strip() for _, r in items] if group_column else []
         else:
             paths, labels = [], []
@@ -518,7 +523,7 @@ def csv_manifest(path: str | None, size: int, channels: int, class_names: list[s
                 labels.append(k)
                 if group_column:
                     kept_groups.append((r.get(group_column) or "").strip())
-            part = _assemble(paths, labels, size, channels, problems, base)
+            part = _assemble(paths, labels, size, channels, problems, base, window)
         if part is not None:
             parts[s] = part
             part_groups[s] = kept_groups

@@ -69,15 +69,17 @@ def decode_base64(text: str, where: str) -> bytes:
     return data
 
 
-def decode_image_bytes(data: bytes, where: str, max_pixels: int, budget: PixelBudget | None = None) -> np.ndarray:
+def decode_image_bytes(data: bytes, where: str, max_pixels: int, budget: PixelBudget | None = None, *,
+                       window: tuple[float, float] | None = None) -> np.ndarray:
     """Encoded image bytes -> uint8 ``(H, W, C)``; the size is checked before pixels are decoded.
-    A DICOM file (``DICM`` preamble) is decoded as the data stage decodes ``.dcm`` files."""
+    A DICOM file (``DICM`` preamble) is decoded as the data stage decodes ``.dcm`` files, with the
+    VOI ``window`` the model was trained with (``None``: the file's own)."""
     from PIL import Image, UnidentifiedImageError
 
     from medens.data.dicom import is_dicom_bytes
 
     if is_dicom_bytes(data):
-        return _decode_dicom(data, where, max_pixels, budget)
+        return _decode_dicom(data, where, max_pixels, budget, window)
 
     try:
         img = Image.open(io.BytesIO(data))
@@ -102,7 +104,8 @@ def decode_image_bytes(data: bytes, where: str, max_pixels: int, budget: PixelBu
     return image_to_array(img)  # the same intensities the training data got from the same file
 
 
-def _decode_dicom(data: bytes, where: str, max_pixels: int, budget: PixelBudget | None) -> np.ndarray:
+def _decode_dicom(data: bytes, where: str, max_pixels: int, budget: PixelBudget | None,
+                  window: tuple[float, float] | None = None) -> np.ndarray:
     from medens.data.dicom import DicomError, dicom_header, dicom_to_uint8, read_dicom
 
     try:
@@ -113,7 +116,7 @@ def _decode_dicom(data: bytes, where: str, max_pixels: int, budget: PixelBudget 
     if budget is not None:
         budget.take(rows * cols, where)
     try:
-        return dicom_to_uint8(read_dicom(data, where))
+        return dicom_to_uint8(read_dicom(data, where), window)
     except DicomError as e:
         raise InputError("bad_dicom", str(e)) from e
 
@@ -161,7 +164,8 @@ def _nested_array(value: list, where: str, max_pixels: int, budget: PixelBudget 
     return check_array_image(a, where, max_pixels, budget)
 
 
-def decode_instance(value: Any, where: str, max_pixels: int, budget: PixelBudget | None = None) -> np.ndarray:
+def decode_instance(value: Any, where: str, max_pixels: int, budget: PixelBudget | None = None, *,
+                    window: tuple[float, float] | None = None) -> np.ndarray:
     """One v1 instance: base64 text, ``{"b64": text}``, raw bytes or a nested list."""
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
@@ -169,11 +173,11 @@ def decode_instance(value: Any, where: str, max_pixels: int, budget: PixelBudget
                                              f"got keys {sorted(value)}")
         value = value["b64"]
     if isinstance(value, str):
-        return decode_image_bytes(decode_base64(value, where), where, max_pixels, budget)
+        return decode_image_bytes(decode_base64(value, where), where, max_pixels, budget, window=window)
     if isinstance(value, bytes | bytearray):
         if not value:
             raise InputError("empty_image", f"{where}: the encoded image is empty")
-        return decode_image_bytes(bytes(value), where, max_pixels, budget)
+        return decode_image_bytes(bytes(value), where, max_pixels, budget, window=window)
     if isinstance(value, list):
         if not value:
             raise InputError("empty_image", f"{where}: the image array is empty")
@@ -189,8 +193,8 @@ def check_count(n: int, max_instances: int, what: str = "instances") -> None:
         raise InputError("batch_too_large", f"{n} {what} is over the limit of {max_instances} per request")
 
 
-def decode_v1(body: Any, max_instances: int, max_pixels: int,
-              max_request_pixels: int | None = None) -> tuple[list[np.ndarray], dict]:
+def decode_v1(body: Any, max_instances: int, max_pixels: int, max_request_pixels: int | None = None, *,
+              window: tuple[float, float] | None = None) -> tuple[list[np.ndarray], dict]:
     """A v1 body ``{"instances": [...], "parameters": {...}}`` -> images and request parameters.
 
     A body KServe left undecoded (a JSON content type it does not list, e.g. with a charset
@@ -214,12 +218,14 @@ def decode_v1(body: Any, max_instances: int, max_pixels: int,
     if not isinstance(params, dict):
         raise InputError("bad_request", "'parameters' must be an object")
     budget = PixelBudget(max_request_pixels)
-    images = [decode_instance(v, f"instances[{i}]", max_pixels, budget) for i, v in enumerate(instances)]
+    images = [decode_instance(v, f"instances[{i}]", max_pixels, budget, window=window)
+              for i, v in enumerate(instances)]
     return images, params
 
 
 def decode_v2_input(name: str, datatype: str, shape: list[int], data: Any, max_instances: int,
-                    max_pixels: int, max_request_pixels: int | None = None) -> list[np.ndarray]:
+                    max_pixels: int, max_request_pixels: int | None = None, *,
+                    window: tuple[float, float] | None = None) -> list[np.ndarray]:
     """One v2 input tensor -> images. ``data`` is a flat list (JSON), a numpy array or raw byte strings."""
     where = f"input {name!r}"
     dt = str(datatype).upper()
@@ -235,7 +241,7 @@ def decode_v2_input(name: str, datatype: str, shape: list[int], data: Any, max_i
             raise InputError("shape_mismatch", f"{where}: shape {shape} holds {n} elements but {len(items)} were sent")
         check_count(n, max_instances, "images")
         budget = PixelBudget(max_request_pixels)
-        return [decode_instance(v, f"{where}[{i}]", max_pixels, budget) for i, v in enumerate(items)]
+        return [decode_instance(v, f"{where}[{i}]", max_pixels, budget, window=window) for i, v in enumerate(items)]
     if dt not in ARRAY_DATATYPES:
         raise InputError("wrong_datatype", f"{where}: datatype {datatype!r} is not supported; send BYTES "
                                            f"(encoded images) or one of {', '.join(ARRAY_DATATYPES)} (intensities)")

@@ -88,6 +88,16 @@ class EnsemblePredictor:
             ref = next(iter(self.ensemble.members.values())).manifest.get("reference")
         return ref
 
+    @property
+    def dicom_window(self) -> tuple[float, float] | None:
+        """The DICOM VOI window the members were trained with (``data.window``), applied to DICOM
+        uploads; ``None``: each file's own window."""
+        for member in self.ensemble.members.values():
+            w = member.manifest.get("preprocessing", {}).get("dicom_window")
+            if w is not None:
+                return float(w[0]), float(w[1])
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.manifest.get("name"), "task": self.task, "method": self.manifest.get("method"),
                 "members": self.member_ids, "class_names": self.class_names, "input": self.input_spec.to_dict(),

@@ -566,7 +566,7 @@ def fit(
         "class_names": data.class_names,
         "class_counts": counts,
         "input": input_spec.to_dict(),
-        "preprocessing": dict(PREPROCESSING),
+        "preprocessing": {**PREPROCESSING, "dicom_window": data.info.get("dicom_window")},
         "reference": intensity_reference(train_split.images),
         "training": spec.model_dump(mode="json"),
         "seed": seed,
