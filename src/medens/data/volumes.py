@@ -43,10 +43,13 @@ def _reader_for(path: Path) -> str:
                      f"DICOM slices)")
 
 
-def _axcodes(affine: np.ndarray) -> str:
+def _volume(array: np.ndarray, affine: np.ndarray, reader: str) -> Volume:
+    """A :class:`Volume` with spacing (the affine's column norms) and orientation codes from ``affine``."""
     import nibabel as nib
 
-    return "".join(nib.aff2axcodes(affine))
+    affine = np.asarray(affine, dtype=np.float64)
+    spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    return Volume(np.asarray(array, dtype=np.float32), spacing, affine, "".join(nib.aff2axcodes(affine)), reader)
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
@@ -70,9 +73,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
     array = np.asarray(img, dtype=np.float32)
     if array.ndim not in (3, 4):
         raise ValueError(f"{p}: a volume must have 3 or 4 axes, got shape {array.shape}")
-    affine = np.asarray(meta["affine"], dtype=np.float64)
-    spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-    return Volume(array, spacing, affine, _axcodes(affine), reader)
+    return _volume(array, meta["affine"], reader)
 
 
 def reorient(volume: Volume, codes: str = "RAS") -> Volume:
@@ -83,7 +84,4 @@ def reorient(volume: Volume, codes: str = "RAS") -> Volume:
 
     t = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array))[None], affine=torch.as_tensor(volume.affine))
     out = Orientation(axcodes=codes, labels=(("L", "R"), ("P", "A"), ("I", "S")))(t)
-    affine = np.asarray(out.affine, dtype=np.float64)
-    array = np.asarray(out[0], dtype=np.float32)
-    spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-    return Volume(array, spacing, affine, _axcodes(affine), volume.reader)
+    return _volume(out[0], out.affine, volume.reader)
