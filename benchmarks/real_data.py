@@ -30,6 +30,11 @@ Systems, each timed (wall seconds), each scored on the same test split:
   selects on validation only. The medens spec is ``--spec`` (its ``data`` section and seed are
   replaced as above) or :data:`DEFAULT_SPEC`. The whole spec and medens' own leaderboard
   (validation selection score and test metrics of every member and ensemble) are recorded.
+- ``medens_selected_without_hog`` (reported when it differs from ``medens_selected``): what medens
+  selects on validation, by the same rule and scores, from the systems without a ``hog_mlp``
+  member (medens' classical member: fixed HOG features and an MLP head, trained by the engine like
+  any network). The goals use ``medens_selected``; this row and its paired comparisons
+  (``comparisons_for_information``) show how much of the result the HOG member carries.
 - for information only, never selectable (chosen on test): ``medens_best_member_on_test`` and
   ``medens_best_on_test`` (by test MCC).
 
@@ -71,6 +76,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import write_result  # noqa: E402
 
+HOG_MEMBER = "hog_mlp"
+"""medens' classical member (fixed HOG features, MLP head); its systems are also reported without it."""
 CLASS_NAMES = ("p000", "p033", "p067", "p100")
 """Class folders by defect probability 0, 1/3, 2/3, 1."""
 ELPV_PACKAGE = "elpv-dataset==1.0.0.post1"
@@ -95,13 +102,13 @@ DEFAULT_SPEC: dict[str, Any] = {
     "description": "benchmarks/real_data.py: elpv solar cells, four defect-probability classes",
     "task": "classification",
     "seed": SEED,
-    "models": ["compact_cnn"],
+    "models": ["compact_cnn", "hog_mlp"],
     "losses": ["ce", "weighted_ce", "focal"],
     "training": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 1,
                  "min_lr_ratio": 0.02, "ema_decay": 0.99, "grad_clip": 5.0, "augment": "flips", "epochs": 30,
                  "min_steps": 600, "patience": None, "monitor": "macro_f1", "batch_size": 64,
                  "plateau_patience": None, "class_weights": "none", "tta": "flips", "calibrate": True},
-    "ensemble": {"methods": ["mean", "mean_la", "weighted", "stacking"], "top_k": [3], "model_level": False},
+    "ensemble": {"methods": ["mean", "mean_la", "weighted", "stacking"], "top_k": [3, 6], "model_level": False},
     "evaluation": {"bootstrap": 1000, "gradcam": False},
 }
 
@@ -343,6 +350,7 @@ def plain_recipe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *
 
 def run_medens(spec: Any, data_dir: Path, work: Path, log=print) -> dict[str, Any]:
     """The experiment's stages on ``data_dir``; the selection, leaderboard and test probabilities."""
+    from medens.evaluation.systems import selection_order
     from medens.stages import build_ensembles, evaluate_systems, member_dirs, train_member, training_grid
     from medens.training.predictions import Predictions
 
@@ -374,12 +382,21 @@ def run_medens(spec: Any, data_dir: Path, work: Path, log=print) -> dict[str, An
     best_member = max(members, key=lambda n: (metrics["systems"][n]["metrics"]["mcc"], n))
     finite = {n: e["metrics"]["mcc"] for n, e in metrics["systems"].items() if e["metrics"].get("mcc") is not None}
     best_on_test = max(finite, key=lambda n: (finite[n], n))
+    # what medens would select from the systems without a HOG member (same rule, same scores)
+    uses_hog = {n: any(m.startswith(f"{HOG_MEMBER}__") for m in _member_ids(n, d)) for n, d in dirs.items()}
+    cnn_only = selection_order({n: (metrics["selection"].get(n) or {}).get("score") for n in dirs if not uses_hog[n]})
     return {"selected": metrics["selected"], "summary_best": summary["best"], "gate_metric": gate,
             "selection_rule": metrics["selection_rule"], "selection": metrics["selection"],
             "leaderboard": leaderboard, "skipped": metrics.get("skipped", {}),
             "best_on_test_by_gate_metric": metrics.get("best_on_test"), "best_member_on_test": best_member,
             "best_on_test": best_on_test, "member_seconds": member_seconds, "seconds": seconds,
-            "probs": probs, "ids": ids}
+            "selected_without_hog": cnn_only[0] if cnn_only else None, "probs": probs, "ids": ids}
+
+
+def _member_ids(name: str, directory: Path) -> list[str]:
+    """The members a system is made of: itself for a member, its ``ensemble.json`` members otherwise."""
+    meta = directory / "ensemble.json"
+    return json.loads(meta.read_text())["members"] if meta.is_file() else [name]
 
 
 # ---------------------------------------------------------------- statistics and goals
@@ -562,6 +579,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      "seconds": plain_info["seconds"], "recipe": {**PLAIN, **plain_info},
                                      "description": "plain PyTorch recipe on the training split, last epoch"}
 
+        if med["selected_without_hog"] and med["selected_without_hog"] != sel:
+            probs_of["medens_selected_without_hog"] = med["probs"][med["selected_without_hog"]]
+            systems["medens_selected_without_hog"] = {
+                "system": med["selected_without_hog"], "selectable": True, "seconds": None,
+                "description": f"what medens selects on validation when systems with a {HOG_MEMBER} member are "
+                               "left out: for transparency, the goals use medens_selected"}
         for key, sysname in (("medens_best_member_on_test", med["best_member_on_test"]),
                              ("medens_best_on_test", med["best_on_test"])):
             probs_of[key] = med["probs"][sysname]
@@ -575,6 +598,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        for b in ("hog_svm", "hog_svm_balanced", "plain_resnet18")}
         hog_mcc = {v: systems[v]["metrics"]["mcc"]["point"] for v in ("hog_svm", "hog_svm_balanced")}
         goals = judge_goals(comparisons, hog_mcc, "plain_resnet18")
+        info = {}  # not goals: the selection without the HOG member, against the same baselines
+        if "medens_selected_without_hog" in probs_of:
+            info = {f"medens_selected_without_hog_vs_{b}": compare(y, probs_of["medens_selected_without_hog"],
+                                                                   probs_of[b], n_boot)
+                    for b in ("hog_svm", "hog_svm_balanced", "plain_resnet18")}
 
         result = {
             "dataset": {"name": args.dataset, "description": dataset["description"]},
@@ -591,6 +619,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "goals": goals,
             "systems": systems,
             "comparisons": {f"medens_selected_vs_{b}": c for b, c in comparisons.items()},
+            "comparisons_for_information": info,
             "medens": {k2: v for k2, v in med.items() if k2 not in ("probs", "ids")},
             "spec": spec.to_dict(),
             "seconds_total": round(time.perf_counter() - t_start, 1),

@@ -45,6 +45,7 @@ def test_names():
         "efficientnet_b0",
         "embedding_fusion",
         "feature_fusion",
+        "hog_mlp",
         "quadsnet",
         "resnet18",
         "resnet50",

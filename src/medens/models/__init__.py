@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from medens.models import classification as classification
 from medens.models import fusion as fusion
+from medens.models import hog as hog
 from medens.models import segmentation as segmentation
 from medens.models import timm_models as timm_models
 from medens.models._build import TASKS, build, describe, names
