@@ -107,9 +107,10 @@ class DataSpec(_Spec):
         "unit", description="unit: pixels/255; zscore: per-channel mean/std of the training split"
     )
     window: list[float] | None = Field(
-        None, description="DICOM VOI window [center, width] in the modality's units (CT lung: [-600, 1500]); "
-                          "recorded in every model artifact and applied to DICOM uploads at the endpoint. "
-                          "Default: each file's own Window Center/Width, else its full range")
+        None, description="VOI window [center, width] in the modality's units (CT lung: [-600, 1500]) for DICOM "
+                          "and 2D NIfTI, NRRD and MetaImage files; recorded in every model artifact and applied "
+                          "to such uploads at the endpoint. Default: a DICOM file's own Window Center/Width, "
+                          "else the image's full range")
     group_by: str | None = Field(
         None, description="patient-level splits (medens.data.groups): 'pattern:<regex>' on each sample's "
                           "relative path (Kermany: 'pattern:(person\\d+)'), 'column:<name>' of a CSV "

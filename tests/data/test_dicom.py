@@ -3,10 +3,10 @@ the display mapping by hand; a real radiograph through the data stage, training 
 
 from __future__ import annotations
 
-import base64
 import copy
 import glob
 import os
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -194,20 +194,14 @@ def test_a_real_radiograph_through_the_data_stage_training_and_the_endpoint(tmp_
         assert not np.array_equal(own, dicom_pixels(first, window=tuple(window)))
     write_ensemble(tmp_path / "ens", name="xr", member_dirs={"m": res.path}, combiner=None)
 
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
     try:
-        from _server import ServerProcess, http
+        from _server import serve_files
     finally:
         sys.path.pop(0)
     test_files = [tmp_path / "xr" / i for i in data.test.ids]
-    with ServerProcess(tmp_path / "ens", "xr", log=tmp_path / "serve.log") as server:
-        body = {"inputs": [{"name": "image", "shape": [len(test_files)], "datatype": "BYTES",
-                            "data": [base64.b64encode(f.read_bytes()).decode() for f in test_files]}]}
-        status, out, _ = http("POST", f"{server.url}/v2/models/xr/infer", body)
-    assert status == 200, out
-    served = np.asarray(next(o for o in out["outputs"] if o["name"] == "probabilities")["data"]).reshape(offline.shape)
+    served = serve_files(tmp_path / "ens", "xr", test_files, tmp_path / "serve.log")
+    assert served.shape == offline.shape
     np.testing.assert_allclose(served, offline, atol=1e-5, rtol=0)
 
 

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -121,3 +123,17 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def serve_files(ensemble_dir, name: str, files: list, log) -> np.ndarray:
+    """Start the endpoint on ``ensemble_dir``, send ``files``' bytes as one v2 BYTES input, and
+    return the served probabilities ``(len(files), K)`` (asserts a 200)."""
+    import base64
+
+    with ServerProcess(ensemble_dir, name, log=log) as server:
+        body = {"inputs": [{"name": "image", "shape": [len(files)], "datatype": "BYTES",
+                            "data": [base64.b64encode(f.read_bytes()).decode() for f in files]}]}
+        status, out, _ = http("POST", f"{server.url}/v2/models/{name}/infer", body)
+    assert status == 200, out
+    probs = next(o for o in out["outputs"] if o["name"] == "probabilities")
+    return np.asarray(probs["data"]).reshape(probs["shape"])

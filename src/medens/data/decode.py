@@ -23,6 +23,8 @@ PREPROCESSING = {
     "images": "Pillow decode; 16-bit (I;16*, I above 255) scaled v * 255 / 65535; other modes converted to L or RGB",
     "dicom": "pydicom; modality LUT (rescale slope/intercept); VOI window from the file, else the image's full "
              "range; MONOCHROME1 inverted; 8-bit; colour and palette as RGB",
+    "volumes": "2D NIfTI, NRRD, MetaImage through MONAI LoadImage, rows along the second voxel axis; the VOI "
+               "window of data.window, else the image's full range; 8-bit",
     "resize": "Pillow bilinear on uint8 to the input size (files in the data stage, uploads at the endpoint)",
 }
 """How pixels reach a model, recorded in every model artifact (``model.json`` ``preprocessing``):

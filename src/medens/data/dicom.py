@@ -160,6 +160,21 @@ def dicom_header(data: bytes, where: str) -> tuple[int, int]:
         raise DicomError(f"{where}: unreadable DICOM header ({type(e).__name__}: {e})") from e
 
 
+def window_to_uint8(values: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """Physical values ``(H, W)`` -> uint8 ``(H, W, 1)``: linear from ``center - width / 2`` (0) to
+    ``center + width / 2`` (255), clipped, rounded; without a window, the image's full range
+    (min -> 0, max -> 255; a constant image -> 0). The mapping of DICOM and of NIfTI, NRRD and
+    MetaImage slices alike (:mod:`medens.data.volumes`)."""
+    v = np.asarray(values, dtype=np.float64)
+    if window is None:
+        lo, hi = float(v.min(initial=0.0)), float(v.max(initial=0.0))
+    else:
+        c, w = window
+        lo, hi = c - w / 2.0, c + w / 2.0
+    scaled = np.zeros_like(v) if hi <= lo else (v - lo) / (hi - lo)
+    return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)[..., None]
+
+
 def dicom_to_uint8(image: DicomImage, window: tuple[float, float] | None = None) -> np.ndarray:
     """The display mapping: uint8 ``(H, W, 1)`` (grey) or ``(H, W, 3)`` (colour).
 
@@ -169,18 +184,10 @@ def dicom_to_uint8(image: DicomImage, window: tuple[float, float] | None = None)
     """
     if image.photometric == "RGB":
         return image.values
-    v = image.values
-    win = window or image.window
-    if win is None:
-        lo, hi = float(v.min(initial=0.0)), float(v.max(initial=0.0))
-    else:
-        c, w = win
-        lo, hi = c - w / 2.0, c + w / 2.0
-    scaled = np.zeros_like(v) if hi <= lo else (v - lo) / (hi - lo)
-    out = np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+    out = window_to_uint8(image.values, window or image.window)
     if image.photometric == "MONOCHROME1":
         out = 255 - out
-    return out[..., None]
+    return out
 
 
 def dicom_pixels(source: str | os.PathLike | bytes, where: str | None = None,

@@ -18,7 +18,9 @@ import numpy as np
 from medens.data.types import SPLITS, Split
 from medens.data.validate import DataProblems
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom",
+                  ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""File endings an image folder is listed by (2D NIfTI, NRRD and MetaImage: :mod:`medens.data.volumes`)."""
 KERMANY_CLASSES = ["bacterial", "normal", "viral"]
 MEDMNIST_HINT = (
     "MedMNIST files are not downloaded at run time: fetch e.g. bloodmnist.npz (from the MedMNIST "
@@ -46,23 +48,39 @@ def read_image(path: str | Path, channels: int, size: int | None, *, mask: bool 
     """Read one image as uint8 ``(H, W, C)`` (or ``(H, W)`` for a mask), resized to ``size``.
 
     Intensities follow :func:`medens.data.decode.image_to_array` (DICOM:
-    :func:`medens.data.dicom.dicom_pixels`), the mappings the endpoint uses for uploads (16-bit
-    images scaled over their full range; DICOM windowed). Images are resized bilinearly,
-    masks with nearest neighbour. Raises ``OSError``/``ValueError`` from PIL for unreadable files
-    (callers collect them).
+    :func:`medens.data.dicom.dicom_pixels`; NIfTI, NRRD, MetaImage:
+    :func:`medens.data.volumes.slice_pixels`), the mappings the endpoint uses for uploads (16-bit
+    images scaled over their full range; DICOM and the volume formats windowed). Masks in the
+    volume formats keep their label values (0-255). Images are resized bilinearly, masks with
+    nearest neighbour. Raises ``OSError``/``ValueError`` for unreadable files (callers collect them).
     """
     from PIL import Image
 
     from medens.data.decode import image_to_array, resize_uint8, to_channels
     from medens.data.dicom import dicom_pixels, is_dicom_file
+    from medens.data.volumes import read_slice, slice_pixels, volume_suffix
 
-    if not mask and is_dicom_file(path):
+    if volume_suffix(path):
+        if mask:
+            arr = _label_values(read_slice(path), path)
+        else:
+            arr = to_channels(slice_pixels(path, window=window), channels)
+    elif not mask and is_dicom_file(path):
         arr = to_channels(dicom_pixels(path, window=window), channels)
     else:
         with Image.open(path) as im:
             im.load()
             arr = np.asarray(im.convert("L"), dtype=np.uint8) if mask else image_to_array(im, channels)
     return arr if size is None else resize_uint8(arr, size, nearest=mask)
+
+
+def _label_values(values: np.ndarray, path: str | Path) -> np.ndarray:
+    """A label map read from a volume format as uint8 ``(H, W)``: whole numbers in [0, 255]."""
+    if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 255 \
+            or not np.array_equal(values, np.rint(values)):
+        raise ValueError(f"{path}: a mask must hold whole label values in [0, 255], got "
+                         f"[{values.min():g}, {values.max():g}]")
+    return values.astype(np.uint8)
 
 
 def _read_many(paths: list[Path], channels: int, size: int, problems: DataProblems, *, mask: bool = False,
@@ -83,7 +101,14 @@ def _read_many(paths: list[Path], channels: int, size: int, problems: DataProble
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _stem(p: Path) -> str:
+    """The file name without its image ending (``case1.nii.gz`` -> ``case1``)."""
+    name = p.name
+    ending = next((e for e in IMAGE_SUFFIXES if name.lower().endswith(e)), p.suffix)
+    return name[: len(name) - len(ending)] if ending else name
 
 
 def _require_path(path: str | None, source: str, hint: str) -> Path:
@@ -418,10 +443,10 @@ def _pair_folder(root: Path, size: int, channels: int, problems: DataProblems, s
             problems.add(f"{split}: missing folder {d} (expected images/ and masks/ with matching file names)")
     if problems.items:
         return None
-    masks_by_stem = {p.stem: p for p in _list_images(mask_dir)}
+    masks_by_stem = {_stem(p): p for p in _list_images(mask_dir)}
     image_paths, mask_paths = [], []
     for p in _list_images(img_dir):
-        m = masks_by_stem.pop(p.stem, None) or masks_by_stem.pop(p.stem + "_mask", None)
+        m = masks_by_stem.pop(_stem(p), None) or masks_by_stem.pop(_stem(p) + "_mask", None)
         if m is None:
             problems.add(f"{split}: image {p.name} has no mask in {mask_dir}")
             continue

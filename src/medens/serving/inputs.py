@@ -18,6 +18,7 @@ import base64
 import binascii
 import io
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -73,13 +74,19 @@ def decode_image_bytes(data: bytes, where: str, max_pixels: int, budget: PixelBu
                        window: tuple[float, float] | None = None) -> np.ndarray:
     """Encoded image bytes -> uint8 ``(H, W, C)``; the size is checked before pixels are decoded.
     A DICOM file (``DICM`` preamble) is decoded as the data stage decodes ``.dcm`` files, with the
-    VOI ``window`` the model was trained with (``None``: the file's own)."""
+    VOI ``window`` the model was trained with (``None``: the file's own); a 2D NIfTI (plain or
+    gzipped), NRRD or MetaImage file (recognised by its magic bytes) as the data stage decodes such
+    files, with the same ``window`` (``None``: the image's full range)."""
     from PIL import Image, UnidentifiedImageError
 
     from medens.data.dicom import is_dicom_bytes
+    from medens.data.volumes import sniff_volume_bytes
 
     if is_dicom_bytes(data):
         return _decode_dicom(data, where, max_pixels, budget, window)
+    suffix = sniff_volume_bytes(data)
+    if suffix is not None:
+        return _decode_slice(data, suffix, where, max_pixels, budget, window)
 
     try:
         img = Image.open(io.BytesIO(data))
@@ -106,19 +113,35 @@ def decode_image_bytes(data: bytes, where: str, max_pixels: int, budget: PixelBu
 
 def _decode_dicom(data: bytes, where: str, max_pixels: int, budget: PixelBudget | None,
                   window: tuple[float, float] | None = None) -> np.ndarray:
-    from medens.data.dicom import DicomError, dicom_header, dicom_to_uint8, read_dicom
+    from medens.data.dicom import dicom_header, dicom_to_uint8, read_dicom
 
+    return _decode_sized(where, max_pixels, budget, "bad_dicom", lambda: dicom_header(data, where),
+                         lambda: dicom_to_uint8(read_dicom(data, where), window))
+
+
+def _decode_slice(data: bytes, suffix: str, where: str, max_pixels: int, budget: PixelBudget | None,
+                  window: tuple[float, float] | None) -> np.ndarray:
+    from medens.data.volumes import slice_pixels, slice_shape
+
+    return _decode_sized(where, max_pixels, budget, "bad_volume", lambda: slice_shape(data, suffix, where),
+                         lambda: slice_pixels(data, where, suffix, window))
+
+
+def _decode_sized(where: str, max_pixels: int, budget: PixelBudget | None, reason: str,
+                  shape: Callable[[], tuple[int, int]], decode: Callable[[], np.ndarray]) -> np.ndarray:
+    """``decode()`` once ``shape()`` (rows, columns from the header) is within the limits; the
+    readers' ``ValueError`` (``DicomError`` included) becomes a 400 with ``reason``."""
     try:
-        rows, cols = dicom_header(data, where)
-    except DicomError as e:
-        raise InputError("bad_dicom", str(e)) from e
+        rows, cols = shape()
+    except ValueError as e:
+        raise InputError(reason, str(e)) from e
     _check_pixels(rows, cols, where, max_pixels)
     if budget is not None:
         budget.take(rows * cols, where)
     try:
-        return dicom_to_uint8(read_dicom(data, where), window)
-    except DicomError as e:
-        raise InputError("bad_dicom", str(e)) from e
+        return decode()
+    except ValueError as e:
+        raise InputError(reason, str(e)) from e
 
 
 def _check_pixels(h: int, w: int, where: str, max_pixels: int) -> None:
