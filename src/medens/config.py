@@ -106,6 +106,11 @@ class DataSpec(_Spec):
     normalize: Literal["unit", "zscore"] = Field(
         "unit", description="unit: pixels/255; zscore: per-channel mean/std of the training split"
     )
+    bit_depth: Literal[8, 16] = Field(
+        8, description="stored bit depth of the pixels: 8 (uint8) or 16 (uint16: 16-bit PNG/TIFF values and "
+                       "DICOM/NIfTI/NRRD/MetaImage windows keep 65536 levels until the model's normalisation, "
+                       "x / 65535; 8-bit sources are widened v * 257). Recorded in every model artifact; the "
+                       "endpoint decodes uploads at the same depth")
     window: list[float] | None = Field(
         None, description="VOI window [center, width] in the modality's units (CT lung: [-600, 1500]) for DICOM "
                           "and 2D NIfTI, NRRD and MetaImage files; recorded in every model artifact and applied "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medens.data.decode import image_to_array, resize_uint8
+from medens.data.decode import image_to_array, resize_pixels
 from medens.data.sources import read_image
 from medens.serving.inputs import decode_image_bytes
 
@@ -56,8 +56,8 @@ def test_integer_images_within_8_bits_keep_their_values():
 def test_resize_keeps_uint8_and_masks_stay_labels():
     a = np.zeros((4, 4, 1), np.uint8)
     a[:2] = 200
-    out = resize_uint8(a, 8)
+    out = resize_pixels(a, 8)
     assert out.shape == (8, 8, 1) and out.dtype == np.uint8 and out[0, 0, 0] == 200 and out[-1, 0, 0] == 0
     m = np.array([[0, 2], [1, 0]], np.uint8)
-    assert set(np.unique(resize_uint8(m, 6, nearest=True)).tolist()) == {0, 1, 2}
-    assert resize_uint8(a, 4) is a
+    assert set(np.unique(resize_pixels(m, 6, nearest=True)).tolist()) == {0, 1, 2}
+    assert resize_pixels(a, 4) is a

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medens.data.dicom import DicomError, DicomImage, dicom_pixels, dicom_to_uint8, read_dicom
+from medens.data.dicom import DicomError, DicomImage, dicom_pixels, dicom_to_pixels, read_dicom
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
 DATA_STORE = Path(data_store.__file__).parent / "data"
@@ -102,11 +102,11 @@ def test_rescale_window_and_monochrome1_by_hand(tmp_path):
     np.testing.assert_array_equal(image.values, raw * 2.0 - 1024.0)  # physical values
     assert image.window == (1024.0, 2048.0)
     # window [0, 2048]: -1024 -> 0, 1024 -> 127.5 -> 128, 3072 -> 255 (clipped), 0 -> 0
-    assert dicom_to_uint8(image)[..., 0].tolist() == [[0, 128, 255], [255, 255, 0]]
+    assert dicom_to_pixels(image)[..., 0].tolist() == [[0, 128, 255], [255, 255, 0]]
     # without a window: the image's full range [-1024, 7166]
     lo, hi = -1024.0, 4095 * 2.0 - 1024.0
     full = np.rint((raw * 2.0 - 1024.0 - lo) / (hi - lo) * 255).astype(np.uint8)
-    np.testing.assert_array_equal(dicom_to_uint8(DicomImage(image.values, "MONOCHROME2", None, ""))[..., 0], full)
+    np.testing.assert_array_equal(dicom_to_pixels(DicomImage(image.values, "MONOCHROME2", None, ""))[..., 0], full)
     mono1 = write_dicom(tmp_path / "cr.dcm", raw, photometric="MONOCHROME1")
     np.testing.assert_array_equal(dicom_pixels(mono1)[..., 0], 255 - np.rint(raw / 4095 * 255).astype(np.uint8))
 

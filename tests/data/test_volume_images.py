@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medens.data.decode import Reading
 from medens.data.sources import read_image, seg_folder
 from medens.data.volumes import slice_pixels
 from medens.serving.inputs import InputError, decode_image_bytes
@@ -43,8 +44,8 @@ def write_slices(root: Path) -> list[Path]:
 def test_training_and_the_endpoint_get_the_same_pixels_from_volume_files(tmp_path):
     for path in write_slices(tmp_path):
         for window in (None, (300.0, 400.0)):
-            trained = read_image(path, 1, None, window=window)
-            served = decode_image_bytes(path.read_bytes(), "instances[0]", 10**6, window=window)
+            trained = read_image(path, 1, None, reading=Reading(window=window))
+            served = decode_image_bytes(path.read_bytes(), "instances[0]", 10**6, reading=Reading(window=window))
             assert trained.shape == (41, 33, 1)  # rows along y
             np.testing.assert_array_equal(trained, served)
             np.testing.assert_array_equal(trained, slice_pixels(path, window=window))

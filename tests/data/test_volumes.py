@@ -133,7 +133,7 @@ SLICE_KINDS = [("nifti", "x.nii.gz"), ("nifti", "x.nii"), ("nrrd", "x.nrrd"), ("
 
 @pytest.mark.parametrize("kind, name", SLICE_KINDS)
 def test_2d_slices_read_in_itk_array_order_with_physical_values(kind, name, tmp_path):
-    from medens.data.dicom import window_to_uint8
+    from medens.data.dicom import window_to_pixels
     from medens.data.volumes import read_slice, slice_pixels, slice_shape, sniff_volume_bytes
 
     a = _slice()
@@ -152,7 +152,7 @@ def test_2d_slices_read_in_itk_array_order_with_physical_values(kind, name, tmp_
     np.testing.assert_array_equal(full[..., 0], np.rint((a + 1024) / (34 * 97) * 255).astype(np.uint8))
     win = slice_pixels(tmp_path / name, window=(0.0, 1000.0))
     np.testing.assert_array_equal(win[..., 0], np.rint(np.clip((a + 500.0) / 1000.0, 0, 1) * 255).astype(np.uint8))
-    np.testing.assert_array_equal(win, window_to_uint8(a, (0.0, 1000.0)))
+    np.testing.assert_array_equal(win, window_to_pixels(a, (0.0, 1000.0)))
 
 
 def test_single_slice_volumes_are_images_and_thicker_volumes_are_refused(tmp_path):

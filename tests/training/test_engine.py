@@ -25,10 +25,11 @@ def test_fit_writes_a_complete_artifact(cells32, tmp_path):
     assert m["architecture"] == {"name": "compact_cnn", "kwargs": {"in_channels": 3, "num_classes": 3}}
     assert m["loss"] == {"name": "ce", "params": {}}
     assert m["class_names"] == ["codocyte", "hypochromia", "normal"]
-    assert m["input"] == {"channels": 3, "size": 32, "mean": [0.0] * 3, "std": [1.0] * 3}
+    assert m["input"] == {"channels": 3, "size": 32, "mean": [0.0] * 3, "std": [1.0] * 3, "max_value": 255.0}
     from medens.data.decode import PREPROCESSING
 
-    assert m["preprocessing"] == {**PREPROCESSING, "dicom_window": None} and m["preprocessing"]["version"] == 1
+    assert m["preprocessing"] == {**PREPROCESSING, "dicom_window": None, "bit_depth": 8}
+    assert m["preprocessing"]["version"] == 1
     assert set(m["files"]) == {"weights.pt", "train_log.jsonl", "predictions/val.npz"}
     assert len(m["history"]) == 3 and len(res.history) == 3
     # best epoch = minimum validation loss (study 2)

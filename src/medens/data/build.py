@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+import numpy as np
 
 from medens.config import DataSpec, ExperimentSpec
 from medens.data import sources
+from medens.data.decode import Reading, widen
 from medens.data.groups import group_split, groups_from_dicom, groups_from_pattern, leakage_problem, parse_group_by
 from medens.data.imbalance import lesion_crops, oversample, resample_to_ratio, undersample_indices
 from medens.data.splits import stratified_split
@@ -14,9 +18,25 @@ from medens.data.validate import DataProblems, check_arrays
 
 
 def load_pool(data: DataSpec, seed: int) -> sources.Pool:
-    """Call the source named by ``data.source``."""
-    size, ch = data.image_size, data.channels
+    """Call the source named by ``data.source``; at ``data.bit_depth`` 16, the 8-bit pixels of the
+    sources that hold no more (synthetic, MedMNIST) are widened exactly (``v * 257``)."""
+    pool = _source(data, seed)
+    if data.bit_depth == 16:
+        for name, part in pool.parts.items():
+            if part.images.dtype == np.uint8:
+                pool.parts[name] = dataclasses.replace(part, images=widen(np.asarray(part.images), 16))
+    return pool
+
+
+def reading(data: DataSpec) -> Reading:
+    """How the spec's files become pixels: ``data.window`` and ``data.bit_depth``."""
     window = (float(data.window[0]), float(data.window[1])) if data.window else None
+    return Reading(window=window, depth=data.bit_depth)
+
+
+def _source(data: DataSpec, seed: int) -> sources.Pool:
+    size, ch = data.image_size, data.channels
+    read = reading(data)
     syn = data.synthetic
     if data.source == "synthetic_cells":
         return sources.synthetic_cells(syn.counts, size, ch, seed, data.class_names, syn.separation)
@@ -27,16 +47,16 @@ def load_pool(data: DataSpec, seed: int) -> sources.Pool:
     if data.source == "medmnist":
         return sources.medmnist(data.path, size, ch, data.class_names)
     if data.source == "image_folder":
-        return sources.image_folder(data.path, size, ch, data.class_names, window=window)
+        return sources.image_folder(data.path, size, ch, data.class_names, reading=read)
     if data.source == "kermany":
-        return sources.kermany(data.path, size, ch, window=window)
+        return sources.kermany(data.path, size, ch, reading=read)
     if data.source == "seg_folder":
-        return sources.seg_folder(data.path, size, ch, data.class_names, window=window)
+        return sources.seg_folder(data.path, size, ch, data.class_names, reading=read)
     if data.source == "csv":
         column = None
         if data.group_by is not None and data.group_by.startswith("column:"):
             column = data.group_by[len("column:"):]
-        return sources.csv_manifest(data.path, size, ch, data.class_names, group_column=column, window=window)
+        return sources.csv_manifest(data.path, size, ch, data.class_names, group_column=column, reading=read)
     raise ValueError(f"unknown data source {data.source!r}")  # pragma: no cover - the spec forbids it
 
 
@@ -188,6 +208,7 @@ def build_dataset(spec: ExperimentSpec) -> SplitData:
     info.update({"seed": seed, "image_size": data.image_size, "channels": data.channels})
     if data.window:
         info["dicom_window"] = [float(v) for v in data.window]
+    info["bit_depth"] = data.bit_depth
     return out
 
 

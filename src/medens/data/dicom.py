@@ -8,9 +8,9 @@ data, a transfer syntax no installed decoder handles (with the package that woul
 multi-frame object (a volume or a cine loop, not one 2D image), an unsupported photometric
 interpretation.
 
-:func:`dicom_to_uint8` is the display mapping medens trains and serves on: the VOI window from
+:func:`dicom_to_pixels` is the display mapping medens trains and serves on: the VOI window from
 the file's own Window Center / Width (the first, where several are given) or, without one, the
-image's full range, then MONOCHROME1 inverted (0 is white there), rounded to uint8. Colour
+image's full range, then MONOCHROME1 inverted (0 is white there), rounded to 8 (or 16) bits. Colour
 images (RGB, YBR converted to RGB by pydicom, palette colour through its LUT) are taken as 8-bit
 RGB. Both the data stage (``.dcm`` files in a folder or manifest) and the endpoint (uploads whose
 bytes carry the ``DICM`` preamble) call :func:`dicom_pixels`, so the model sees the same pixels.
@@ -160,11 +160,13 @@ def dicom_header(data: bytes, where: str) -> tuple[int, int]:
         raise DicomError(f"{where}: unreadable DICOM header ({type(e).__name__}: {e})") from e
 
 
-def window_to_uint8(values: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
-    """Physical values ``(H, W)`` -> uint8 ``(H, W, 1)``: linear from ``center - width / 2`` (0) to
-    ``center + width / 2`` (255), clipped, rounded; without a window, the image's full range
-    (min -> 0, max -> 255; a constant image -> 0). The mapping of DICOM and of NIfTI, NRRD and
-    MetaImage slices alike (:mod:`medens.data.volumes`)."""
+def window_to_pixels(values: np.ndarray, window: tuple[float, float] | None, depth: int = 8) -> np.ndarray:
+    """Physical values ``(H, W)`` -> ``(H, W, 1)`` pixels at ``depth`` bits (uint8 or uint16):
+    linear from ``center - width / 2`` (0) to ``center + width / 2`` (255 or 65535), clipped,
+    rounded; without a window, the image's full range (min -> 0, max -> top; a constant image ->
+    0). The mapping of DICOM and of NIfTI, NRRD and MetaImage slices alike
+    (:mod:`medens.data.volumes`)."""
+    top, dtype = (65535.0, np.uint16) if depth == 16 else (255.0, np.uint8)
     v = np.asarray(values, dtype=np.float64)
     if window is None:
         lo, hi = float(v.min(initial=0.0)), float(v.max(initial=0.0))
@@ -172,26 +174,27 @@ def window_to_uint8(values: np.ndarray, window: tuple[float, float] | None) -> n
         c, w = window
         lo, hi = c - w / 2.0, c + w / 2.0
     scaled = np.zeros_like(v) if hi <= lo else (v - lo) / (hi - lo)
-    return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)[..., None]
+    return np.rint(np.clip(scaled, 0.0, 1.0) * top).astype(dtype)[..., None]
 
 
-def dicom_to_uint8(image: DicomImage, window: tuple[float, float] | None = None) -> np.ndarray:
-    """The display mapping: uint8 ``(H, W, 1)`` (grey) or ``(H, W, 3)`` (colour).
+def dicom_to_pixels(image: DicomImage, window: tuple[float, float] | None = None, depth: int = 8) -> np.ndarray:
+    """The display mapping at ``depth`` bits: ``(H, W, 1)`` (grey) or ``(H, W, 3)`` (colour).
 
     Grey: the window ``(center, width)`` given, else the file's, else the image's full range;
-    values map linearly from ``center - width / 2`` (0) to ``center + width / 2`` (255), clipped;
-    MONOCHROME1 is inverted afterwards.
+    values map linearly from ``center - width / 2`` (0) to ``center + width / 2`` (255, or 65535
+    at 16 bits), clipped; MONOCHROME1 is inverted afterwards. Colour is 8-bit RGB, widened
+    ``v * 257`` at 16 bits.
     """
     if image.photometric == "RGB":
-        return image.values
-    out = window_to_uint8(image.values, window or image.window)
+        return image.values.astype(np.uint16) * np.uint16(257) if depth == 16 else image.values
+    out = window_to_pixels(image.values, window or image.window, depth)
     if image.photometric == "MONOCHROME1":
-        out = 255 - out
+        out = out.dtype.type((1 << depth) - 1) - out
     return out
 
 
 def dicom_pixels(source: str | os.PathLike | bytes, where: str | None = None,
-                 window: tuple[float, float] | None = None) -> np.ndarray:
-    """uint8 pixels of a DICOM file or its bytes: :func:`read_dicom`, then :func:`dicom_to_uint8`
-    (``window``: the spec's ``data.window``, else the file's own)."""
-    return dicom_to_uint8(read_dicom(source, where), window)
+                 window: tuple[float, float] | None = None, depth: int = 8) -> np.ndarray:
+    """Pixels of a DICOM file or its bytes at ``depth`` bits: :func:`read_dicom`, then
+    :func:`dicom_to_pixels` (``window``: the spec's ``data.window``, else the file's own)."""
+    return dicom_to_pixels(read_dicom(source, where), window, depth)

@@ -26,7 +26,9 @@ COUNT_CHUNK_BYTES = 4 * 2**20
 
 
 def intensity_counts(images: np.ndarray, bins: int = BINS) -> np.ndarray:
-    """Counts of pixel intensities (all channels pooled) in ``bins`` equal bins over [0, 256)."""
+    """Counts of pixel intensities (all channels pooled) in ``bins`` equal bins over [0, 256);
+    16-bit pixels count in 8-bit units (their high byte), so a 16-bit model's reference and its
+    uploads are binned alike."""
     from medens.data.filearray import FileArray, iter_rows
 
     if isinstance(images, FileArray) or (hasattr(images, "nbytes") and images.nbytes > COUNT_CHUNK_BYTES):
@@ -36,6 +38,8 @@ def intensity_counts(images: np.ndarray, bins: int = BINS) -> np.ndarray:
     a = np.asarray(images)
     if a.size == 0:
         return np.zeros(bins, dtype=np.int64)
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)
     if a.dtype == np.uint8 and 256 % bins == 0:  # fast path: integer division into equal bins
         return np.bincount((a.reshape(-1) // (256 // bins)).astype(np.intp), minlength=bins).astype(np.int64)
     counts, _ = np.histogram(np.clip(a, 0, 255.999), bins=bins, range=(0.0, 256.0))

@@ -159,7 +159,7 @@ def oversample_indices(labels: Sequence[int] | np.ndarray, seed: int = 0) -> tup
 def augment_image(image: np.ndarray, rng: np.random.Generator, max_degrees: float = 15.0) -> np.ndarray:
     """Random rotation within +-``max_degrees`` and random horizontal/vertical flips (study 2).
 
-    ``image`` is ``(H, W, C)`` or ``(H, W)`` uint8; the result has the same shape and dtype.
+    ``image`` is ``(H, W, C)`` or ``(H, W)`` uint8 or uint16; the result has the same shape and dtype.
     """
     from scipy import ndimage
 
@@ -169,7 +169,7 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, max_degrees: floa
         out = out[:, ::-1]
     if rng.random() < 0.5:
         out = out[::-1]
-    return np.clip(np.rint(out), 0, 255).astype(image.dtype)
+    return np.clip(np.rint(out), 0, np.iinfo(image.dtype).max).astype(image.dtype)
 
 
 def oversample(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -265,10 +265,10 @@ def lesion_crops(images: np.ndarray, masks: np.ndarray, size: int, ids: Sequence
                     preserve_range=True, anti_aliasing=False)
         cm = resize(mask[r0:r1, c0:c1].astype(np.float32), (size, size), order=0, preserve_range=True,
                     anti_aliasing=False)
-        out_img.append(np.clip(np.rint(ci), 0, 255).astype(np.uint8))
+        out_img.append(np.clip(np.rint(ci), 0, np.iinfo(images.dtype).max).astype(images.dtype))
         out_mask.append(cm.astype(masks.dtype))
         out_ids.append(f"{sid}:crop")
     c = images.shape[-1]
     if not out_img:
-        return np.empty((0, size, size, c), np.uint8), np.empty((0, size, size), masks.dtype), []
+        return np.empty((0, size, size, c), images.dtype), np.empty((0, size, size), masks.dtype), []
     return np.stack(out_img), np.stack(out_mask), out_ids

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from medens.data.decode import Reading
 from medens.data.types import SPLITS, Split
 from medens.data.validate import DataProblems
 
+READ8 = Reading()
+"""The default reading: 8-bit pixels, DICOM files' own window."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom",
                   ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 """File endings an image folder is listed by (2D NIfTI, NRRD and MetaImage: :mod:`medens.data.volumes`)."""
@@ -44,8 +47,9 @@ class Pool:
 
 
 def read_image(path: str | Path, channels: int, size: int | None, *, mask: bool = False,
-               window: tuple[float, float] | None = None) -> np.ndarray:
-    """Read one image as uint8 ``(H, W, C)`` (or ``(H, W)`` for a mask), resized to ``size``.
+               reading: Reading = READ8) -> np.ndarray:
+    """Read one image as ``(H, W, C)`` pixels at ``reading.depth`` bits (uint8 or uint16; a mask:
+    uint8 ``(H, W)``), resized to ``size``; ``reading.window`` for DICOM and the volume formats.
 
     Intensities follow :func:`medens.data.decode.image_to_array` (DICOM:
     :func:`medens.data.dicom.dicom_pixels`; NIfTI, NRRD, MetaImage:
@@ -56,7 +60,7 @@ def read_image(path: str | Path, channels: int, size: int | None, *, mask: bool 
     """
     from PIL import Image
 
-    from medens.data.decode import image_to_array, resize_uint8, to_channels
+    from medens.data.decode import image_to_array, resize_pixels, to_channels
     from medens.data.dicom import dicom_pixels, is_dicom_file
     from medens.data.volumes import read_slice, slice_pixels, volume_suffix
 
@@ -64,14 +68,15 @@ def read_image(path: str | Path, channels: int, size: int | None, *, mask: bool 
         if mask:
             arr = _label_values(read_slice(path), path)
         else:
-            arr = to_channels(slice_pixels(path, window=window), channels)
+            arr = to_channels(slice_pixels(path, window=reading.window, depth=reading.depth), channels)
     elif not mask and is_dicom_file(path):
-        arr = to_channels(dicom_pixels(path, window=window), channels)
+        arr = to_channels(dicom_pixels(path, window=reading.window, depth=reading.depth), channels)
     else:
         with Image.open(path) as im:
             im.load()
-            arr = np.asarray(im.convert("L"), dtype=np.uint8) if mask else image_to_array(im, channels)
-    return arr if size is None else resize_uint8(arr, size, nearest=mask)
+            arr = np.asarray(im.convert("L"), dtype=np.uint8) if mask else image_to_array(im, channels,
+                                                                                          reading.depth)
+    return arr if size is None else resize_pixels(arr, size, nearest=mask)
 
 
 def _label_values(values: np.ndarray, path: str | Path) -> np.ndarray:
@@ -84,11 +89,11 @@ def _label_values(values: np.ndarray, path: str | Path) -> np.ndarray:
 
 
 def _read_many(paths: list[Path], channels: int, size: int, problems: DataProblems, *, mask: bool = False,
-               window: tuple[float, float] | None = None) -> list:
+               reading: Reading = READ8) -> list:
     out = []
     for p in paths:
         try:
-            out.append(read_image(p, channels, size, mask=mask, window=window))
+            out.append(read_image(p, channels, size, mask=mask, reading=reading))
         except Exception as e:  # PIL raises several types for bad files
             from medens.data.dicom import DicomError
 
@@ -300,7 +305,7 @@ def _class_folders(root: Path, class_names: list[str] | None, problems: DataProb
 
 
 def _load_class_folders(root: Path, names: list[str], size: int, channels: int, problems: DataProblems,
-                        split: str, window: tuple[float, float] | None = None) -> Split | None:
+                        split: str, reading: Reading = READ8) -> Split | None:
     paths, labels = [], []
     for k, c in enumerate(names):
         folder = root / c
@@ -311,7 +316,7 @@ def _load_class_folders(root: Path, names: list[str], size: int, channels: int, 
             problems.add(f"{split}: class {c!r} has no images in {folder}")
         paths += files
         labels += [k] * len(files)
-    return _assemble(paths, labels, size, channels, problems, root, window)
+    return _assemble(paths, labels, size, channels, problems, root, reading)
 
 
 _SCRATCH: list[Path] = []
@@ -330,7 +335,7 @@ def _scratch_file() -> Path:
     return _SCRATCH[0] / f"{uuid.uuid4().hex}.npy"
 
 
-def _read_to_disk(paths: list[Path], channels: int, size: int, problems: DataProblems, window: tuple[float, float] | None = None):
+def _read_to_disk(paths: list[Path], channels: int, size: int, problems: DataProblems, reading: Reading = READ8):
     """Decode ``paths`` one by one into an on-disk array (a scratch ``.npy``): a pool larger than
     memory is read without holding it. Returns the ``FileArray`` of the readable files' rows."""
     from tqdm.auto import tqdm
@@ -338,23 +343,23 @@ def _read_to_disk(paths: list[Path], channels: int, size: int, problems: DataPro
     from medens.data.filearray import FileArray, NpyWriter
 
     path, keep = _scratch_file(), []
-    with NpyWriter(path, len(paths), (size, size, channels), np.uint8) as w:
+    with NpyWriter(path, len(paths), (size, size, channels), reading.dtype) as w:
         for i, p in enumerate(tqdm(paths, desc="reading images", unit="img", leave=False, disable=None)):
-            a = _read_many([p], channels, size, problems, window=window)[0]
+            a = _read_many([p], channels, size, problems, reading=reading)[0]
             if a is not None:
                 keep.append(i)
-            w.append((a if a is not None else np.zeros((size, size, channels), np.uint8))[None])
+            w.append((a if a is not None else np.zeros((size, size, channels), reading.dtype))[None])
     return FileArray(path).take(keep), keep
 
 
 def _assemble(paths: list[Path], labels: list[int], size: int, channels: int, problems: DataProblems,
-              root: Path, window: tuple[float, float] | None = None) -> Split | None:
+              root: Path, reading: Reading = READ8) -> Split | None:
     from medens.data.types import lazy_bytes
 
     if len(paths) * size * size * channels > lazy_bytes():  # larger than memory should hold: on disk
-        images, keep = _read_to_disk(paths, channels, size, problems, window)
+        images, keep = _read_to_disk(paths, channels, size, problems, reading)
     else:
-        arrays = _read_many(paths, channels, size, problems, window=window)
+        arrays = _read_many(paths, channels, size, problems, reading=reading)
         keep = [i for i, a in enumerate(arrays) if a is not None]
         images = np.stack([arrays[i] for i in keep]) if keep else None
     if not keep:
@@ -364,7 +369,7 @@ def _assemble(paths: list[Path], labels: list[int], size: int, channels: int, pr
 
 
 def image_folder(path: str | None, size: int, channels: int, class_names: list[str] | None = None,
-                 window: tuple[float, float] | None = None) -> Pool:
+                 reading: Reading = READ8) -> Pool:
     """One folder per class (``root/<class>/*.png``), or ``root/{train,val,test}/<class>/``."""
     root = _require_path(path, "image_folder", "point it at a folder with one sub-folder of images per class")
     problems = DataProblems(str(root))
@@ -373,12 +378,12 @@ def image_folder(path: str | None, size: int, channels: int, class_names: list[s
     if split_dirs:
         names = _class_folders(root / split_dirs[0], class_names, problems)
         for s in split_dirs:
-            part = _load_class_folders(root / s, names, size, channels, problems, s, window)
+            part = _load_class_folders(root / s, names, size, channels, problems, s, reading)
             if part is not None:
                 parts[s] = part
     else:
         names = _class_folders(root, class_names, problems)
-        part = _load_class_folders(root, names, size, channels, problems, "all", window)
+        part = _load_class_folders(root, names, size, channels, problems, "all", reading)
         if part is not None:
             parts["all"] = part
     problems.raise_if_any()
@@ -400,7 +405,7 @@ def kermany_class(path: Path) -> str | None:
     return None
 
 
-def kermany(path: str | None, size: int, channels: int, window: tuple[float, float] | None = None) -> Pool:
+def kermany(path: str | None, size: int, channels: int, reading: Reading = READ8) -> Pool:
     """The Kermany layout (``train/``, ``test/`` and optional ``val/`` with ``NORMAL/`` and
     ``PNEUMONIA/``), relabelled into bacterial / normal / viral. ``val/`` (16 images in the
     release) is merged into train; validation is then held out from train by ``data.split``."""
@@ -425,7 +430,7 @@ def kermany(path: str | None, size: int, channels: int, window: tuple[float, flo
                         continue
                     paths.append(f)
                     labels.append(KERMANY_CLASSES.index(c))
-        split = _assemble(paths, labels, size, channels, problems, root, window)
+        split = _assemble(paths, labels, size, channels, problems, root, reading)
         if split is not None:
             parts[part] = split
     problems.raise_if_any()
@@ -436,7 +441,7 @@ def kermany(path: str | None, size: int, channels: int, window: tuple[float, flo
 
 
 def _pair_folder(root: Path, size: int, channels: int, problems: DataProblems, split: str,
-                 window: tuple[float, float] | None = None) -> Split | None:
+                 reading: Reading = READ8) -> Split | None:
     img_dir, mask_dir = root / "images", root / "masks"
     for d in (img_dir, mask_dir):
         if not d.is_dir():
@@ -454,12 +459,12 @@ def _pair_folder(root: Path, size: int, channels: int, problems: DataProblems, s
         mask_paths.append(m)
     for stem in sorted(masks_by_stem):
         problems.add(f"{split}: mask {masks_by_stem[stem].name} has no image in {img_dir}")
-    return _assemble_pairs(image_paths, mask_paths, size, channels, problems, root, window)
+    return _assemble_pairs(image_paths, mask_paths, size, channels, problems, root, reading)
 
 
 def _assemble_pairs(image_paths: list[Path], mask_paths: list[Path], size: int, channels: int,
-                    problems: DataProblems, root: Path, window: tuple[float, float] | None = None) -> Split | None:
-    imgs = _read_many(image_paths, channels, size, problems, window=window)
+                    problems: DataProblems, root: Path, reading: Reading = READ8) -> Split | None:
+    imgs = _read_many(image_paths, channels, size, problems, reading=reading)
     masks = _read_many(mask_paths, channels, size, problems, mask=True)
     keep = [i for i in range(len(imgs)) if imgs[i] is not None and masks[i] is not None]
     if not keep:
@@ -471,7 +476,7 @@ def _assemble_pairs(image_paths: list[Path], mask_paths: list[Path], size: int, 
 
 
 def seg_folder(path: str | None, size: int, channels: int, class_names: list[str] | None = None,
-               window: tuple[float, float] | None = None) -> Pool:
+               reading: Reading = READ8) -> Pool:
     """Image/mask pairs: ``root/images/x.png`` with ``root/masks/x.png`` (or ``x_mask.png``),
     optionally under ``root/{train,val,test}/``. Binary masks saved as 0/255 become 0/1."""
     root = _require_path(path, "seg_folder",
@@ -480,7 +485,7 @@ def seg_folder(path: str | None, size: int, channels: int, class_names: list[str
     split_dirs = [s for s in SPLITS if (root / s).is_dir()]
     parts = {}
     for s in split_dirs or ["all"]:
-        part = _pair_folder(root if s == "all" else root / s, size, channels, problems, s, window)
+        part = _pair_folder(root if s == "all" else root / s, size, channels, problems, s, reading)
         if part is not None:
             parts[s] = part
     problems.raise_if_any()
@@ -488,7 +493,7 @@ def seg_folder(path: str | None, size: int, channels: int, class_names: list[str
 
 
 def csv_manifest(path: str | None, size: int, channels: int, class_names: list[str] | None = None,
-                 group_column: str | None = None, window: tuple[float, float] | None = None) -> Pool:
+                 group_column: str | None = None, reading: Reading = READ8) -> Pool:
     """A CSV manifest with a header: ``path,label`` (classification) or ``image,mask``
     (segmentation), and an optional ``split`` column (train/val/test). Relative paths are
     relative to the CSV's folder. Labels are class names (or indices into ``class_names``).
@@ -531,7 +536,7 @@ def csv_manifest(path: str | None, size: int, channels: int, class_names: list[s
                     problems.add(f"line {line}: missing group id in column {group_column!r}")
         if seg:
             part = _assemble_pairs([base / r["image"] for _, r in items], [base / r["mask"] for _, r in items],
-                                   size, channels, problems, base, window)
+                                   size, channels, problems, base, reading)
             kept_groups = [(r.get(group_column) or "").strip() for _, r in items] if group_column else []
         else:
             paths, labels = [], []
@@ -548,7 +553,7 @@ def csv_manifest(path: str | None, size: int, channels: int, class_names: list[s
                 labels.append(k)
                 if group_column:
                     kept_groups.append((r.get(group_column) or "").strip())
-            part = _assemble(paths, labels, size, channels, problems, base, window)
+            part = _assemble(paths, labels, size, channels, problems, base, reading)
         if part is not None:
             parts[s] = part
             part_groups[s] = kept_groups

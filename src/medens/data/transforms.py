@@ -1,7 +1,7 @@
 """Input preprocessing recorded in every artifact, so training, evaluation and serving agree.
 
-``InputSpec`` holds channels, size and intensity normalisation; ``preprocess`` turns uint8
-``(N, H, W, C)`` images (any size) into float32 ``(N, C, size, size)`` arrays.
+``InputSpec`` holds channels, size and intensity normalisation; ``preprocess`` turns uint8 or
+uint16 ``(N, H, W, C)`` images (any size) into float32 ``(N, C, size, size)`` arrays.
 """
 
 from __future__ import annotations
@@ -13,45 +13,52 @@ import numpy as np
 
 @dataclass
 class InputSpec:
-    """What a model expects: ``channels``, square ``size``, and ``(x/255 - mean) / std``."""
+    """What a model expects: ``channels``, square ``size``, and ``(x / max_value - mean) / std``
+    (``max_value`` 255 for 8-bit pixels, 65535 for 16-bit ones)."""
 
     channels: int
     size: int
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
+    max_value: float = 255.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> InputSpec:
-        return cls(channels=int(d["channels"]), size=int(d["size"]), mean=list(d["mean"]), std=list(d["std"]))
+        return cls(channels=int(d["channels"]), size=int(d["size"]), mean=list(d["mean"]), std=list(d["std"]),
+                   max_value=float(d.get("max_value", 255.0)))  # artifacts before 16-bit pixels: 255
 
     @classmethod
     def fit(cls, images: np.ndarray, mode: str = "unit") -> InputSpec:
-        """Normalisation from training images: ``unit`` (x/255) or ``zscore`` (per-channel)."""
+        """Normalisation from training images: ``unit`` (x / max_value) or ``zscore`` (per-channel);
+        ``max_value`` from the images' dtype (:func:`medens.data.decode.max_value`)."""
+        from medens.data.decode import max_value
+
         if images.ndim != 4:
             raise ValueError(f"images must be (N, H, W, C), got shape {tuple(images.shape)}")
-        c, size = int(images.shape[-1]), int(images.shape[1])
+        c, size, top = int(images.shape[-1]), int(images.shape[1]), max_value(images.dtype)
         if mode == "unit":
-            return cls(channels=c, size=size, mean=[0.0] * c, std=[1.0] * c)
+            return cls(channels=c, size=size, mean=[0.0] * c, std=[1.0] * c, max_value=top)
         if mode == "zscore":  # in row chunks: the images may be on disk (FileArray)
             from medens.data.filearray import iter_rows
 
             total, sq, n = np.zeros(c), np.zeros(c), 0
             for chunk in iter_rows(images, 8 * 2**20):  # float64 copies: 64 MiB of scratch
-                x = chunk.reshape(-1, c).astype(np.float64) / 255.0
+                x = chunk.reshape(-1, c).astype(np.float64) / top
                 total += x.sum(axis=0)
                 sq += (x * x).sum(axis=0)
                 n += len(x)
             mean = total / max(n, 1)
             std = np.maximum(np.sqrt(np.maximum(sq / max(n, 1) - mean * mean, 0.0)), 1e-6)
-            return cls(channels=c, size=size, mean=mean.round(6).tolist(), std=std.round(6).tolist())
+            return cls(channels=c, size=size, mean=mean.round(6).tolist(), std=std.round(6).tolist(), max_value=top)
         raise ValueError(f"unknown normalisation {mode!r}; expected 'unit' or 'zscore'")
 
 
 def preprocess(images: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """uint8 ``(N, H, W, C)`` -> float32 ``(N, C, size, size)``: channel conversion, resize, normalise."""
+    """Pixels ``(N, H, W, C)`` -> float32 ``(N, C, size, size)``: channel conversion, resize, normalise
+    (``x / spec.max_value``, then mean/std)."""
     x = np.asarray(images)
     if x.ndim == 3:
         x = x[..., None]
@@ -68,7 +75,7 @@ def preprocess(images: np.ndarray, spec: InputSpec) -> np.ndarray:
     x = x.astype(np.float32)
     if x.shape[1] != spec.size or x.shape[2] != spec.size:
         x = resize_batch(x, spec.size)
-    x = x / 255.0
+    x = x / np.float32(spec.max_value)
     mean = np.asarray(spec.mean, np.float32).reshape(1, 1, 1, -1)
     std = np.asarray(spec.std, np.float32).reshape(1, 1, 1, -1)
     x = (x - mean) / std

@@ -1,6 +1,6 @@
 """The split structure every data source returns.
 
-A ``Split`` holds images as a uint8 array ``(N, H, W, C)`` (channel-last, as MedMNIST stores
+A ``Split`` holds images as a uint8 (or uint16) array ``(N, H, W, C)`` (channel-last, as MedMNIST stores
 them; in memory, or on disk as a :class:`~medens.data.filearray.FileArray` read by rows when the
 dataset is large), labels ``(N,)`` for classification or masks ``(N, H, W)`` for segmentation,
 and one string id per sample. ``SplitData`` bundles the train/val/test splits with the class names.
@@ -26,7 +26,8 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Split:
-    """One split: images ``(N, H, W, C)`` uint8, labels ``(N,)`` or masks ``(N, H, W)``, ids."""
+    """One split: images ``(N, H, W, C)`` uint8 (uint16 with ``data.bit_depth`` 16), labels ``(N,)``
+    or masks ``(N, H, W)``, ids."""
 
     images: np.ndarray
     ids: list[str]

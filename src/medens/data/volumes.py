@@ -12,8 +12,8 @@ volumes from different scanners line up.
 with one slice) are images like any PNG: :func:`read_slice` gives their values as ``(rows,
 columns)`` in ITK's array order (rows along the second voxel axis, columns along the first: what
 ``itk.GetArrayFromImage`` and SimpleITK give; no reorientation), and :func:`slice_pixels` maps them
-to uint8 with the VOI window of the spec (``data.window``) or, without one, the image's full range
-(:func:`medens.data.dicom.window_to_uint8`, the DICOM mapping). The data stage (files in a folder
+to 8 or 16 bits with the VOI window of the spec (``data.window``) or, without one, the image's full range
+(:func:`medens.data.dicom.window_to_pixels`, the DICOM mapping). The data stage (files in a folder
 or manifest) and the endpoint (uploads recognised by :func:`sniff_volume_bytes`) both call it.
 """
 
@@ -135,12 +135,12 @@ def read_slice(source: str | os.PathLike | bytes, where: str | None = None, suff
 
 
 def slice_pixels(source: str | os.PathLike | bytes, where: str | None = None, suffix: str | None = None,
-                 window: tuple[float, float] | None = None) -> np.ndarray:
-    """uint8 ``(rows, columns, 1)`` of a 2D NIfTI, NRRD or MetaImage image: :func:`read_slice`, then
-    the spec's VOI ``window`` or, without one, the image's full range."""
-    from medens.data.dicom import window_to_uint8
+                 window: tuple[float, float] | None = None, depth: int = 8) -> np.ndarray:
+    """``(rows, columns, 1)`` pixels at ``depth`` bits of a 2D NIfTI, NRRD or MetaImage image:
+    :func:`read_slice`, then the spec's VOI ``window`` or, without one, the image's full range."""
+    from medens.data.dicom import window_to_pixels
 
-    return window_to_uint8(read_slice(source, where, suffix), window)
+    return window_to_pixels(read_slice(source, where, suffix), window, depth)
 
 
 def sniff_volume_bytes(data: bytes) -> str | None:

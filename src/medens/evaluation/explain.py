@@ -176,8 +176,10 @@ def _monai_cam(gradcam_cls: type, model: nn.Module, target: nn.Module, layer: st
 
 def _rgb(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
+    if img.dtype == np.uint16:  # 16-bit pixels: shown at 8 bits
+        img = np.rint(img / 257.0).astype(np.uint8)
     if img.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got {img.dtype}")
+        raise ValueError(f"image must be uint8 or uint16, got {img.dtype}")
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
     if img.ndim == 2:
@@ -191,7 +193,7 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4, cmap: str = 
     """Blend a colour-mapped Grad-CAM map onto an image.
 
     Args:
-        image: uint8 ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``.
+        image: uint8 (or uint16, shown at 8 bits) ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``.
         cam: ``(h, w)`` map in [0, 1] (values outside are clipped); resized bilinearly to the image
             size when it differs (e.g. a map at the model's input size over the original image).
         alpha: weight of the heat map: ``(1 - alpha) * image + alpha * cmap(cam)``.

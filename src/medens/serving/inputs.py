@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from medens.data.decode import Reading
+
 ARRAY_DATATYPES = {"FP32": np.float32, "FP64": np.float64, "UINT8": np.uint8, "FP16": np.float16}
 CHANNELS = (1, 3)
 
@@ -71,22 +73,24 @@ def decode_base64(text: str, where: str) -> bytes:
 
 
 def decode_image_bytes(data: bytes, where: str, max_pixels: int, budget: PixelBudget | None = None, *,
-                       window: tuple[float, float] | None = None) -> np.ndarray:
-    """Encoded image bytes -> uint8 ``(H, W, C)``; the size is checked before pixels are decoded.
-    A DICOM file (``DICM`` preamble) is decoded as the data stage decodes ``.dcm`` files, with the
-    VOI ``window`` the model was trained with (``None``: the file's own); a 2D NIfTI (plain or
-    gzipped), NRRD or MetaImage file (recognised by its magic bytes) as the data stage decodes such
-    files, with the same ``window`` (``None``: the image's full range)."""
+                       reading: Reading | None = None) -> np.ndarray:
+    """Encoded image bytes -> pixels ``(H, W, C)`` at the bit depth of ``reading`` (the model's:
+    uint8 by default); the size is checked before pixels are decoded. A DICOM file (``DICM``
+    preamble) is decoded as the data stage decodes ``.dcm`` files, with the VOI window the model
+    was trained with (``None``: the file's own); a 2D NIfTI (plain or gzipped), NRRD or MetaImage
+    file (recognised by its magic bytes) as the data stage decodes such files, with the same
+    window (``None``: the image's full range)."""
     from PIL import Image, UnidentifiedImageError
 
     from medens.data.dicom import is_dicom_bytes
     from medens.data.volumes import sniff_volume_bytes
 
+    reading = reading or Reading()
     if is_dicom_bytes(data):
-        return _decode_dicom(data, where, max_pixels, budget, window)
+        return _decode_dicom(data, where, max_pixels, budget, reading)
     suffix = sniff_volume_bytes(data)
     if suffix is not None:
-        return _decode_slice(data, suffix, where, max_pixels, budget, window)
+        return _decode_slice(data, suffix, where, max_pixels, budget, reading)
 
     try:
         img = Image.open(io.BytesIO(data))
@@ -108,23 +112,23 @@ def decode_image_bytes(data: bytes, where: str, max_pixels: int, budget: PixelBu
                                           f"({type(e).__name__}: {e})") from e
     from medens.data.decode import image_to_array
 
-    return image_to_array(img)  # the same intensities the training data got from the same file
+    return image_to_array(img, depth=reading.depth)  # the intensities training got from the same file
 
 
 def _decode_dicom(data: bytes, where: str, max_pixels: int, budget: PixelBudget | None,
-                  window: tuple[float, float] | None = None) -> np.ndarray:
-    from medens.data.dicom import dicom_header, dicom_to_uint8, read_dicom
+                  reading: Reading) -> np.ndarray:
+    from medens.data.dicom import dicom_header, dicom_to_pixels, read_dicom
 
     return _decode_sized(where, max_pixels, budget, "bad_dicom", lambda: dicom_header(data, where),
-                         lambda: dicom_to_uint8(read_dicom(data, where), window))
+                         lambda: dicom_to_pixels(read_dicom(data, where), reading.window, reading.depth))
 
 
 def _decode_slice(data: bytes, suffix: str, where: str, max_pixels: int, budget: PixelBudget | None,
-                  window: tuple[float, float] | None) -> np.ndarray:
+                  reading: Reading) -> np.ndarray:
     from medens.data.volumes import slice_pixels, slice_shape
 
     return _decode_sized(where, max_pixels, budget, "bad_volume", lambda: slice_shape(data, suffix, where),
-                         lambda: slice_pixels(data, where, suffix, window))
+                         lambda: slice_pixels(data, where, suffix, reading.window, reading.depth))
 
 
 def _decode_sized(where: str, max_pixels: int, budget: PixelBudget | None, reason: str,
@@ -188,7 +192,7 @@ def _nested_array(value: list, where: str, max_pixels: int, budget: PixelBudget 
 
 
 def decode_instance(value: Any, where: str, max_pixels: int, budget: PixelBudget | None = None, *,
-                    window: tuple[float, float] | None = None) -> np.ndarray:
+                    reading: Reading | None = None) -> np.ndarray:
     """One v1 instance: base64 text, ``{"b64": text}``, raw bytes or a nested list."""
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
@@ -196,11 +200,11 @@ def decode_instance(value: Any, where: str, max_pixels: int, budget: PixelBudget
                                              f"got keys {sorted(value)}")
         value = value["b64"]
     if isinstance(value, str):
-        return decode_image_bytes(decode_base64(value, where), where, max_pixels, budget, window=window)
+        return decode_image_bytes(decode_base64(value, where), where, max_pixels, budget, reading=reading)
     if isinstance(value, bytes | bytearray):
         if not value:
             raise InputError("empty_image", f"{where}: the encoded image is empty")
-        return decode_image_bytes(bytes(value), where, max_pixels, budget, window=window)
+        return decode_image_bytes(bytes(value), where, max_pixels, budget, reading=reading)
     if isinstance(value, list):
         if not value:
             raise InputError("empty_image", f"{where}: the image array is empty")
@@ -217,7 +221,7 @@ def check_count(n: int, max_instances: int, what: str = "instances") -> None:
 
 
 def decode_v1(body: Any, max_instances: int, max_pixels: int, max_request_pixels: int | None = None, *,
-              window: tuple[float, float] | None = None) -> tuple[list[np.ndarray], dict]:
+              reading: Reading | None = None) -> tuple[list[np.ndarray], dict]:
     """A v1 body ``{"instances": [...], "parameters": {...}}`` -> images and request parameters.
 
     A body KServe left undecoded (a JSON content type it does not list, e.g. with a charset
@@ -241,14 +245,14 @@ def decode_v1(body: Any, max_instances: int, max_pixels: int, max_request_pixels
     if not isinstance(params, dict):
         raise InputError("bad_request", "'parameters' must be an object")
     budget = PixelBudget(max_request_pixels)
-    images = [decode_instance(v, f"instances[{i}]", max_pixels, budget, window=window)
+    images = [decode_instance(v, f"instances[{i}]", max_pixels, budget, reading=reading)
               for i, v in enumerate(instances)]
     return images, params
 
 
 def decode_v2_input(name: str, datatype: str, shape: list[int], data: Any, max_instances: int,
                     max_pixels: int, max_request_pixels: int | None = None, *,
-                    window: tuple[float, float] | None = None) -> list[np.ndarray]:
+                    reading: Reading | None = None) -> list[np.ndarray]:
     """One v2 input tensor -> images. ``data`` is a flat list (JSON), a numpy array or raw byte strings."""
     where = f"input {name!r}"
     dt = str(datatype).upper()
@@ -264,7 +268,7 @@ def decode_v2_input(name: str, datatype: str, shape: list[int], data: Any, max_i
             raise InputError("shape_mismatch", f"{where}: shape {shape} holds {n} elements but {len(items)} were sent")
         check_count(n, max_instances, "images")
         budget = PixelBudget(max_request_pixels)
-        return [decode_instance(v, f"{where}[{i}]", max_pixels, budget, window=window) for i, v in enumerate(items)]
+        return [decode_instance(v, f"{where}[{i}]", max_pixels, budget, reading=reading) for i, v in enumerate(items)]
     if dt not in ARRAY_DATATYPES:
         raise InputError("wrong_datatype", f"{where}: datatype {datatype!r} is not supported; send BYTES "
                                            f"(encoded images) or one of {', '.join(ARRAY_DATATYPES)} (intensities)")

@@ -134,11 +134,11 @@ class EnsembleModel(Model):
                     raise InputError("shape_mismatch", f"input {inp.name!r}: binary data does not match shape "
                                                        f"{inp.shape} and datatype {inp.datatype} ({e})") from e
             images = decode_v2_input(inp.name, inp.datatype, list(inp.shape), data, s.max_instances, s.max_pixels,
-                                     s.max_request_pixels, window=self.predictor.dicom_window)
+                                     s.max_request_pixels, reading=self.predictor.reading)
             params = {"return_members": _flag(payload.parameters, "return_members"), "v2": True}
         else:
             images, given = decode_v1(payload, s.max_instances, s.max_pixels, s.max_request_pixels,
-                                      window=self.predictor.dicom_window)
+                                      reading=self.predictor.reading)
             params = {**given, "return_members": _flag(given, "return_members") or _flag(payload, "return_members"),
                       "v2": False}
         x = None

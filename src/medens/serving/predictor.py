@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medens.data.decode import Reading
 from medens.data.transforms import preprocess
 from medens.ensemble.artifact import ENSEMBLE_MANIFEST, LoadedEnsemble, load_ensemble
 
@@ -90,13 +91,20 @@ class EnsemblePredictor:
 
     @property
     def dicom_window(self) -> tuple[float, float] | None:
-        """The DICOM VOI window the members were trained with (``data.window``), applied to DICOM
-        uploads; ``None``: each file's own window."""
+        """The VOI window the members were trained with (``data.window``), applied to DICOM and
+        volume-format uploads; ``None``: a DICOM file's own window, else the image's full range."""
         for member in self.ensemble.members.values():
             w = member.manifest.get("preprocessing", {}).get("dicom_window")
             if w is not None:
                 return float(w[0]), float(w[1])
         return None
+
+    @property
+    def reading(self) -> Reading:
+        """How uploads become pixels: the members' window and bit depth (``data.bit_depth``; 8 for
+        artifacts that do not record one)."""
+        depths = {int(m.manifest.get("preprocessing", {}).get("bit_depth", 8)) for m in self.ensemble.members.values()}
+        return Reading(window=self.dicom_window, depth=max(depths, default=8))
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.manifest.get("name"), "task": self.task, "method": self.manifest.get("method"),
@@ -106,16 +114,23 @@ class EnsemblePredictor:
     def prepare(self, images: list[np.ndarray]) -> np.ndarray:
         """Decoded images ``(H, W, C)`` of any size -> the artifact's preprocessing, ``(N, C, S, S)`` float32.
 
-        Each image is preprocessed on its own (sizes may differ). uint8 images (decoded uploads)
-        are first resized as the data stage resizes files (:func:`medens.data.decode.resize_uint8`),
-        so an uploaded file gives the model exactly the input its training copy gave; float
-        arrays are resized by :func:`medens.data.transforms.preprocess`.
+        Each image is preprocessed on its own (sizes may differ). Decoded uploads (uint8, or uint16
+        for a 16-bit model) are first resized as the data stage resizes files
+        (:func:`medens.data.decode.resize_pixels`), so an uploaded file gives the model exactly the
+        input its training copy gave; float arrays (in 8-bit units, [0, 255], whatever the model's
+        depth) are resized by :func:`medens.data.transforms.preprocess`.
         """
-        from medens.data.decode import resize_uint8
+        from medens.data.decode import resize_pixels
 
-        size = self.input_spec.size
-        return np.concatenate([preprocess((resize_uint8(img, size) if img.dtype == np.uint8 else img)[None],
-                                          self.input_spec) for img in images], axis=0)
+        size, spec = self.input_spec.size, self.input_spec
+        widen = spec.max_value / 255.0  # float arrays come in 8-bit units
+
+        def one(img: np.ndarray) -> np.ndarray:
+            if img.dtype in (np.uint8, np.uint16):
+                return resize_pixels(img, size)
+            return img * np.float32(widen) if widen != 1.0 else img
+
+        return np.concatenate([preprocess(one(img)[None], spec) for img in images], axis=0)
 
     @torch.no_grad()
     def forward(self, x: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -169,7 +184,7 @@ class EnsemblePredictor:
         cams = normalize_maps(np.mean(maps, axis=0))
         out = []
         for img, cam, lab, row in zip(images, cams, labels, rows):
-            shown = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+            shown = img if img.dtype == np.uint16 else np.clip(np.rint(img), 0, 255).astype(np.uint8)
             out.append({"label": int(lab), "class_name": self.class_names[int(lab)],
                         "probabilities": [float(p) for p in row["probs"]],
                         "overlay_png": png_base64(overlay(shown, cam)), "cam_shape": list(cam.shape)})

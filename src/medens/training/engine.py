@@ -122,7 +122,7 @@ def make_loader(split: Split, task: str, batch_size: int, *, shuffle: bool, prec
 
 
 class DeviceTransform:
-    """uint8 ``(B, H, W, C)`` on any device -> normalised float ``(B, C, H, W)`` on the run's device,
+    """uint8/uint16 ``(B, H, W, C)`` on any device -> normalised float ``(B, C, H, W)`` on the run's device,
     with optional augmentation (:mod:`medens.data.augment`; masks transformed identically)."""
 
     def __init__(self, spec: InputSpec, precision: Precision, *, augment: str = "none", flips: str = "both",
@@ -136,6 +136,7 @@ class DeviceTransform:
         self.device = dev
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
         self.std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+        self.max_value = float(spec.max_value)
         self.channels_last = precision.channels_last
         self.non_blocking = precision.pin_memory
 
@@ -144,7 +145,7 @@ class DeviceTransform:
         """Normalise; with ``augment`` (training batches) apply the configured augmentation."""
         from medens.data.augment import augment_batch
 
-        x = images.to(self.device, non_blocking=self.non_blocking).permute(0, 3, 1, 2).float().div_(255.0)
+        x = images.to(self.device, non_blocking=self.non_blocking).permute(0, 3, 1, 2).float().div_(self.max_value)
         x = (x - self.mean) / self.std
         y = targets.to(self.device, non_blocking=self.non_blocking)
         if augment and self.augment != "none":
@@ -566,7 +567,8 @@ def fit(
         "class_names": data.class_names,
         "class_counts": counts,
         "input": input_spec.to_dict(),
-        "preprocessing": {**PREPROCESSING, "dicom_window": data.info.get("dicom_window")},
+        "preprocessing": {**PREPROCESSING, "dicom_window": data.info.get("dicom_window"),
+                          "bit_depth": int(data.info.get("bit_depth", 8))},
         "reference": intensity_reference(train_split.images),
         "training": spec.model_dump(mode="json"),
         "seed": seed,
