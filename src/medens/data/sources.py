@@ -335,21 +335,39 @@ def _scratch_file() -> Path:
     return _SCRATCH[0] / f"{uuid.uuid4().hex}.npy"
 
 
-def _read_to_disk(paths: list[Path], channels: int, size: int, problems: DataProblems, reading: Reading = READ8):
+def _read_to_disk(paths: list[Path], channels: int, size: int, problems: DataProblems, reading: Reading = READ8,
+                  *, mask: bool = False):
     """Decode ``paths`` one by one into an on-disk array (a scratch ``.npy``): a pool larger than
-    memory is read without holding it. Returns the ``FileArray`` of the readable files' rows."""
+    memory is read without holding it. Returns the ``FileArray`` of every file's row (zeros where a
+    file was unreadable) and the indices of the readable ones. ``mask``: uint8 ``(size, size)`` rows."""
     from tqdm.auto import tqdm
 
     from medens.data.filearray import FileArray, NpyWriter
 
+    shape, dtype = ((size, size), np.uint8) if mask else ((size, size, channels), reading.dtype)
     path, keep = _scratch_file(), []
-    with NpyWriter(path, len(paths), (size, size, channels), reading.dtype) as w:
-        for i, p in enumerate(tqdm(paths, desc="reading images", unit="img", leave=False, disable=None)):
-            a = _read_many([p], channels, size, problems, reading=reading)[0]
+    with NpyWriter(path, len(paths), shape, dtype) as w:
+        for i, p in enumerate(tqdm(paths, desc="reading masks" if mask else "reading images", unit="img",
+                                   leave=False, disable=None)):
+            a = _read_many([p], channels, size, problems, mask=mask, reading=reading)[0]
             if a is not None:
                 keep.append(i)
-            w.append((a if a is not None else np.zeros((size, size, channels), reading.dtype))[None])
-    return FileArray(path).take(keep), keep
+            w.append((a if a is not None else np.zeros(shape, dtype))[None])
+    return FileArray(path), keep
+
+
+def _masks_to_disk_labels(masks):
+    """:func:`_masks_to_labels` for on-disk masks, in row chunks: 0/255 masks are rewritten as 0/1."""
+    from medens.data.filearray import FileArray, NpyWriter, iter_rows
+
+    values = np.unique(np.concatenate([np.unique(c) for c in iter_rows(masks)] or [np.zeros(0, np.uint8)]))
+    if not (values.size <= 2 and values.max(initial=0) == 255):
+        return masks
+    path = _scratch_file()
+    with NpyWriter(path, len(masks), tuple(masks.shape[1:]), np.uint8) as w:
+        for c in iter_rows(masks):
+            w.append((c > 127).astype(np.uint8))
+    return FileArray(path)
 
 
 def _assemble(paths: list[Path], labels: list[int], size: int, channels: int, problems: DataProblems,
@@ -358,6 +376,7 @@ def _assemble(paths: list[Path], labels: list[int], size: int, channels: int, pr
 
     if len(paths) * size * size * channels > lazy_bytes():  # larger than memory should hold: on disk
         images, keep = _read_to_disk(paths, channels, size, problems, reading)
+        images = images.take(keep)
     else:
         arrays = _read_many(paths, channels, size, problems, reading=reading)
         keep = [i for i, a in enumerate(arrays) if a is not None]
@@ -464,15 +483,25 @@ def _pair_folder(root: Path, size: int, channels: int, problems: DataProblems, s
 
 def _assemble_pairs(image_paths: list[Path], mask_paths: list[Path], size: int, channels: int,
                     problems: DataProblems, root: Path, reading: Reading = READ8) -> Split | None:
-    imgs = _read_many(image_paths, channels, size, problems, reading=reading)
-    masks = _read_many(mask_paths, channels, size, problems, mask=True)
-    keep = [i for i in range(len(imgs)) if imgs[i] is not None and masks[i] is not None]
-    if not keep:
-        return None
-    mask_arr = _masks_to_labels(np.stack([masks[i] for i in keep]))
+    from medens.data.types import lazy_bytes
+
+    if len(image_paths) * size * size * channels > lazy_bytes():  # on disk, images and masks alike
+        img_arr, img_ok = _read_to_disk(image_paths, channels, size, problems, reading)
+        mask_arr, mask_ok = _read_to_disk(mask_paths, channels, size, problems, mask=True)
+        keep = sorted(set(img_ok) & set(mask_ok))
+        if not keep:
+            return None
+        images, masks = img_arr.take(keep), _masks_to_disk_labels(mask_arr.take(keep))
+    else:
+        imgs = _read_many(image_paths, channels, size, problems, reading=reading)
+        raw = _read_many(mask_paths, channels, size, problems, mask=True)
+        keep = [i for i in range(len(imgs)) if imgs[i] is not None and raw[i] is not None]
+        if not keep:
+            return None
+        images, masks = np.stack([imgs[i] for i in keep]), _masks_to_labels(np.stack([raw[i] for i in keep]))
     ids = [str(image_paths[i].relative_to(root)) if image_paths[i].is_relative_to(root) else str(image_paths[i])
            for i in keep]
-    return Split(images=np.stack([imgs[i] for i in keep]), masks=mask_arr, ids=ids)
+    return Split(images=images, masks=masks, ids=ids)
 
 
 def seg_folder(path: str | None, size: int, channels: int, class_names: list[str] | None = None,

@@ -41,10 +41,10 @@ class Split:
         """A new split holding the samples at ``index`` (in that order)."""
         idx = np.asarray(index, dtype=np.int64)
         return Split(
-            images=self.images.take(idx) if isinstance(self.images, FileArray) else self.images[idx],
+            images=_rows(self.images, idx),
             ids=[self.ids[i] for i in idx],
             labels=None if self.labels is None else self.labels[idx],
-            masks=None if self.masks is None else self.masks[idx],
+            masks=None if self.masks is None else _rows(self.masks, idx),
         )
 
     @staticmethod
@@ -58,6 +58,24 @@ class Split:
             labels=None if parts[0].labels is None else np.concatenate([p.labels for p in parts]),
             masks=None if parts[0].masks is None else np.concatenate([p.masks for p in parts]),
         )
+
+
+def _rows(array, idx: np.ndarray):
+    """Rows ``idx`` of an in-memory array, or a lazy selection of an on-disk one."""
+    return array.take(idx) if isinstance(array, FileArray) else array[idx]
+
+
+def pixel_counts(masks, k: int) -> np.ndarray:
+    """Pixels per class of masks ``(N, H, W)`` (in memory or on disk), counted in row chunks."""
+    from medens.data.filearray import iter_rows
+
+    total = np.zeros(k, dtype=np.int64)
+    for chunk in iter_rows(masks, 16 * 2**20):
+        c = np.bincount(chunk.reshape(-1), minlength=len(total))
+        if len(c) > len(total):  # values >= k: kept, as np.bincount of the whole would (validation names them)
+            total = np.pad(total, (0, len(c) - len(total)))
+        total += c
+    return total
 
 
 @dataclass
@@ -94,7 +112,7 @@ class SplitData:
         s = self.split(split)
         if self.task == "classification":
             return np.bincount(s.labels, minlength=self.num_classes).astype(int).tolist()
-        return np.bincount(s.masks.reshape(-1), minlength=self.num_classes).astype(int).tolist()
+        return pixel_counts(s.masks, self.num_classes).astype(int).tolist()
 
     def summary(self) -> dict:
         """Class names and counts per split, imbalance ratio, sizes; JSON-ready."""
@@ -118,7 +136,10 @@ class SplitData:
                 fractions = np.asarray(self.class_counts(name), dtype=float)
                 fractions = fractions / max(fractions.sum(), 1.0)
                 entry["pixel_fraction"] = dict(zip(self.class_names, fractions.round(5).tolist()))
-                entry["images_with_lesion"] = int((s.masks.reshape(len(s), -1).max(axis=1) > 0).sum())
+                from medens.data.filearray import iter_rows
+
+                entry["images_with_lesion"] = int(sum((c.reshape(len(c), -1).max(axis=1) > 0).sum()
+                                                      for c in iter_rows(s.masks, 16 * 2**20) if len(c)))
             out["splits"][name] = entry
         for name, extra in self.extras.items():
             out["splits"][name] = {"n": len(extra)}
@@ -126,9 +147,9 @@ class SplitData:
         return out
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``<split>.images.npy`` (uncompressed, written in bounded chunks, so a dataset on
-        disk is copied without loading it) and ``<split>.npz`` (ids, labels, masks) for each
-        split, and ``dataset.json``; atomic per file."""
+        """Write ``<split>.images.npy`` and, for segmentation, ``<split>.masks.npy`` (uncompressed,
+        written in bounded chunks, so a dataset on disk is copied without loading it) and
+        ``<split>.npz`` (ids, labels) for each split, and ``dataset.json``; atomic per file."""
         from medens.data.filearray import write_npy
         from medens.storage.atomic import atomic_write_bytes, atomic_write_text
 
@@ -136,14 +157,14 @@ class SplitData:
         d.mkdir(parents=True, exist_ok=True)
         for name in (*SPLITS, *(f"extra_{e}" for e in self.extras)):
             s = self.extras[name[6:]] if name.startswith("extra_") else self.split(name)
-            tmp = d / f".{name}.images.npy.tmp"
-            write_npy(tmp, s.images)
-            os.replace(tmp, d / f"{name}.images.npy")
+            for kind, array in (("images", s.images), ("masks", s.masks)):
+                if array is not None:
+                    tmp = d / f".{name}.{kind}.npy.tmp"
+                    write_npy(tmp, array)
+                    os.replace(tmp, d / f"{name}.{kind}.npy")
             arrays = {"ids": np.asarray(s.ids, dtype=str)}
             if s.labels is not None:
                 arrays["labels"] = s.labels
-            if s.masks is not None:
-                arrays["masks"] = s.masks
             buf = io.BytesIO()
             np.savez_compressed(buf, **arrays)
             atomic_write_bytes(d / f"{name}.npz", buf.getvalue())
@@ -158,9 +179,10 @@ class SplitData:
 
         Args:
             directory: the dataset directory.
-            lazy: keep each split's images on disk (a :class:`~medens.data.filearray.FileArray`,
-                read one batch at a time) instead of in memory. ``None`` (default): on disk when
-                a split's images exceed :func:`lazy_bytes` (``MEDENS_LAZY_BYTES``, 64 MiB).
+            lazy: keep each split's images and masks on disk (a
+                :class:`~medens.data.filearray.FileArray`, read one batch at a time) instead of in
+                memory. ``None`` (default): on disk when a split's images (or masks) exceed
+                :func:`lazy_bytes` (``MEDENS_LAZY_BYTES``, 64 MiB).
         """
         d = Path(directory)
         meta_path = d / "dataset.json"
@@ -185,18 +207,23 @@ def lazy_bytes() -> int:
         raise ValueError(f"MEDENS_LAZY_BYTES must be an integer number of bytes, got {raw!r}") from None
 
 
+def _array(path: Path, lazy: bool | None):
+    """An ``.npy`` file on disk (``FileArray``) when ``lazy`` says so or it is large, else in memory."""
+    array = FileArray(path)
+    if not (lazy or (lazy is None and array.nbytes > lazy_bytes())):
+        return np.load(path, allow_pickle=False)
+    return array
+
+
 def _load_split(d: Path, name: str, lazy: bool | None) -> Split:
-    images_path = d / f"{name}.images.npy"
+    masks_path = d / f"{name}.masks.npy"
     with np.load(d / f"{name}.npz", allow_pickle=False) as z:
-        if "images" in z:  # written before images had their own file
-            images = z["images"]
-        else:
-            images = FileArray(images_path)
-            if not (lazy or (lazy is None and images.nbytes > lazy_bytes())):
-                images = np.load(images_path, allow_pickle=False)
+        # datasets written before images (and masks) had their own files hold them in the npz
+        images = z["images"] if "images" in z else _array(d / f"{name}.images.npy", lazy)
+        masks = z["masks"] if "masks" in z else (_array(masks_path, lazy) if masks_path.is_file() else None)
         return Split(
             images=images,
             ids=[str(i) for i in z["ids"]],
             labels=z["labels"] if "labels" in z else None,
-            masks=z["masks"] if "masks" in z else None,
+            masks=masks,
         )

@@ -90,11 +90,16 @@ def check_arrays(
                 for c in np.flatnonzero(counts == 0):
                     problems.append(f"{p}class {class_names[c]!r} has no samples")
     if masks is not None:
-        m = np.asarray(masks)
-        if images.ndim == 4 and m.shape != images.shape[:3]:
+        from medens.data.filearray import iter_rows
+
+        m = masks if isinstance(masks, FileArray) else np.asarray(masks)  # on disk: checked in row chunks
+        if images.ndim == 4 and tuple(m.shape) != tuple(images.shape[:3]):
             problems.append(f"{p}masks shape {tuple(m.shape)} does not match images {tuple(images.shape[:3])}")
-        elif k is not None and m.size:
-            bad = np.flatnonzero(((m < 0) | (m >= k)).reshape(len(m), -1).any(axis=1))
-            if bad.size:
-                problems.append(f"{p}mask value(s) outside the {k} classes in {_index_list(bad, ids)}")
+        elif k is not None and len(m):
+            bad, start = [], 0
+            for c in iter_rows(m, 16 * 2**20):
+                bad += (start + np.flatnonzero(((c < 0) | (c >= k)).reshape(len(c), -1).any(axis=1))).tolist()
+                start += len(c)
+            if bad:
+                problems.append(f"{p}mask value(s) outside the {k} classes in {_index_list(np.asarray(bad), ids)}")
     return problems

@@ -34,7 +34,7 @@ from medens.config import ComponentSpec, TrainingSpec
 from medens.data.decode import PREPROCESSING
 from medens.data.drift import intensity_reference
 from medens.data.transforms import InputSpec
-from medens.data.types import Split, SplitData
+from medens.data.types import Split, SplitData, pixel_counts
 from medens.models.artifact import (
     MANIFEST,
     WEIGHTS,
@@ -91,13 +91,19 @@ class _IndexedArrays(torch.utils.data.Dataset):
 
     def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         i = np.asarray(idx, dtype=np.int64)
-        return torch.from_numpy(np.ascontiguousarray(self.images[i])), self.targets[torch.from_numpy(i)]
+        images = torch.from_numpy(np.ascontiguousarray(self.images[i]))
+        if isinstance(self.targets, torch.Tensor):
+            return images, self.targets[torch.from_numpy(i)]
+        # masks stay uint8 (in memory or on disk): only the batch becomes int64
+        return images, torch.from_numpy(np.asarray(self.targets[i]).astype(np.int64))
 
 
-def _targets(split: Split, task: str) -> torch.Tensor:
+def _targets(split: Split, task: str):
+    """Labels as one long tensor; masks as they are stored (an int64 copy of every mask would be
+    eight times their size): the loader converts each batch."""
     if task == "classification":
         return torch.as_tensor(split.labels, dtype=torch.long)
-    return torch.as_tensor(split.masks, dtype=torch.long)
+    return split.masks
 
 
 def make_loader(split: Split, task: str, batch_size: int, *, shuffle: bool, precision: Precision,
@@ -407,7 +413,7 @@ def fit(
     if precision.channels_last:
         net.to(memory_format=torch.channels_last)
     counts = (np.bincount(train_split.labels, minlength=k) if task == "classification"
-              else np.bincount(train_split.masks.reshape(-1), minlength=k)).tolist()
+              else pixel_counts(train_split.masks, k)).tolist()
     criterion = build_loss(loss_spec, task, counts, spec.class_weights).to(device)
     optimizer = _optimizer(parameter_groups(net, spec), spec)
     scaler = torch.amp.GradScaler("cuda") if precision.use_scaler else None
