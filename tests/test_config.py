@@ -47,6 +47,12 @@ def test_yaml_round_trip(tmp_path):
 def test_component_shorthand_and_key():
     spec = parse_spec({**minimal(), "losses": ["ce", {"name": "focal", "params": {"gamma": 2, "alpha": 1.5}}]})
     assert [loss.key for loss in spec.losses] == ["ce", "focal-alpha=1.5-gamma=2"]
+    # a local weights file names members and directories by its file name, never by its path
+    model = {"name": "timm_efficientnet_lite0",
+             "params": {"weights_path": "/opt/w/efficientnet-lite0-57934424.pth", "weights_strict": False}}
+    spec = parse_spec({**minimal(), "models": [model]})
+    assert spec.models[0].key == "timm_efficientnet_lite0-weights_path=efficientnet-lite0-57934424-weights_strict=False"
+    assert spec.models[0].params["weights_path"] == "/opt/w/efficientnet-lite0-57934424.pth"
 
 
 def test_unknown_keys_are_rejected_with_path_and_suggestion():

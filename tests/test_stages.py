@@ -381,3 +381,21 @@ def test_embedding_fusion_is_chosen_from_the_spec(stages, tmp_path):
     assert fused["fusion"]["kind"] == "embedding"
     assert sorted(ens.manifest["fused_members"]) == sorted(member_dirs(stages["paths"]))  # top-2 by rank order
     assert read_index(tmp_path / "ens")["selection"]["embedding-fusion-top2"]["basis"].startswith("validation")
+
+
+def test_a_models_training_overrides_apply_to_its_members_only(stages, tmp_path):
+    # the module's two members trained the experiment's 4 epochs; a model with {epochs: 2, lr: 1e-3}
+    # trains its member for 2 at that rate, under the same member id
+    root = stages["root"]
+    spec = parse_spec({**TINY, "models": [{"name": "compact_cnn", "training": {"epochs": 2, "lr": 1e-3}}]})
+    assert spec.models[0].key == "compact_cnn" and spec.to_dict()["models"][0]["training"] == {"epochs": 2, "lr": 1e-3}
+    assert "training" not in parse_spec(TINY).to_dict()["models"][0]  # nothing written when there are none
+    entry = training_grid(spec)[0]
+    assert entry["id"] == "compact_cnn__ce"
+    path = train_member(spec, root / "data", json.dumps(entry), tmp_path / "m")
+    manifest = json.loads((path / "model.json").read_text())
+    assert len(manifest["history"]) == 2 and manifest["training"]["lr"] == 1e-3 and manifest["training"]["epochs"] == 2
+    first = json.loads((stages["paths"][0] / "model.json").read_text())
+    assert len(first["history"]) == 4 and first["training"]["lr"] == 0.003
+    with pytest.raises(ValueError, match=r"models.0.training.epoch: unknown key"):
+        parse_spec({**TINY, "models": [{"name": "compact_cnn", "training": {"epoch": 2}}]})

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from medens.metric_names import EVALUATION_METRICS, RANKING_METRICS, SEGMENTATION_GATE_METRICS
 from medens.registry import close_matches, unknown_name_message
@@ -157,10 +166,19 @@ class ComponentSpec(_Spec):
 
     @property
     def key(self) -> str:
-        """A stable identifier such as ``focal`` or ``focal-alpha=1.5-gamma=2``."""
+        """A stable identifier such as ``focal`` or ``focal-alpha=1.5-gamma=2``; a path-valued
+        parameter (``weights_path``) appears as its file name without suffixes, since the key names
+        directories and artifacts."""
         if not self.params:
             return self.name
-        return self.name + "-" + "-".join(f"{k}={self.params[k]}" for k in sorted(self.params))
+
+        def show(v: Any) -> str:
+            text = str(v)
+            if isinstance(v, str) and ("/" in text or "\\" in text):
+                text = text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+            return text
+
+        return self.name + "-" + "-".join(f"{k}={show(self.params[k])}" for k in sorted(self.params))
 
 
 class TrainingSpec(_Spec):
@@ -258,6 +276,33 @@ class EvaluationSpec(_Spec):
     gradcam_per_class: int = Field(4, ge=1)
 
 
+class ModelSpec(ComponentSpec):
+    """A model of the grid: a registry name, its build ``params``, and ``training`` settings that
+    replace the experiment's for this model's members only (a pretrained network usually wants a
+    lower learning rate and fewer epochs than one trained from scratch). The overrides are
+    validated as :class:`TrainingSpec` fields; they do not enter the member id."""
+
+    training: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("training")
+    @classmethod
+    def _training(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v:
+            TrainingSpec.model_validate(v)  # unknown keys and bad values fail here, with their names
+        return v
+
+    @model_serializer(mode="wrap")
+    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if not out.get("training"):
+            out.pop("training", None)
+        return out
+
+    def training_for(self, base: TrainingSpec) -> TrainingSpec:
+        """``base`` with this model's overrides applied."""
+        return TrainingSpec.model_validate({**base.model_dump(), **self.training}) if self.training else base
+
+
 class StoreSpec(_Spec):
     """Where artifacts go: a local directory or ``s3://bucket/prefix`` (MinIO)."""
 
@@ -273,7 +318,7 @@ class ExperimentSpec(_Spec):
     task: Literal["classification", "segmentation"] = "classification"
     seed: int = 0
     data: DataSpec = Field(default_factory=DataSpec)
-    models: list[ComponentSpec] = Field(min_length=1)
+    models: list[ModelSpec] = Field(min_length=1)
     losses: list[ComponentSpec] = Field(min_length=1)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)

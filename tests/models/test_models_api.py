@@ -52,6 +52,7 @@ def test_names():
         "seresnet50",
         "study4_custom_cnn",
         "timm_efficientnet_b0",
+        "timm_efficientnet_lite0",
         "timm_inception_resnet_v2",
         "timm_resnet18",
         "timm_resnetv2_50",

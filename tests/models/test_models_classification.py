@@ -32,6 +32,7 @@ EXPECTED_MIN_SIZE = {
     "seresnet50": 32,
     "study4_custom_cnn": 8,
     "timm_efficientnet_b0": 32,
+    "timm_efficientnet_lite0": 32,
     "timm_inception_resnet_v2": 75,
     "timm_resnet18": 32,
     "timm_resnetv2_50": 32,
@@ -58,7 +59,7 @@ def test_registry_holds_every_model():
     # the two fusion models need member specs, so they are swept in tests/models/test_fusion.py
     # hog_mlp has no convolution to size for the input channels; tests/models/test_hog.py covers it
     assert names("classification") == sorted([*EXPECTED_MIN_SIZE, "embedding_fusion", "feature_fusion", "hog_mlp"])
-    assert len(MODELS) == 24
+    assert len(MODELS) == 25
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])

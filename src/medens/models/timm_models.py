@@ -27,6 +27,8 @@ TIMM_MODELS = {
     "timm_resnetv2_50": ("resnetv2_50", "He et al. Identity Mappings in Deep Residual Networks. ECCV 2016", 32),
     "timm_resnet18": ("resnet18", "He et al. Deep Residual Learning. CVPR 2016 (timm's ResNet-18)", 32),
     "timm_efficientnet_b0": ("efficientnet_b0", "Tan, Le. EfficientNet. ICML 2019 (timm's B0)", 32),
+    "timm_efficientnet_lite0": ("tf_efficientnet_lite0", "Tan, Le. EfficientNet. ICML 2019; EfficientNet-Lite "
+                                "(ReLU6, no squeeze-excitation; TF 'same' padding as its ImageNet weights)", 32),
 }
 
 

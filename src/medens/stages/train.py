@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medens.config import ComponentSpec, ExperimentSpec
+from medens.config import ComponentSpec, ExperimentSpec, ModelSpec
 from medens.stages.data import dataset_lineage
 
 
@@ -26,7 +26,9 @@ def train_member(spec: ExperimentSpec, data_dir: str | os.PathLike, member: dict
 
     m = json.loads(member) if isinstance(member, str) else dict(member)
     data = SplitData.load(data_dir)
-    res = fit(ComponentSpec.model_validate(m["model"]), ComponentSpec.model_validate(m["loss"]), data, spec.training,
+    model = ModelSpec.model_validate(m["model"])
+    res = fit(ComponentSpec(name=model.name, params=model.params), ComponentSpec.model_validate(m["loss"]), data,
+              model.training_for(spec.training),
               out_dir, seed=spec.seed, resume=True, normalize=spec.data.normalize, train_on=m.get("train_on", "train"),
               progress=progress, extra_manifest={"member_id": m["id"], "lineage": dataset_lineage(data_dir)})
     test_path = res.path / "predictions" / "test.npz"
