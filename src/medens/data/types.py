@@ -215,12 +215,25 @@ def _array(path: Path, lazy: bool | None):
     return array
 
 
+def _stored(d: Path, stem: str, lazy: bool | None):
+    """``<stem>.npy`` (on disk or in memory), or its ``<stem>.ref.json`` in object storage (a
+    :class:`~medens.data.remote.RemoteArray`), or ``None`` when there is neither."""
+    if (d / f"{stem}.npy").is_file():
+        return _array(d / f"{stem}.npy", lazy)
+    if (d / f"{stem}.ref.json").is_file():
+        from medens.data.remote import open_ref
+
+        return open_ref(d / f"{stem}.ref.json")
+    return None
+
+
 def _load_split(d: Path, name: str, lazy: bool | None) -> Split:
-    masks_path = d / f"{name}.masks.npy"
     with np.load(d / f"{name}.npz", allow_pickle=False) as z:
         # datasets written before images (and masks) had their own files hold them in the npz
-        images = z["images"] if "images" in z else _array(d / f"{name}.images.npy", lazy)
-        masks = z["masks"] if "masks" in z else (_array(masks_path, lazy) if masks_path.is_file() else None)
+        images = z["images"] if "images" in z else _stored(d, f"{name}.images", lazy)
+        if images is None:
+            raise ValueError(f"{d}: {name}.images.npy (or its .ref.json) is missing")
+        masks = z["masks"] if "masks" in z else _stored(d, f"{name}.masks", lazy)
         return Split(
             images=images,
             ids=[str(i) for i in z["ids"]],

@@ -85,7 +85,7 @@ def source_fingerprint(spec: ExperimentSpec, data_uri: str = "", *, endpoint: st
 
 
 def prepare_data(spec: ExperimentSpec, out_dir: str | os.PathLike, *, data_uri: str = "",
-                 endpoint: str | None = None, expected_fingerprint: str = "") -> dict[str, Any]:
+                 endpoint: str | None = None, expected_fingerprint: str = "", cache_uri: str = "") -> dict[str, Any]:
     """The data stage into ``out_dir`` (a ``SplitData`` directory plus ``spec.yaml``).
 
     Args:
@@ -97,6 +97,10 @@ def prepare_data(spec: ExperimentSpec, out_dir: str | os.PathLike, *, data_uri: 
         endpoint: S3 endpoint for ``data_uri`` (default ``MINIO_ENDPOINT``).
         expected_fingerprint: the source fingerprint a pipeline computed before this task (its
             cache key); a different one now means the data changed in between, and is refused.
+        cache_uri: an ``s3://`` store for the dataset's arrays: they are uploaded there once
+            (content-addressed) and ``out_dir`` keeps references (``medens.data.remote``), so the
+            dataset artifact every train task receives is a manifest, and each task reads only
+            the rows it uses. Empty: the arrays stay in ``out_dir``.
 
     Returns:
         The dataset summary (class counts per split, imbalance ratio) with ``source`` (the
@@ -122,6 +126,10 @@ def prepare_data(spec: ExperimentSpec, out_dir: str | os.PathLike, *, data_uri: 
         data = build_dataset(spec)
         data.info["source"] = fingerprint
         out = data.save(out_dir)
+        if cache_uri:
+            from medens.data.remote import publish_arrays
+
+            publish_arrays(out, cache_uri, endpoint=endpoint)
         spec.save(out / "spec.yaml")
         return {**data.summary(), "source": fingerprint}
     finally:

@@ -268,6 +268,26 @@ class S3Store(ArtifactStore):
         self._retry(lambda: self.client.fput_object(self.bucket, self._key(key), str(local)), f"upload {key}")
         return f"s3://{self.bucket}/{self._key(key)}"
 
+    def object_size(self, key: str) -> int:
+        """Bytes of the object ``prefix/key``."""
+        return int(self._retry(lambda: self.client.stat_object(self.bucket, self._key(key)), f"stat {key}").size)
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of the object ``prefix/key`` from ``offset`` (one HTTP range request)."""
+
+        def get() -> bytes:
+            resp = self.client.get_object(self.bucket, self._key(key), offset=offset, length=length)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        data = self._retry(get, f"read {key} [{offset}, {offset + length})")
+        if len(data) != length:
+            raise OSError(f"{self.uri}/{key}: short read at byte {offset} ({len(data)} of {length})")
+        return data
+
     def object_listing(self, prefix: str) -> list[tuple[str, int, str]]:
         """``(name relative to prefix/, size, ETag)`` of every object under ``prefix/`` (no download)."""
         base = self._key(prefix).rstrip("/") + "/"
