@@ -122,11 +122,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from medens.training.engine import describe_run
 
     spec = _load(args)
-    training = spec.training
+    model, loss = _pick(spec.models, args.model, "model"), _pick(spec.losses, args.loss, "loss")
+    training = model.training_for(spec.training) if hasattr(model, "training_for") else spec.training
     if args.epochs is not None:
         training = training.model_copy(update={"epochs": args.epochs})
     data = _dataset(args, spec)
-    model, loss = _pick(spec.models, args.model, "model"), _pick(spec.losses, args.loss, "loss")
     out = Path(args.out) if args.out else Path("runs") / spec.name / "members" / f"{model.key}__{loss.key}"
     res = fit(model, loss, data, training, out, seed=spec.seed, resume=args.resume,
               normalize=spec.data.normalize, train_on=args.train_on)
@@ -150,12 +150,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     from medens.training.search import STUDY2_FOCAL_GRID, search
 
     spec = _load(args)
-    training = spec.training
+    model, loss = _pick(spec.models, args.model, "model"), _pick(spec.losses, args.loss or "focal", "loss")
+    training = model.training_for(spec.training) if hasattr(model, "training_for") else spec.training
     if args.epochs is not None:
         training = training.model_copy(update={"epochs": args.epochs})
     data = _dataset(args, spec)
     grid = _parse_grid(args.grid) if args.grid else STUDY2_FOCAL_GRID
-    model, loss = _pick(spec.models, args.model, "model"), _pick(spec.losses, args.loss or "focal", "loss")
     out = Path(args.out) if args.out else Path("runs") / spec.name / "search"
     res = search(model, loss, data, grid, training, out, k=args.folds, metric=args.metric, seed=spec.seed)
     print(res.markdown_path.read_text())

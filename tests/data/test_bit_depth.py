@@ -24,25 +24,6 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def twelve_bit_dicom(path, raw: np.ndarray):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "CR", "P1"
-    ds.Rows, ds.Columns = raw.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = raw.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_reading_refuses_other_depths_and_names_its_dtype():
     assert (R16.dtype, R16.top, Reading().dtype, Reading().top) == (np.uint16, 65535, np.uint8, 255)
     with pytest.raises(ValueError, match="bit depth must be 8 or 16, got 12"):
@@ -71,9 +52,9 @@ def test_16_bit_png_values_are_kept_and_8_bit_ones_widened_exactly(tmp_path):
         np.testing.assert_array_equal(image_to_array(im, depth=16), rgb.astype(np.uint16) * 257)
 
 
-def test_a_12_bit_dicom_keeps_its_4096_levels_at_16_bits(tmp_path):
+def test_a_12_bit_dicom_keeps_its_4096_levels_at_16_bits(tmp_path, write_dicom):
     raw = np.arange(4096, dtype=np.uint16).reshape(64, 64)
-    f = twelve_bit_dicom(tmp_path / "x.dcm", raw)
+    f = write_dicom(tmp_path / "x.dcm", raw, bits=12)
     kept = read_image(f, 1, None, reading=R16)
     assert kept.dtype == np.uint16 and len(np.unique(kept)) == 4096  # 8 bits: 256
     assert len(np.unique(read_image(f, 1, None))) == 256

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import glob
 import os
-import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -16,9 +15,8 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medens.data.dicom import DicomError, DicomImage, dicom_pixels, dicom_to_pixels, read_dicom
 
@@ -73,29 +71,7 @@ def test_a_transfer_syntax_without_a_decoder_names_the_file_the_syntax_and_the_p
     assert "pip install pylibjpeg-openjpeg" in msg
 
 
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric="MONOCHROME2", bits=12, slope=1.0, intercept=0.0,
-                window=None) -> Path:
-    """A minimal secondary-capture DICOM file of unsigned ``pixels``."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "OT", "P1"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def test_rescale_window_and_monochrome1_by_hand(tmp_path):
+def test_rescale_window_and_monochrome1_by_hand(tmp_path, write_dicom):
     raw = np.array([[0, 1024, 2048], [3072, 4095, 512]])
     f = write_dicom(tmp_path / "ct.dcm", raw, slope=2.0, intercept=-1024.0, window=(1024.0, 2048.0))
     image = read_dicom(f)
@@ -111,7 +87,7 @@ def test_rescale_window_and_monochrome1_by_hand(tmp_path):
     np.testing.assert_array_equal(dicom_pixels(mono1)[..., 0], 255 - np.rint(raw / 4095 * 255).astype(np.uint8))
 
 
-def test_12_bit_dicom_gives_training_and_the_endpoint_the_same_pixels(tmp_path):
+def test_12_bit_dicom_gives_training_and_the_endpoint_the_same_pixels(tmp_path, write_dicom):
     from medens.data.sources import read_image
     from medens.serving.inputs import decode_image_bytes
 
@@ -162,7 +138,8 @@ def radiograph_folder(root: Path, per_class: int = 10, size: int = 384, seed: in
 
 
 @pytest.mark.parametrize("window", [None, [600.0, 800.0]], ids=["file-window", "spec-window"])
-def test_a_real_radiograph_through_the_data_stage_training_and_the_endpoint(tmp_path, capsys, window):
+def test_a_real_radiograph_through_the_data_stage_training_and_the_endpoint(tmp_path, capsys, window,
+                                                                           serve_files):
     import json
 
     from medens.cli import main
@@ -194,11 +171,6 @@ def test_a_real_radiograph_through_the_data_stage_training_and_the_endpoint(tmp_
         assert not np.array_equal(own, dicom_pixels(first, window=tuple(window)))
     write_ensemble(tmp_path / "ens", name="xr", member_dirs={"m": res.path}, combiner=None)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
-    try:
-        from _server import serve_files
-    finally:
-        sys.path.pop(0)
     test_files = [tmp_path / "xr" / i for i in data.test.ids]
     served = serve_files(tmp_path / "ens", "xr", test_files, tmp_path / "serve.log")
     assert served.shape == offline.shape

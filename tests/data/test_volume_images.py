@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import itk
@@ -88,7 +87,7 @@ def test_masks_in_volume_formats_keep_their_labels_and_pair_by_name(tmp_path):
         read_image(tmp_path / "soft.nii.gz", 1, None, mask=True)
 
 
-def test_volume_files_through_the_data_stage_training_and_the_endpoint(tmp_path, capsys):
+def test_volume_files_through_the_data_stage_training_and_the_endpoint(tmp_path, capsys, serve_files):
     from medens.cli import main
     from medens.config import TrainingSpec, parse_spec
     from medens.data import build_dataset
@@ -112,11 +111,6 @@ def test_volume_files_through_the_data_stage_training_and_the_endpoint(tmp_path,
     assert json.loads((res.path / "model.json").read_text())["preprocessing"]["dicom_window"] == window
     write_ensemble(tmp_path / "ens", name="mr", member_dirs={"m": res.path}, combiner=None)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
-    try:
-        from _server import serve_files
-    finally:
-        sys.path.pop(0)
     test_files = [tmp_path / "mr" / i for i in data.test.ids]
     assert {f.name.split(".", 1)[1] for f in test_files} == {"nii.gz", "mha"}  # both formats are served
     served = serve_files(tmp_path / "ens", "mr", test_files, tmp_path / "serve.log")

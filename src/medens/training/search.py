@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medens.config import ComponentSpec, TrainingSpec
+from medens.config import ComponentSpec, ModelSpec, TrainingSpec
 from medens.data.splits import stratified_kfold
 from medens.data.types import Split, SplitData
 from medens.storage.atomic import atomic_write_text
@@ -68,6 +68,7 @@ def spec_with_setting(spec, model: ComponentSpec, loss: ComponentSpec, setting: 
         raise ValueError(f"model {model.key!r} is not one of the spec's models {[x.key for x in spec.models]}")
     if loss not in spec.losses:
         raise ValueError(f"loss {loss.key!r} is not one of the spec's losses {[x.key for x in spec.losses]}")
+    m = ModelSpec(name=m.name, params=m.params, training=dict(getattr(model, "training", {}) or {}))
     models = [m if x == model else x for x in spec.models]
     losses = [lo if x == loss else x for x in spec.losses]
     return spec.model_copy(update={"models": models, "losses": losses, "training": t})
