@@ -58,6 +58,11 @@ def test_published_arrays_become_references_and_rows_come_on_demand(tmp_path, bu
     np.testing.assert_array_equal(np.asarray(view), local.train.images[[40, 41, 3]])
     assert train.remote_reads == 4  # the view shares the cache: rows 41 and 3 only
     assert remote.train.ids == local.train.ids and remote.class_counts() == local.class_counts()
+    # loading the dataset again in the same process shares the cache: nothing fetched is lost
+    again = SplitData.load(tmp_path / "ds").train.images
+    np.testing.assert_array_equal(train[[5, 40, 41]], local.train.images[[5, 40, 41]])
+    np.testing.assert_array_equal(again[[3, 6]], local.train.images[[3, 6]])
+    assert again.remote_reads == train.remote_reads == 4
     # publishing the same arrays again uploads nothing new: the keys are content addresses
     data.save(tmp_path / "again")
     assert publish_arrays(tmp_path / "again", bucket, endpoint=s3_endpoint) == keys

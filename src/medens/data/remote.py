@@ -32,6 +32,9 @@ HEADER_PROBE = 1 << 16
 """Bytes read to parse an ``.npy`` header (numpy writes headers well under this)."""
 
 _SCRATCH: list[Path] = []
+_CACHES: dict[tuple[str, str, str], _RowCache] = {}
+"""One row cache per remote array in this process: loading a dataset twice shares it (a second
+cache over the same local file would truncate the rows the first one has fetched)."""
 
 
 def _scratch_dir() -> Path:
@@ -106,11 +109,19 @@ class _RowCache:
             self.have[missing] = True
 
 
+def _row_cache(ref: dict[str, Any]) -> _RowCache:
+    """The process's cache of ``ref`` (created on first use)."""
+    key = (str(ref["store"]), str(ref["key"]), str(ref["sha256"]))
+    if key not in _CACHES:
+        _CACHES[key] = _RowCache(ref)
+    return _CACHES[key]
+
+
 class RemoteArray(FileArray):
     """A :class:`FileArray` whose file lives in object storage (see the module docstring)."""
 
     def __init__(self, ref: dict[str, Any] | _RowCache, index: np.ndarray | None = None) -> None:
-        self._cache = ref if isinstance(ref, _RowCache) else _RowCache(ref)
+        self._cache = ref if isinstance(ref, _RowCache) else _row_cache(ref)
         super().__init__(self._cache.path, index)
 
     def __repr__(self) -> str:
