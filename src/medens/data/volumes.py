@@ -46,10 +46,9 @@ class Volume:
 def _reader_for(path: Path) -> str:
     if path.is_dir():
         return "PydicomReader"
-    name = path.name.lower()
-    for suffix, reader in READERS.items():
-        if name.endswith(suffix):
-            return reader
+    suffix = volume_suffix(path)
+    if suffix is not None:
+        return READERS[suffix]
     raise ValueError(f"{path}: not a volume medens reads (NIfTI .nii/.nii.gz, NRRD .nrrd/.nhdr, MetaImage "
                      f".mha/.mhd, or a folder of DICOM slices)")
 

@@ -90,21 +90,18 @@ class EnsemblePredictor:
         return ref
 
     @property
-    def dicom_window(self) -> tuple[float, float] | None:
-        """The VOI window the members were trained with (``data.window``), applied to DICOM and
-        volume-format uploads; ``None``: a DICOM file's own window, else the image's full range."""
-        for member in self.ensemble.members.values():
-            w = member.manifest.get("preprocessing", {}).get("dicom_window")
-            if w is not None:
-                return float(w[0]), float(w[1])
-        return None
-
-    @property
     def reading(self) -> Reading:
-        """How uploads become pixels: the members' window and bit depth (``data.bit_depth``; 8 for
-        artifacts that do not record one)."""
-        depths = {int(m.manifest.get("preprocessing", {}).get("bit_depth", 8)) for m in self.ensemble.members.values()}
-        return Reading(window=self.dicom_window, depth=max(depths, default=8))
+        """How uploads become pixels, as the members' training data did: the VOI window
+        (``data.window``, applied to DICOM and volume-format uploads; ``None``: a DICOM file's own,
+        else the image's full range) and the bit depth (``data.bit_depth``; 8 for artifacts that
+        do not record one)."""
+        window, depth = None, 8
+        for member in self.ensemble.members.values():
+            pre = member.manifest.get("preprocessing", {})
+            if window is None and pre.get("dicom_window") is not None:
+                window = (float(pre["dicom_window"][0]), float(pre["dicom_window"][1]))
+            depth = max(depth, int(pre.get("bit_depth", 8)))
+        return Reading(window=window, depth=depth)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.manifest.get("name"), "task": self.task, "method": self.manifest.get("method"),
