@@ -120,7 +120,12 @@ def imagenet_lite0() -> str:
 
 def default_spec() -> dict[str, Any]:
     """The medens spec the benchmark runs without ``--spec``: compact CNNs from scratch and the
-    ImageNet EfficientNet-Lite0 fine-tuned (its own schedule: 15 epochs at lr 1e-3), three losses each."""
+    ImageNet EfficientNet-Lite0 fine-tuned (its own schedule: 15 epochs at lr 1e-3), three losses each.
+
+    One metric that sees the minority classes, macro-F1, picks everything validation picks: each
+    member's best epoch (``training.monitor``), the members' ranking for the top-k ensembles
+    (``ensemble.rank_metric``), the logit adjustment of ``mean_la`` (its default) and the selected
+    system (``evaluation.gate_metric``)."""
     lite0 = {"name": "timm_efficientnet_lite0",
              "params": {"weights_path": imagenet_lite0(), "weights_strict": False},
              "training": {"lr": 1e-3, "epochs": 15, "min_steps": 0}}
@@ -136,8 +141,9 @@ def default_spec() -> dict[str, Any]:
                      "augment": "flips", "epochs": 30, "min_steps": 600, "patience": None, "monitor": "macro_f1",
                      "batch_size": 64, "plateau_patience": None, "class_weights": "none", "tta": "flips",
                      "calibrate": True},
-        "ensemble": {"methods": ["mean", "mean_la", "weighted", "stacking"], "top_k": [3, 6], "model_level": False},
-        "evaluation": {"bootstrap": 1000, "gradcam": False},
+        "ensemble": {"methods": ["mean", "mean_la", "weighted", "stacking"], "top_k": [3, 6], "model_level": False,
+                     "rank_metric": "macro_f1"},
+        "evaluation": {"bootstrap": 1000, "gradcam": False, "gate_metric": "f1_macro"},
     }
 
 
@@ -215,6 +221,15 @@ DIGITS_TAIL = 0.1
 """The long-tailed digits keep ``170 * DIGITS_TAIL ** (c / 9)`` images of digit ``c`` (170 down to 17)."""
 
 
+def _digit_images(images: np.ndarray, size: int) -> np.ndarray:
+    """scikit-learn's 8x8 digit scans (16 grey levels) upsampled bilinearly to ``size`` px grey uint8."""
+    import torch
+
+    x = torch.nn.functional.interpolate(torch.tensor(images, dtype=torch.float32)[:, None], size=size,
+                                        mode="bilinear", align_corners=False)
+    return (x[:, 0] / 16 * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
 def long_tailed_digits(size: int = 32, tail: float = DIGITS_TAIL, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled handwritten digits (real 8x8 scans of 16 grey levels, 1,797 images;
     nothing is downloaded), long-tailed: digit ``c`` keeps ``round(170 * tail ** (c / 9))`` images
@@ -223,7 +238,6 @@ def long_tailed_digits(size: int = 32, tail: float = DIGITS_TAIL, seed: int = SE
     Returns:
         ``images`` ``(N, size, size)`` uint8 and ``labels`` ``(N,)`` (the digit).
     """
-    import torch
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -234,10 +248,40 @@ def long_tailed_digits(size: int = 32, tail: float = DIGITS_TAIL, seed: int = SE
         n = min(len(idx), int(round(170 * tail ** (c / 9))))
         keep.append(np.sort(rng.choice(idx, size=n, replace=False)))
     keep = np.concatenate(keep)
-    x = torch.nn.functional.interpolate(torch.tensor(d.images[keep], dtype=torch.float32)[:, None], size=size,
-                                        mode="bilinear", align_corners=False)
-    images = (x[:, 0] / 16 * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-    return images, d.target[keep].astype(np.int64)
+    return _digit_images(d.images[keep], size), d.target[keep].astype(np.int64)
+
+
+SMALL_TRAIN = {0: 138, 1: 30, 2: 12, 3: 6, 4: 3}
+"""Training images per digit of the small long-tailed set (189 in all, 46:1)."""
+SMALL_TEST = 25
+"""Test images per digit of the small long-tailed set (balanced)."""
+
+
+def small_long_tailed_digits(size: int = 32, seed: int = SEED) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Issue 13's small long-tailed set of real images: the digits 0-4 of scikit-learn's bundled
+    scans with :data:`SMALL_TRAIN` training images (138 down to 3), a validation split of a quarter
+    of that (at least one image; at most what the digit has left, so 15/8/3/2/1) and a balanced
+    test split of :data:`SMALL_TEST` per digit, disjoint, drawn with ``seed``; ``size`` px grey uint8.
+
+    Returns:
+        ``{"train" | "val" | "test": (images, labels)}``.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for c, n in SMALL_TRAIN.items():
+        idx = rng.permutation(np.flatnonzero(d.target == c))
+        n_val = min(len(idx) - n - SMALL_TEST, max(1, int(round(n / 4))))
+        parts["train"].append(idx[:n])
+        parts["val"].append(idx[n:n + n_val])
+        parts["test"].append(idx[len(idx) - SMALL_TEST:])
+    out = {}
+    for split, chunks in parts.items():
+        ix = np.sort(np.concatenate(chunks))
+        out[split] = (_digit_images(d.images[ix], size), d.target[ix].astype(np.int64))
+    return out
 
 
 DATASETS = {
@@ -245,17 +289,21 @@ DATASETS = {
     "digits": {"size": 32, "flips": "none",
                "description": "scikit-learn digits, long-tailed (170 down to 17 per digit), 32 px; no flips "
                               "(a flipped digit is another digit or none)"},
+    "digits_small": {"size": 32, "flips": "none",
+                     "description": "issue 13's small long-tailed set: scikit-learn digits 0-4, 138/30/12/6/3 "
+                                    "training images, balanced test of 25 per digit, 32 px; no flips"},
 }
 
 
-def build_spec(base: dict[str, Any], folder: str | Path, size: int, quick: bool, flips: str = "both") -> Any:
-    """The experiment spec: ``base`` with the image folder's ``data`` section, seed 0, the flips the
+def build_spec(base: dict[str, Any], folder: str | Path, size: int, quick: bool, flips: str = "both",
+               seed: int = SEED) -> Any:
+    """The experiment spec: ``base`` with the image folder's ``data`` section, ``seed``, the flips the
     data allow (``training.flips``: a property of the images, not a tuned setting) and, when
     ``quick``, short training (compact_cnn only, one epoch) and :data:`QUICK_BOOTSTRAP` resamples."""
     from medens.config import parse_spec
 
     d = copy.deepcopy(base)
-    d["seed"] = SEED
+    d["seed"] = seed
     d["data"] = {"source": "image_folder", "path": str(folder), "image_size": size, "channels": 1,
                  "split": dict(SPLIT)}
     d["training"] = {**d.get("training", {}), "flips": flips}
@@ -287,14 +335,14 @@ def hog_features(images: np.ndarray) -> np.ndarray:
 
 
 def hog_svm(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, balanced: bool,
-            num_classes: int) -> tuple[np.ndarray, float]:
+            num_classes: int, seed: int = SEED) -> tuple[np.ndarray, float]:
     """Test probabilities ``(N, K)`` of HOG + StandardScaler + RBF SVC fitted on ``train_x``, and its seconds."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
     t0 = time.perf_counter()
-    clf = make_pipeline(StandardScaler(), SVC(kernel="rbf", probability=True, random_state=SEED,
+    clf = make_pipeline(StandardScaler(), SVC(kernel="rbf", probability=True, random_state=seed,
                                               class_weight="balanced" if balanced else None))
     with warnings.catch_warnings():  # scikit-learn 1.9 deprecates probability=True (removal in 1.11)
         warnings.filterwarnings("ignore", message=".*`probability` parameter was deprecated", category=FutureWarning)
@@ -308,7 +356,7 @@ def hog_svm(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, bal
 # ---------------------------------------------------------------- the plain PyTorch recipe
 
 def plain_recipe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, epochs: int, num_classes: int,
-                 flips: bool = True, log=print) -> tuple[np.ndarray, dict[str, Any]]:
+                 flips: bool = True, log=print, seed: int = SEED) -> tuple[np.ndarray, dict[str, Any]]:
     """Train torchvision's resnet18 from scratch (the recipe of the module docstring) on
     ``(N, H, W, 1)`` uint8 images; return test probabilities and ``{"seconds", "epoch_seconds", ...}``."""
     import torch
@@ -317,7 +365,7 @@ def plain_recipe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *
     from torchvision.transforms import v2
 
     t0 = time.perf_counter()
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x = torch.from_numpy(np.ascontiguousarray(train_x.transpose(0, 3, 1, 2))).float().div_(255)
     y = torch.from_numpy(np.asarray(train_y, dtype=np.int64))
@@ -339,7 +387,7 @@ def plain_recipe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *
     bs = PLAIN["batch_size"]
     loader = torch.utils.data.DataLoader(Augmented(), batch_size=bs, shuffle=True, num_workers=0,
                                          drop_last=len(x) % bs == 1,  # no BatchNorm batch of one
-                                         generator=torch.Generator().manual_seed(SEED))
+                                         generator=torch.Generator().manual_seed(seed))
     net = resnet18(weights=None, num_classes=num_classes)
     net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     net.to(device)
@@ -503,7 +551,11 @@ def table(systems: dict[str, dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="elpv",
-                    help="elpv (the registry package) or digits (scikit-learn's digits, long-tailed)")
+                    help="elpv (the registry package), digits (scikit-learn's digits, long-tailed) or "
+                         "digits_small (issue 13's small long-tailed set of digits 0-4, 138 down to 3)")
+    ap.add_argument("--seed", type=int, default=SEED,
+                    help=f"seed of the split, of medens and of the baselines (default {SEED}); results go to "
+                         "<name>_seed<N>.json for another seed")
     ap.add_argument("--size", type=int, default=None,
                     help="input size in pixels (default 64 for elpv, whose 300 px cells medens resizes; 32 for digits)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_IMAGES} images, very short training")
@@ -518,6 +570,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dataset = DATASETS[args.dataset]
     size = args.size or dataset["size"]
     stem = "real_data" if args.dataset == "elpv" else f"real_data_{args.dataset}"
+    stem += f"_seed{args.seed}" if args.seed != SEED else ""
     name = args.name or (f"{stem}_quick" if args.quick else stem)
     t_start = time.perf_counter()
 
@@ -531,12 +584,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         package = f"elpv-dataset {version('elpv-dataset')}"
     else:
-        images, labels = long_tailed_digits(size)
-        types, class_names = None, DIGIT_CLASSES
         from importlib.metadata import version
 
         package = f"scikit-learn {version('scikit-learn')} (sklearn.datasets.load_digits, bundled)"
-    keep = stratified_subset(labels, QUICK_IMAGES) if args.quick else np.arange(len(labels))
+        types = None
+        if args.dataset == "digits":
+            images, labels = long_tailed_digits(size, seed=args.seed)
+            class_names = DIGIT_CLASSES
+        else:  # the source's own train/val/test folders
+            presplit = small_long_tailed_digits(size, seed=args.seed)
+            class_names = DIGIT_CLASSES[:len(SMALL_TRAIN)]
+            images = np.concatenate([presplit[s][0] for s in SPLIT])
+            labels = np.concatenate([presplit[s][1] for s in SPLIT])
+    keep = stratified_subset(labels, QUICK_IMAGES, seed=args.seed) if args.quick else np.arange(len(labels))
+    if args.dataset == "digits_small":
+        keep = np.arange(len(labels))  # already small; its splits are the source's
 
     if args.spec:
         from medens.config import load_spec
@@ -552,11 +614,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         folder = work / args.dataset
         if folder.exists():
             shutil.rmtree(folder)
-        written = write_image_folder(images[keep], labels[keep], folder, names=[f"cell{i + 1:04d}" for i in keep],
-                                     class_names=class_names)
+        if args.dataset == "digits_small":
+            start, written = 0, {}
+            for s in SPLIT:
+                n = len(presplit[s][1])
+                written[s] = write_image_folder(images[start:start + n], labels[start:start + n], folder / s,
+                                                names=[f"{s}{i + 1:04d}" for i in range(n)], class_names=class_names)
+                start += n
+        else:
+            written = write_image_folder(images[keep], labels[keep], folder, names=[f"cell{i + 1:04d}" for i in keep],
+                                         class_names=class_names)
         del images
-        print(f"[data] {sum(written.values())} images into {folder}: {written}", file=sys.stderr)
-        spec = build_spec(base, folder, size, args.quick, flips=dataset["flips"])
+        print(f"[data] {len(keep)} images into {folder}: {written}", file=sys.stderr)
+        spec = build_spec(base, folder, size, args.quick, flips=dataset["flips"], seed=args.seed)
         n_boot = spec.evaluation.bootstrap
 
         from medens.data.types import SplitData
@@ -593,7 +663,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trval = np.concatenate([data.train.images, data.val.images])
         trval_y = np.concatenate([data.train.labels, data.val.labels])
         for variant, balanced in (("hog_svm", False), ("hog_svm_balanced", True)):
-            p, secs = hog_svm(trval, trval_y, data.test.images, balanced=balanced, num_classes=k)
+            p, secs = hog_svm(trval, trval_y, data.test.images, balanced=balanced, num_classes=k, seed=args.seed)
             probs_of[variant] = p
             systems[variant] = {"system": variant, "selectable": True, "seconds": secs,
                                 "description": "HOG + StandardScaler + RBF SVC (default C, gamma), fitted on train+val"
@@ -601,7 +671,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log(f"[{variant}] {secs:.0f} s")
 
         p, plain_info = plain_recipe(data.train.images, data.train.labels, data.test.images, epochs=epochs,
-                                     num_classes=k, flips=dataset["flips"] != "none", log=log)
+                                     num_classes=k, flips=dataset["flips"] != "none", log=log, seed=args.seed)
         probs_of["plain_resnet18"] = p
         systems["plain_resnet18"] = {"system": "torchvision resnet18 from scratch", "selectable": True,
                                      "seconds": plain_info["seconds"], "recipe": {**PLAIN, **plain_info},
@@ -636,7 +706,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "dataset": {"name": args.dataset, "description": dataset["description"]},
             "goal": f"on {args.dataset}, medens' validation-selected system beats the better HOG+SVM (paired p < 0.05 on MCC "
                     "and macro-F1) and is not worse than a plain resnet18 recipe (MCC difference CI upper end >= 0)",
-            "config": {"size": size, "quick": args.quick, "plain_epochs": epochs, "seed": SEED, "split": SPLIT,
+            "config": {"size": size, "quick": args.quick, "plain_epochs": epochs, "seed": args.seed,
+                       "split": "the source's train/val/test folders" if args.dataset == "digits_small" else SPLIT,
                        "spec_path": args.spec, "bootstrap": n_boot, "alpha": ALPHA, "hog": HOG},
             "data": {"package": package, "images": int(len(keep)),
                      "class_names": data.class_names, "folder_counts": written, "split_counts": counts,
