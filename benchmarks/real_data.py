@@ -4,14 +4,19 @@
 imbalanced set: scikit-learn's bundled handwritten digits (real 8x8 scans), long-tailed to 170
 down to 17 images per digit (695 images, ratio 10:1), upsampled to 32 px, without flips (for
 medens' augmentation, test-time augmentation and the plain recipe alike); results in
-``real_data_digits.json``. The rest of this docstring describes elpv.
+``real_data_digits.json``. ``--dataset digits_small`` is issue 13's small long-tailed set: the
+digits 0-4 with 138/30/12/6/3 training images, 15/8/3/2/1 for validation and a balanced test split
+of 25 per digit, disjoint, given to medens as the image folder's own ``train/val/test`` folders
+(:func:`small_long_tailed_digits`); results in ``real_data_digits_small.json``. ``--seed N`` draws
+another split (and seeds medens and the baselines with ``N``); results in ``<name>_seedN.json``.
+The rest of this docstring describes elpv.
 
 The data are the 2,624 electroluminescence images of solar cells of the registry package
 ``elpv-dataset`` (300 px grey; four classes by the experts' defect probability 0, 1/3, 2/3, 1 with
 1508/295/106/715 images; class folders ``p000``, ``p033``, ``p067``, ``p100``). They are written as
 grey PNGs, at their original resolution, into a temporary image folder, and medens' data stage
 (``prepare_data``, source ``image_folder``, one channel, ``--size`` px, stratified split
-train/val/test 0.6/0.15/0.25, seed 0) builds the one dataset every system below uses. Nothing is
+train/val/test 0.6/0.15/0.25, ``--seed``, default 0) builds the one dataset every system below uses. Nothing is
 downloaded at run time: the images come from the installed package (the ``bench`` extra).
 
 Systems, each timed (wall seconds), each scored on the same test split:
@@ -28,7 +33,8 @@ Systems, each timed (wall seconds), each scored on the same test split:
 - ``medens_selected``: the medens experiment's stages on the dataset directory (``training_grid``,
   ``train_member`` for each member, ``build_ensembles``, ``evaluate_systems``); the system medens
   selects on validation only. The medens spec is ``--spec`` (its ``data`` section and seed are
-  replaced as above) or :func:`default_spec`. The whole spec and medens' own leaderboard
+  replaced as above) or :func:`default_spec`, which names macro-F1 as the metric of every choice
+  made on validation (best epoch, member ranking, logit adjustment, selection). The whole spec and medens' own leaderboard
   (validation selection score and test metrics of every member and ensemble) are recorded.
 - ``medens_selected_from_scratch`` (reported when it differs from ``medens_selected``): what medens
   selects on validation, by the same rule and scores, from the systems none of whose members
@@ -460,7 +466,8 @@ def run_medens(spec: Any, data_dir: Path, work: Path, log=print) -> dict[str, An
     best_on_test = max(finite, key=lambda n: (finite[n], n))
     # what medens would select from the systems whose members all start from scratch (same rule, scores)
     outside = {n: any(part in m for m in _member_ids(n, d) for part in OUTSIDE_KNOWLEDGE) for n, d in dirs.items()}
-    scratch = selection_order({n: (metrics["selection"].get(n) or {}).get("score") for n in dirs if not outside[n]})
+    scratch = selection_order({n: (metrics["selection"].get(n) or {}).get("score") for n in dirs if not outside[n]},
+                              {n: (metrics["selection"].get(n) or {}).get("log_loss") for n in dirs})
     return {"selected": metrics["selected"], "summary_best": summary["best"], "gate_metric": gate,
             "selection_rule": metrics["selection_rule"], "selection": metrics["selection"],
             "leaderboard": leaderboard, "skipped": metrics.get("skipped", {}),

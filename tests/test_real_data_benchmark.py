@@ -151,3 +151,27 @@ def test_long_tailed_digits(rd, tmp_path):
     assert np.sum(diffs <= 0.5) == 1 and np.sort(diffs)[1] > 10
     written = rd.write_image_folder(images[:20], labels[:20], tmp_path / "digits", class_names=rd.DIGIT_CLASSES)
     assert sum(written.values()) == 20 and sorted(p.name for p in (tmp_path / "digits").iterdir()) == list("0123456789")
+
+
+def test_small_long_tailed_digits(rd):
+    parts = rd.small_long_tailed_digits(32)
+    counts = {s: np.bincount(y, minlength=5).tolist() for s, (_, y) in parts.items()}
+    assert counts == {"train": [138, 30, 12, 6, 3], "val": [15, 8, 3, 2, 1], "test": [25] * 5}
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    flat = {s: images.reshape(len(images), -1) for s, (images, _) in parts.items()}
+    # every image is one real scan; no scan is in two splits (digits 0-4 have no duplicate scans)
+    scans = rd._digit_images(d.images[d.target < 5], 32).reshape(-1, 32 * 32)
+    index = {row.tobytes(): i for i, row in enumerate(scans)}
+    assert len(index) == len(scans)
+    found = {s: [index[row.tobytes()] for row in rows] for s, rows in flat.items()}
+    assert all(len(set(v)) == len(v) for v in found.values())
+    assert not (set(found["train"]) & set(found["val"]) or set(found["train"]) & set(found["test"])
+                or set(found["val"]) & set(found["test"]))
+    for s, (_, y) in parts.items():
+        assert (d.target[d.target < 5][found[s]] == y).all()
+    # the seed draws other images, the same counts
+    other = rd.small_long_tailed_digits(32, seed=1)
+    assert np.bincount(other["train"][1]).tolist() == [138, 30, 12, 6, 3]
+    assert not np.array_equal(other["test"][0], parts["test"][0])

@@ -268,9 +268,9 @@ def test_prepare_data_from_new_data_in_s3(s3_endpoint, monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- selection without the test split
 
-def _planted_member(src, dest, mid, *, val_right: float, test_right: float, seed: int):
+def _planted_member(src, dest, mid, *, val_right: float, test_right: float, seed: int, confidence: float = 0.9):
     """A copy of a trained member whose saved predictions are replaced by planted ones:
-    ``val_right`` / ``test_right`` of the images get the true class with confidence 0.9."""
+    ``val_right`` / ``test_right`` of the images get the true class with ``confidence``."""
     import shutil
 
     from medens.models.artifact import read_manifest, write_manifest
@@ -285,12 +285,25 @@ def _planted_member(src, dest, mid, *, val_right: float, test_right: float, seed
         p = Predictions.load(dest / "predictions" / f"{split}.npz")
         k = p.probs.shape[1]
         pred = np.where(rng.random(len(p.labels)) < right, p.labels, (p.labels + 1) % k)
-        probs = np.full((len(pred), k), 0.1 / (k - 1), np.float32)
-        probs[np.arange(len(pred)), pred] = 0.9
+        probs = np.full((len(pred), k), (1 - confidence) / (k - 1), np.float32)
+        probs[np.arange(len(pred)), pred] = confidence
         Predictions(probs=probs, ids=p.ids, labels=p.labels, class_names=p.class_names).save(
             dest / "predictions" / f"{split}.npz")
     write_manifest(dest, manifest)
     return dest
+
+
+def test_a_tie_on_validation_goes_to_the_lower_validation_log_loss(stages, tmp_path):
+    root, spec = stages["root"], stages["spec"]
+    src = member_dirs(stages["paths"])["compact_cnn__ce"]
+    # the same right and wrong answers (same seed), so the same validation MCC; "a" is less sure of them
+    a = _planted_member(src, tmp_path / "a", "a_unsure", val_right=0.9, test_right=0.9, seed=3, confidence=0.6)
+    b = _planted_member(src, tmp_path / "b", "b_sure", val_right=0.9, test_right=0.9, seed=3, confidence=0.95)
+    s = evaluate_systems(spec, root / "data", [a, b], tmp_path / "no-ensembles", tmp_path / "eval")
+    sel = json.loads((tmp_path / "eval" / "metrics.json").read_text())["selection"]
+    assert sel["a_unsure"]["score"] == sel["b_sure"]["score"]
+    assert sel["b_sure"]["log_loss"] < sel["a_unsure"]["log_loss"]
+    assert s["best"] == "b_sure"  # by name alone it would be a_unsure
 
 
 def test_a_system_best_on_test_but_not_on_validation_is_not_selected(stages, tmp_path):

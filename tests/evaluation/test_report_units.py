@@ -1,9 +1,15 @@
 """Unit checks of the evaluation stage's building blocks on planted predictions."""
 
 import numpy as np
+import pytest
 
 from medens.evaluation.report import significance_note, table_rows
-from medens.evaluation.systems import evaluate_classification, evaluate_segmentation, selection_order
+from medens.evaluation.systems import (
+    evaluate_classification,
+    evaluate_segmentation,
+    selection_log_loss,
+    selection_order,
+)
 
 
 def onehot_probs(pred, k, conf=0.9):
@@ -39,6 +45,19 @@ def test_classification_reference_and_holm():
 def test_selection_order_ranks_scores_and_puts_unscored_last():
     assert selection_order({"b": 0.5, "a": 0.5, "c": 0.9, "x": None, "d": None}) == ["c", "a", "b", "d", "x"]
     assert selection_order({"only": None}) == ["only"]
+
+
+def test_selection_ties_go_to_the_lower_validation_log_loss():
+    scores = {"b": 1.0, "a": 1.0, "c": 1.0, "d": 0.9}
+    # a tie on the gate metric is broken by log-loss, lower first; no log-loss comes after one
+    assert selection_order(scores, {"a": 0.30, "b": 0.10, "c": None, "d": 0.01}) == ["b", "a", "c", "d"]
+    assert selection_order(scores, {"a": float("nan"), "b": 0.2, "c": 0.2}) == ["b", "c", "a", "d"]
+    y = np.array([0, 1, 1])
+    sure = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9]])
+    unsure = np.array([[0.6, 0.4], [0.4, 0.6], [0.45, 0.55]])
+    assert selection_log_loss(probs=sure, labels=y) == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.9])))
+    assert selection_log_loss(probs=unsure, labels=y) > selection_log_loss(probs=sure, labels=y)
+    assert selection_log_loss(probs=sure[:, :, None, None], masks=np.zeros((3, 1, 1))) is None
 
 
 def test_segmentation_perfect_system_beats_reference():

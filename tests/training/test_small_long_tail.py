@@ -2,7 +2,7 @@
 
 The images are scikit-learn's bundled handwritten digits (real 8x8 scans, upsampled to 32 px):
 five classes with 138, 30, 12, 6 and 4 training images (190 in all; six optimiser steps an epoch
-at batch 32), a validation split of 40/10/4/2/2 and a balanced test split of 25 per class.
+at batch 32), a validation split of 15/10/4/2/2 (disjoint from the rest) and a balanced test split of 25 per class.
 """
 
 import math
@@ -26,8 +26,8 @@ def long_tailed_digits() -> SplitData:
     for c, n in TRAIN.items():
         idx = rng.permutation(np.flatnonzero(d.target == c))
         parts["train"] += list(idx[:n])
-        parts["val"] += list(idx[n:n + max(2, n // 3)])
-        parts["test"] += list(idx[150:175])
+        parts["val"] += list(idx[n:min(n + max(2, n // 3), len(idx) - 25)])  # never into the test images
+        parts["test"] += list(idx[-25:])
 
     def split(ix):
         ix = np.asarray(ix)
@@ -43,6 +43,8 @@ def long_tailed_digits() -> SplitData:
 def test_no_member_collapses_on_a_small_long_tailed_set(tmp_path):
     data = long_tailed_digits()
     assert np.bincount(data.train.labels).tolist() == list(TRAIN.values()) and min(TRAIN.values()) < 10
+    ids = [set(data.split(s).ids) for s in ("train", "val", "test")]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])  # validation never sees a test image
     spec = TrainingSpec(batch_size=32, min_steps=300, patience=10, monitor="balanced_accuracy",
                         class_weights="balanced", optimizer="adamw", weight_decay=0.05, schedule="cosine",
                         warmup_epochs=1, plateau_patience=None)

@@ -4,7 +4,10 @@ Selection (DESIGN section 2, step 6) comes first and uses validation data only: 
 its validation predictions, a prediction-level ensemble by its cross-fitted (out-of-fold)
 validation predictions (:mod:`medens.ensemble.crossfit`; it was fitted on validation), a
 model-level ensemble by its validation predictions (it was trained on the training split). The
-selected system is the one with the highest selection score on the gate metric. Only then is
+selected system is the one with the highest selection score on the gate metric; systems that tie
+on it (a small validation split often scores several at 1.0) are told apart by the validation
+log-loss of the same predictions, a proper scoring rule that still sees how sure each system is
+of the right class, and only then by name. Only then is
 every system scored on the test split, once, to report: metrics of METHODS section 6 with 95%
 bootstrap CIs (and study 1's normal-approximation CI for accuracy) and paired tests against the
 reference (the best single member on validation), Holm-corrected across the comparisons:
@@ -25,7 +28,8 @@ from medens.evaluation.stats import bootstrap_ci, delong_ovr, holm, mcnemar, nor
 CI_METRICS = ("accuracy", "mcc", "f1_macro", "auroc_macro")
 SELECTION_RULE = ("highest validation {metric}: members on their validation predictions, prediction-level "
                   "ensembles on {folds}-fold cross-fitted (out-of-fold) validation predictions, model-level "
-                  "ensembles on their validation predictions; ties by name")
+                  "ensembles on their validation predictions; ties by the validation log-loss of the same "
+                  "predictions (lower first), then by name")
 
 
 def selection_score(metric: str, *, probs: np.ndarray, labels: np.ndarray | None = None,
@@ -40,10 +44,30 @@ def selection_score(metric: str, *, probs: np.ndarray, labels: np.ndarray | None
     return value if math.isfinite(value) else None
 
 
-def selection_order(scores: dict[str, float | None]) -> list[str]:
-    """Systems by selection score, best first (ties by name); systems without a score last, by name."""
-    scored = sorted((n for n, s in scores.items() if s is not None), key=lambda n: (-float(scores[n]), n))
+def selection_order(scores: dict[str, float | None], tiebreak: dict[str, float | None] | None = None) -> list[str]:
+    """Systems by selection score, best first; equal scores by ``tiebreak`` (lower first: the
+    validation log-loss; a system without one after those with one), then by name; systems
+    without a score last, by name."""
+    tb = tiebreak or {}
+
+    def key(n: str) -> tuple[float, float, str]:
+        t = tb.get(n)
+        return -float(scores[n]), float(t) if t is not None and math.isfinite(t) else math.inf, n
+
+    scored = sorted((n for n, s in scores.items() if s is not None), key=key)
     return scored + sorted(n for n, s in scores.items() if s is None)
+
+
+def selection_log_loss(*, probs: np.ndarray, labels: np.ndarray | None = None,
+                       masks: np.ndarray | None = None) -> float | None:
+    """The selection tie-break of one system's validation predictions: classification log-loss
+    (``None`` for segmentation, whose ties stay by name)."""
+    if masks is not None or labels is None:
+        return None
+    from medens.ensemble.selection import log_loss
+
+    value = log_loss(labels, probs)
+    return value if math.isfinite(value) else None
 
 
 def evaluate_classification(y_true: np.ndarray, systems: dict[str, tuple[str, np.ndarray]], *, reference: str,

@@ -28,17 +28,19 @@ def gate_metric(spec: ExperimentSpec) -> str:
 
 def _selection(metric: str, members: dict[str, Path], ensembles: dict[str, Path],
                index: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each system's selection score on validation data that neither trained nor fitted it."""
-    from medens.evaluation.systems import selection_score
+    """Each system's selection score on validation data that neither trained nor fitted it, and the
+    validation log-loss of the same predictions that breaks ties (classification)."""
+    from medens.evaluation.systems import selection_log_loss, selection_score
     from medens.training.predictions import Predictions
 
-    def score(path: Path) -> float | None:
+    def score(path: Path) -> dict[str, float | None]:
         p = Predictions.load(path)
-        return selection_score(metric, probs=p.probs, labels=p.labels, masks=p.masks)
+        return {"score": selection_score(metric, probs=p.probs, labels=p.labels, masks=p.masks),
+                "log_loss": selection_log_loss(probs=p.probs, labels=p.labels, masks=p.masks)}
 
     out: dict[str, dict[str, Any]] = {}
     for name, d in members.items():
-        out[name] = {"score": score(d / "predictions" / "val.npz"), "basis": "validation predictions"}
+        out[name] = {**score(d / "predictions" / "val.npz"), "basis": "validation predictions"}
     for name, d in ensembles.items():
         info = dict(index.get("selection", {}).get(name) or {})
         if info.get("basis") is None:
@@ -46,7 +48,7 @@ def _selection(metric: str, members: dict[str, Path], ensembles: dict[str, Path]
                          "reason": info.get("reason") or "no cross-fitted validation predictions"}
             continue
         oof = d / "predictions" / OOF
-        out[name] = {**info, "score": score(oof if oof.is_file() else d / "predictions" / "val.npz")}
+        out[name] = {**info, **score(oof if oof.is_file() else d / "predictions" / "val.npz")}
     for info in out.values():
         if info["score"] is None and info.get("basis") is not None:
             info["reason"] = f"validation {metric} is undefined"
@@ -87,7 +89,8 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     index = read_index(ensembles_dir)
     metric = gate_metric(spec)
     selection = _selection(metric, members, ensembles, index)
-    order = selection_order({n: s["score"] for n, s in selection.items()})
+    order = selection_order({n: s["score"] for n, s in selection.items()},
+                            {n: s.get("log_loss") for n, s in selection.items()})
     if selection[order[0]]["score"] is None:
         raise ValueError(f"no system has a validation {metric}; nothing can be selected to serve: "
                          + "; ".join(f"{n}: {s.get('reason')}" for n, s in selection.items()))
