@@ -16,10 +16,12 @@ PYTEST_ARGS ?=
 # Prometheus server that scrapes a live endpoint). Installed by `make test` when running as
 # root; otherwise install them yourself.
 SYSTEM_PACKAGES ?= chromium prometheus
+# Debian packages only the benchmarks read (Fashion-MNIST for benchmarks/real_data.py --dataset fashion_lt).
+BENCH_PACKAGES ?= dataset-fashion-mnist
 PORT ?= 8080
 MODEL_DIR ?= runs/latest
 
-.PHONY: help venv lock versions system-deps run test lint format serve compile submit schedule bench clean chart
+.PHONY: help venv lock versions system-deps bench-deps run test lint format serve compile submit schedule bench clean chart
 
 help:
 	@echo "make run [PRESET=rbc-demo]   the pipeline end to end on this machine with kfp.local (runs/<run-id>/, runs/latest)"
@@ -31,7 +33,7 @@ help:
 	@echo "make test                    install everything needed and run the test suite"
 	@echo "make lint                    ruff and the import-layering contracts (import-linter)"
 	@echo "make lock                    re-resolve every dependency in a clean venv and rewrite requirements.lock"
-	@echo "make bench                   run benchmarks/*.py (JSON into benchmarks/results/)"
+	@echo "make bench                   run benchmarks/*.py (JSON into benchmarks/results/; installs the Debian data they read when root)"
 	@echo "make clean                   remove .venv, runs/ and caches"
 
 # The lock is a constraints file: pip installs exactly the locked versions (torch and torchvision
@@ -70,8 +72,8 @@ chart: $(STAMP)
 run: $(STAMP)
 	$(PY) -m pipelines run --preset $(PRESET)
 
-system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+system-deps bench-deps:
+	@missing=""; for p in $(if $(filter bench-deps,$@),$(BENCH_PACKAGES),$(SYSTEM_PACKAGES)); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			echo "installing Debian packages:$$missing"; \
@@ -101,7 +103,7 @@ submit: $(STAMP)
 schedule: $(STAMP)
 	$(PY) -m pipelines schedule --host $(KFP_HOST) --preset $(PRESET) --cron '$(CRON)'
 
-bench: $(STAMP)
+bench: $(STAMP) bench-deps
 	@mkdir -p benchmarks/results
 	@shopt -s nullglob; files=(benchmarks/*.py); \
 	if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks yet"; fi; \

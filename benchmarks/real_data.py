@@ -9,6 +9,12 @@ digits 0-4 with 138/30/12/6/3 training images, 15/8/3/2/1 for validation and a b
 of 25 per digit, disjoint, given to medens as the image folder's own ``train/val/test`` folders
 (:func:`small_long_tailed_digits`); results in ``real_data_digits_small.json``. ``--seed N`` draws
 another split (and seeds medens and the baselines with ``N``); results in ``<name>_seedN.json``.
+``--dataset fashion_lt`` is a larger long-tailed set of real photographs: Fashion-MNIST (28 px grey
+product images, ten labels) from Debian's package ``dataset-fashion-mnist`` (``make bench-deps``
+installs it; ``--fashion-dir`` points elsewhere), 500 down to 10 training images per label (50:1,
+1,401 in all), a validation split of a quarter of that from the rest of the official training set
+and a balanced test split of 300 per label from the official test set, read at 64 px like elpv,
+horizontal flips only (:func:`long_tailed_fashion`); results in ``real_data_fashion_lt.json``.
 The rest of this docstring describes elpv.
 
 The data are the 2,624 electroluminescence images of solar cells of the registry package
@@ -290,6 +296,98 @@ def small_long_tailed_digits(size: int = 32, seed: int = SEED) -> dict[str, tupl
     return out
 
 
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's package ``dataset-fashion-mnist`` installs Fashion-MNIST's four IDX files."""
+FASHION_PACKAGE = "dataset-fashion-mnist"
+FASHION_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+"""Fashion-MNIST's labels 0-9, in label order (which is also the long-tail order)."""
+FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FASHION_HEAD, FASHION_RATIO, FASHION_TEST = 500, 50, 300
+"""Long-tailed Fashion-MNIST: ``round(500 * 50 ** (-c / 9))`` training images of label ``c`` (500 down
+to 10, 1,401 in all), a validation split of a quarter of that (at least 2) from the rest of the
+official training set, and a balanced test split of 300 per label from the official test set."""
+FASHION_HINT = (f"Fashion-MNIST comes from the Debian package {FASHION_PACKAGE} (files in {FASHION_DIR}): run "
+                f"`make bench-deps` as root, or `sudo apt-get install {FASHION_PACKAGE}`")
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (the MNIST format: two zero bytes, a type byte, the number of dimensions, the
+    dimensions as big-endian uint32, then the data; gzip-compressed when the name ends in ``.gz``)
+    as a numpy array. Only unsigned bytes (type ``0x08``) are read.
+
+    Raises:
+        ValueError: naming the file, for a bad magic number, another type or a short file.
+    """
+    import gzip
+
+    path = Path(path)
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 4 or raw[:2] != b"\0\0":
+        raise ValueError(f"{path}: not an IDX file (its first two bytes must be zero)")
+    if raw[2] != 0x08:
+        raise ValueError(f"{path}: IDX data type 0x{raw[2]:02x}; only unsigned bytes (0x08) are read")
+    ndim = raw[3]
+    shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} ({int(np.prod(shape))} bytes) but {data.size} bytes follow")
+    return data.reshape(shape)
+
+
+def load_fashion_mnist(root: str | Path = FASHION_DIR) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fashion-MNIST's official splits ``{"train" | "test": (images (N, 28, 28) uint8, labels (N,))}``
+    from ``root`` (default: where the Debian package puts them; nothing is downloaded).
+
+    Raises:
+        RuntimeError: with :data:`FASHION_HINT` when a file is missing.
+    """
+    root = Path(root)
+    out = {}
+    for split, (img, lab) in FASHION_FILES.items():
+        missing = [f for f in (img, lab) if not (root / f).is_file()]
+        if missing:
+            raise RuntimeError(f"no {', '.join(missing)} in {root}; {FASHION_HINT}")
+        images, labels = read_idx(root / img), read_idx(root / lab).astype(np.int64)
+        if images.ndim != 3 or len(images) != len(labels):
+            raise ValueError(f"{root}: {split} images {images.shape} do not match labels {labels.shape}")
+        out[split] = (images, labels)
+    return out
+
+
+def fashion_counts(head: int = FASHION_HEAD, ratio: float = FASHION_RATIO) -> dict[str, list[int]]:
+    """Images per label of the long-tailed Fashion-MNIST splits (train, val; test is balanced)."""
+    train = [int(round(head * ratio ** (-c / 9))) for c in range(len(FASHION_CLASSES))]
+    return {"train": train, "val": [max(2, int(round(n / 4))) for n in train],
+            "test": [FASHION_TEST] * len(FASHION_CLASSES)}
+
+
+def long_tailed_fashion(root: str | Path = FASHION_DIR, seed: int = SEED) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Long-tailed Fashion-MNIST (see :data:`FASHION_HEAD`): train and validation drawn without
+    overlap from the official training set, the balanced test split from the official test set,
+    each a random subset (``seed``); images stay 28 px grey uint8.
+
+    Returns:
+        ``{"train" | "val" | "test": (images, labels)}``.
+    """
+    source = load_fashion_mnist(root)
+    counts = fashion_counts()
+    rng = np.random.default_rng(seed)
+    picks: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for c in range(len(FASHION_CLASSES)):
+        pool = rng.permutation(np.flatnonzero(source["train"][1] == c))
+        n_tr, n_val = counts["train"][c], counts["val"][c]
+        picks["train"].append(pool[:n_tr])
+        picks["val"].append(pool[n_tr:n_tr + n_val])
+        picks["test"].append(rng.choice(np.flatnonzero(source["test"][1] == c), size=counts["test"][c], replace=False))
+    out = {}
+    for split, chunks in picks.items():
+        images, labels = source["test" if split == "test" else "train"]
+        ix = np.sort(np.concatenate(chunks))
+        out[split] = (images[ix], labels[ix])
+    return out
+
+
 DATASETS = {
     "elpv": {"size": 64, "flips": "both", "description": "elpv solar cells, four defect-probability classes"},
     "digits": {"size": 32, "flips": "none",
@@ -298,7 +396,14 @@ DATASETS = {
     "digits_small": {"size": 32, "flips": "none",
                      "description": "issue 13's small long-tailed set: scikit-learn digits 0-4, 138/30/12/6/3 "
                                     "training images, balanced test of 25 per digit, 32 px; no flips"},
+    "fashion_lt": {"size": 64, "flips": "horizontal",
+                   "description": "Fashion-MNIST (Debian's dataset-fashion-mnist), long-tailed: 500 down to 10 "
+                                  "training images per label (50:1), validation a quarter of that, balanced test "
+                                  "of 300 per label from the official test set; 28 px read at 64 px; horizontal "
+                                  "flips only (a garment upside down is not in the data)"},
 }
+PRESPLIT = ("digits_small", "fashion_lt")
+"""Datasets given to medens as the image folder's own train/val/test folders."""
 
 
 def build_spec(base: dict[str, Any], folder: str | Path, size: int, quick: bool, flips: str = "both",
@@ -318,6 +423,17 @@ def build_spec(base: dict[str, Any], folder: str | Path, size: int, quick: bool,
         d["training"] = {**d.get("training", {}), "epochs": 1, "min_steps": 0, "patience": None}
         d["evaluation"] = {**d.get("evaluation", {}), "bootstrap": QUICK_BOOTSTRAP, "gradcam": False}
     return parse_spec(d, source="benchmarks/real_data.py")
+
+
+def _debian_version(package: str) -> str:
+    """The installed version of a Debian package, or ``"unknown"`` (no dpkg, not installed)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def to_probs(p: np.ndarray) -> np.ndarray:
@@ -362,7 +478,7 @@ def hog_svm(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, bal
 # ---------------------------------------------------------------- the plain PyTorch recipe
 
 def plain_recipe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, epochs: int, num_classes: int,
-                 flips: bool = True, log=print, seed: int = SEED) -> tuple[np.ndarray, dict[str, Any]]:
+                 flips: str = "both", log=print, seed: int = SEED) -> tuple[np.ndarray, dict[str, Any]]:
     """Train torchvision's resnet18 from scratch (the recipe of the module docstring) on
     ``(N, H, W, 1)`` uint8 images; return test probabilities and ``{"seconds", "epoch_seconds", ...}``."""
     import torch
@@ -379,7 +495,8 @@ def plain_recipe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *
     size = tuple(x.shape[-2:])
     augment = v2.Compose([
         v2.RandomResizedCrop(size, scale=PLAIN["crop_scale"], antialias=True),
-        *([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()] if flips else []),
+        *([v2.RandomHorizontalFlip()] if flips in ("both", "horizontal") else []),
+        *([v2.RandomVerticalFlip()] if flips in ("both", "vertical") else []),
         v2.RandomRotation(PLAIN["rotation"]),
     ])
 
@@ -558,13 +675,18 @@ def table(systems: dict[str, dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="elpv",
-                    help="elpv (the registry package), digits (scikit-learn's digits, long-tailed) or "
-                         "digits_small (issue 13's small long-tailed set of digits 0-4, 138 down to 3)")
+                    help="elpv (the registry package), digits (scikit-learn's digits, long-tailed), "
+                         "digits_small (issue 13's small long-tailed set of digits 0-4, 138 down to 3) or "
+                         "fashion_lt (Fashion-MNIST from the Debian package, long-tailed 500 down to 10)")
+    ap.add_argument("--fashion-dir", default=str(FASHION_DIR),
+                    help=f"Fashion-MNIST's IDX files for --dataset fashion_lt (default {FASHION_DIR}, where the "
+                         f"Debian package {FASHION_PACKAGE} puts them)")
     ap.add_argument("--seed", type=int, default=SEED,
                     help=f"seed of the split, of medens and of the baselines (default {SEED}); results go to "
                          "<name>_seed<N>.json for another seed")
     ap.add_argument("--size", type=int, default=None,
-                    help="input size in pixels (default 64 for elpv, whose 300 px cells medens resizes; 32 for digits)")
+                    help="input size in pixels (default 64 for elpv, whose 300 px cells medens resizes, and for "
+                         "fashion_lt; 32 for digits)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_IMAGES} images, very short training")
     ap.add_argument("--epochs", type=int, default=None,
                     help=f"plain recipe epochs (default {DEFAULT_PLAIN_EPOCHS}; --quick {QUICK_PLAIN_EPOCHS})")
@@ -590,6 +712,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from importlib.metadata import version
 
         package = f"elpv-dataset {version('elpv-dataset')}"
+    elif args.dataset == "fashion_lt":
+        try:
+            presplit = long_tailed_fashion(args.fashion_dir, seed=args.seed)
+        except RuntimeError as e:
+            sys.exit(f"real_data: {e}")
+        package = f"Debian {FASHION_PACKAGE} {_debian_version(FASHION_PACKAGE)} ({args.fashion_dir})"
+        types, class_names = None, FASHION_CLASSES
     else:
         from importlib.metadata import version
 
@@ -598,14 +727,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.dataset == "digits":
             images, labels = long_tailed_digits(size, seed=args.seed)
             class_names = DIGIT_CLASSES
-        else:  # the source's own train/val/test folders
+        else:
             presplit = small_long_tailed_digits(size, seed=args.seed)
             class_names = DIGIT_CLASSES[:len(SMALL_TRAIN)]
-            images = np.concatenate([presplit[s][0] for s in SPLIT])
-            labels = np.concatenate([presplit[s][1] for s in SPLIT])
+    if args.dataset in PRESPLIT:  # the source's own train/val/test folders, in SPLIT's order
+        images = np.concatenate([presplit[s][0] for s in SPLIT])
+        labels = np.concatenate([presplit[s][1] for s in SPLIT])
     keep = stratified_subset(labels, QUICK_IMAGES, seed=args.seed) if args.quick else np.arange(len(labels))
-    if args.dataset == "digits_small":
-        keep = np.arange(len(labels))  # already small; its splits are the source's
+    if args.dataset in PRESPLIT:
+        keep = np.arange(len(labels))  # its splits are the source's
 
     if args.spec:
         from medens.config import load_spec
@@ -621,7 +751,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         folder = work / args.dataset
         if folder.exists():
             shutil.rmtree(folder)
-        if args.dataset == "digits_small":
+        if args.dataset in PRESPLIT:
             start, written = 0, {}
             for s in SPLIT:
                 n = len(presplit[s][1])
@@ -678,7 +808,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log(f"[{variant}] {secs:.0f} s")
 
         p, plain_info = plain_recipe(data.train.images, data.train.labels, data.test.images, epochs=epochs,
-                                     num_classes=k, flips=dataset["flips"] != "none", log=log, seed=args.seed)
+                                     num_classes=k, flips=dataset["flips"], log=log, seed=args.seed)
         probs_of["plain_resnet18"] = p
         systems["plain_resnet18"] = {"system": "torchvision resnet18 from scratch", "selectable": True,
                                      "seconds": plain_info["seconds"], "recipe": {**PLAIN, **plain_info},
@@ -714,7 +844,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "goal": f"on {args.dataset}, medens' validation-selected system beats the better HOG+SVM (paired p < 0.05 on MCC "
                     "and macro-F1) and is not worse than a plain resnet18 recipe (MCC difference CI upper end >= 0)",
             "config": {"size": size, "quick": args.quick, "plain_epochs": epochs, "seed": args.seed,
-                       "split": "the source's train/val/test folders" if args.dataset == "digits_small" else SPLIT,
+                       "split": "the source's train/val/test folders" if args.dataset in PRESPLIT else SPLIT,
                        "spec_path": args.spec, "bootstrap": n_boot, "alpha": ALPHA, "hog": HOG},
             "data": {"package": package, "images": int(len(keep)),
                      "class_names": data.class_names, "folder_counts": written, "split_counts": counts,

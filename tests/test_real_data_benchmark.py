@@ -175,3 +175,80 @@ def test_small_long_tailed_digits(rd):
     other = rd.small_long_tailed_digits(32, seed=1)
     assert np.bincount(other["train"][1]).tolist() == [138, 30, 12, 6, 3]
     assert not np.array_equal(other["test"][0], parts["test"][0])
+
+
+def _write_idx(path, array, type_byte=0x08):
+    import gzip
+
+    header = bytes([0, 0, type_byte, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def test_read_idx_reads_the_mnist_format_and_names_bad_files(rd, tmp_path):
+    # the header by hand: zero, zero, type 0x08, three dimensions (2, 3, 4), then 24 bytes
+    a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "a-idx3-ubyte.gz", a)
+    raw = bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4]) + bytes(range(24))
+    (tmp_path / "b-idx3-ubyte").write_bytes(raw)  # uncompressed
+    for name in ("a-idx3-ubyte.gz", "b-idx3-ubyte"):
+        out = rd.read_idx(tmp_path / name)
+        assert out.shape == (2, 3, 4) and out.dtype == np.uint8 and out[1, 2, 3] == 23
+    (tmp_path / "short").write_bytes(raw[:-1])
+    with pytest.raises(ValueError, match=r"short: header says \(2, 3, 4\) \(24 bytes\) but 23 bytes follow"):
+        rd.read_idx(tmp_path / "short")
+    (tmp_path / "png").write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(ValueError, match="png: not an IDX file"):
+        rd.read_idx(tmp_path / "png")
+    _write_idx(tmp_path / "floats.gz", a, type_byte=0x0D)
+    with pytest.raises(ValueError, match="type 0x0d"):
+        rd.read_idx(tmp_path / "floats.gz")
+
+
+def _planted_fashion(root, per_label_train=700, per_label_test=400):
+    """Fashion-MNIST's four files with planted images: every pixel of an image holds its index mod
+    256 in the first row and its label everywhere else, so a drawn image tells where it came from."""
+    root.mkdir()
+    for split, n in (("train", per_label_train), ("test", per_label_test)):
+        labels = np.repeat(np.arange(10, dtype=np.uint8), n)
+        np.random.default_rng(1).shuffle(labels)
+        images = np.repeat(labels[:, None, None], 28, axis=1).repeat(28, axis=2)
+        images[:, 0, 0] = np.arange(len(labels)) % 256
+        images[:, 0, 1] = np.arange(len(labels)) // 256
+        img, lab = rd_files()[split]
+        _write_idx(root / img, images)
+        _write_idx(root / lab, labels)
+
+
+def rd_files():
+    return {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+            "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def test_long_tailed_fashion(rd, tmp_path):
+    assert rd.FASHION_FILES == rd_files()
+    counts = rd.fashion_counts()
+    # round(500 * 50 ** (-c / 9)): 500 for label 0, 10 for label 9 (50:1); val a quarter, at least 2
+    assert counts["train"] == [500, 324, 210, 136, 88, 57, 37, 24, 15, 10]
+    assert counts["val"] == [125, 81, 52, 34, 22, 14, 9, 6, 4, 2]
+    assert counts["test"] == [300] * 10
+    _planted_fashion(tmp_path / "fm")
+    parts = rd.long_tailed_fashion(tmp_path / "fm", seed=3)
+    origin = {}
+    for split, (images, labels) in parts.items():
+        assert images.shape == (sum(counts[split]), 28, 28) and images.dtype == np.uint8
+        assert np.bincount(labels, minlength=10).tolist() == counts[split]
+        assert (images[:, 5, 5] == labels).all()  # each image keeps its own label
+        origin[split] = set((images[:, 0, 0].astype(int) + 256 * images[:, 0, 1].astype(int)).tolist())
+        assert len(origin[split]) == len(labels)  # no image twice
+    assert not origin["train"] & origin["val"]  # both from the official training set, disjoint
+    again = rd.long_tailed_fashion(tmp_path / "fm", seed=3)
+    other = rd.long_tailed_fashion(tmp_path / "fm", seed=4)
+    assert all((again[s][0] == parts[s][0]).all() for s in parts)
+    assert not (other["train"][0] == parts["train"][0]).all()
+
+
+def test_missing_fashion_files_name_the_debian_package(rd, tmp_path):
+    with pytest.raises(RuntimeError, match=r"no train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz in .*"
+                                           r"apt-get install dataset-fashion-mnist"):
+        rd.load_fashion_mnist(tmp_path)
