@@ -1,5 +1,5 @@
 """The pieces of ``benchmarks/real_data.py`` that can fail: the elpv image folder, HOG features and
-the goal logic. No training; the full benchmark is run by hand."""
+the goal logic, the long-tailed sets. No training; the full benchmark is run by hand."""
 
 from __future__ import annotations
 
