@@ -1,5 +1,5 @@
 """The pieces of ``benchmarks/real_data.py`` that can fail: the elpv image folder, HOG features and
-the goal logic, the long-tailed sets. No training; the full benchmark is run by hand."""
+the goal logic, and the sets of ``benchmarks/real_datasets.py``. No training; the full benchmark is run by hand."""
 
 from __future__ import annotations
 
@@ -25,22 +25,28 @@ def rd():
         sys.path.remove(str(BENCHMARKS))
 
 
-def test_elpv_to_image_folder(rd, tmp_path):
+@pytest.fixture(scope="module")
+def ds(rd):
+    """``benchmarks/real_datasets.py``, the sets ``real_data.py`` builds (imported by it)."""
+    return sys.modules["real_datasets"]
+
+
+def test_elpv_to_image_folder(ds, tmp_path):
     from PIL import Image
 
     # fails (never skips) without the package, with the install hint in the message
-    images, probs, types = rd.load_elpv()
+    images, probs, types = ds.load_elpv()
     assert images.shape == (2624, 300, 300) and images.dtype == np.uint8
-    labels = rd.class_index(probs)
+    labels = ds.class_index(probs)
     assert np.bincount(labels, minlength=4).tolist() == [1508, 295, 106, 715]
     assert set(types) == {"mono", "poly"}
 
     pick = np.concatenate([np.flatnonzero(labels == k)[:2] for k in range(4)])
-    written = rd.write_image_folder(images[pick], labels[pick], tmp_path / "elpv",
+    written = ds.write_image_folder(images[pick], labels[pick], tmp_path / "elpv",
                                     names=[f"cell{i + 1:04d}" for i in pick])
     assert written == {"p000": 2, "p033": 2, "p067": 2, "p100": 2}
     assert sorted(p.name for p in (tmp_path / "elpv").iterdir()) == ["p000", "p033", "p067", "p100"]
-    for k, cls in enumerate(rd.CLASS_NAMES):
+    for k, cls in enumerate(ds.CLASS_NAMES):
         files = sorted((tmp_path / "elpv" / cls).glob("*.png"))
         assert [f.stem for f in files] == [f"cell{i + 1:04d}" for i in pick[labels[pick] == k]]
         for f, i in zip(files, pick[labels[pick] == k]):
@@ -49,17 +55,17 @@ def test_elpv_to_image_folder(rd, tmp_path):
                 np.testing.assert_array_equal(np.asarray(im), images[i])  # lossless, original resolution
 
 
-def test_missing_package_names_the_install(rd, monkeypatch):
+def test_missing_package_names_the_install(ds, monkeypatch):
     monkeypatch.setitem(sys.modules, "elpv_dataset", None)
     monkeypatch.setitem(sys.modules, "elpv_dataset.utils", None)
     with pytest.raises(RuntimeError, match=r"make venv.*pip install -e '\.\[bench\]'"):
-        rd.load_elpv()
+        ds.load_elpv()
 
 
-def test_class_index_refuses_other_probabilities(rd):
-    assert rd.class_index(np.array([0.0, 1 / 3, 2 / 3, 1.0])).tolist() == [0, 1, 2, 3]
+def test_class_index_refuses_other_probabilities(ds):
+    assert ds.class_index(np.array([0.0, 1 / 3, 2 / 3, 1.0])).tolist() == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="0, 1/3, 2/3 or 1"):
-        rd.class_index(np.array([0.5]))
+        ds.class_index(np.array([0.5]))
 
 
 def test_hog_features_at_64_px(rd):
@@ -72,9 +78,9 @@ def test_hog_features_at_64_px(rd):
     assert np.isfinite(f).all()
 
 
-def test_stratified_subset_keeps_every_class(rd):
+def test_stratified_subset_keeps_every_class(rd, ds):
     labels = np.repeat(np.arange(4), [1508, 295, 106, 715])
-    keep = rd.stratified_subset(labels, rd.QUICK_IMAGES)
+    keep = ds.stratified_subset(labels, rd.QUICK_IMAGES)
     assert len(keep) == rd.QUICK_IMAGES and np.all(np.diff(keep) > 0)
     assert np.bincount(labels[keep], minlength=4).min() >= 10
 
@@ -133,8 +139,8 @@ def test_table_marks_systems_chosen_on_test(rd):
     assert "medens_best_on_test *" in text and "0.500 [0.400, 0.600]" in text
 
 
-def test_long_tailed_digits(rd, tmp_path):
-    images, labels = rd.long_tailed_digits(32)
+def test_long_tailed_digits(ds, tmp_path):
+    images, labels = ds.long_tailed_digits(32)
     counts = np.bincount(labels, minlength=10)
     # 170 * 0.1 ** (c / 9), rounded: 170 down to 17 (the ratio 10)
     assert counts.tolist() == [round(170 * 0.1 ** (c / 9)) for c in range(10)]
@@ -149,12 +155,12 @@ def test_long_tailed_digits(rd, tmp_path):
     up = torch.nn.functional.interpolate(zeros, size=32, mode="bilinear")[:, 0].numpy() / 16 * 255
     diffs = np.abs(up - images[labels == 0][0]).max(axis=(1, 2))
     assert np.sum(diffs <= 0.5) == 1 and np.sort(diffs)[1] > 10
-    written = rd.write_image_folder(images[:20], labels[:20], tmp_path / "digits", class_names=rd.DIGIT_CLASSES)
+    written = ds.write_image_folder(images[:20], labels[:20], tmp_path / "digits", class_names=ds.DIGIT_CLASSES)
     assert sum(written.values()) == 20 and sorted(p.name for p in (tmp_path / "digits").iterdir()) == list("0123456789")
 
 
-def test_small_long_tailed_digits(rd):
-    parts = rd.small_long_tailed_digits(32)
+def test_small_long_tailed_digits(ds):
+    parts = ds.small_long_tailed_digits(32)
     counts = {s: np.bincount(y, minlength=5).tolist() for s, (_, y) in parts.items()}
     assert counts == {"train": [138, 30, 12, 6, 3], "val": [15, 8, 3, 2, 1], "test": [25] * 5}
     from sklearn.datasets import load_digits
@@ -162,7 +168,7 @@ def test_small_long_tailed_digits(rd):
     d = load_digits()
     flat = {s: images.reshape(len(images), -1) for s, (images, _) in parts.items()}
     # every image is one real scan; no scan is in two splits (digits 0-4 have no duplicate scans)
-    scans = rd._digit_images(d.images[d.target < 5], 32).reshape(-1, 32 * 32)
+    scans = ds._digit_images(d.images[d.target < 5], 32).reshape(-1, 32 * 32)
     index = {row.tobytes(): i for i, row in enumerate(scans)}
     assert len(index) == len(scans)
     found = {s: [index[row.tobytes()] for row in rows] for s, rows in flat.items()}
@@ -172,7 +178,7 @@ def test_small_long_tailed_digits(rd):
     for s, (_, y) in parts.items():
         assert (d.target[d.target < 5][found[s]] == y).all()
     # the seed draws other images, the same counts
-    other = rd.small_long_tailed_digits(32, seed=1)
+    other = ds.small_long_tailed_digits(32, seed=1)
     assert np.bincount(other["train"][1]).tolist() == [138, 30, 12, 6, 3]
     assert not np.array_equal(other["test"][0], parts["test"][0])
 
@@ -185,24 +191,24 @@ def _write_idx(path, array, type_byte=0x08):
         f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
-def test_read_idx_reads_the_mnist_format_and_names_bad_files(rd, tmp_path):
+def test_read_idx_reads_the_mnist_format_and_names_bad_files(ds, tmp_path):
     # the header by hand: zero, zero, type 0x08, three dimensions (2, 3, 4), then 24 bytes
     a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     _write_idx(tmp_path / "a-idx3-ubyte.gz", a)
     raw = bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4]) + bytes(range(24))
     (tmp_path / "b-idx3-ubyte").write_bytes(raw)  # uncompressed
     for name in ("a-idx3-ubyte.gz", "b-idx3-ubyte"):
-        out = rd.read_idx(tmp_path / name)
+        out = ds.read_idx(tmp_path / name)
         assert out.shape == (2, 3, 4) and out.dtype == np.uint8 and out[1, 2, 3] == 23
     (tmp_path / "short").write_bytes(raw[:-1])
     with pytest.raises(ValueError, match=r"short: header says \(2, 3, 4\) \(24 bytes\) but 23 bytes follow"):
-        rd.read_idx(tmp_path / "short")
+        ds.read_idx(tmp_path / "short")
     (tmp_path / "png").write_bytes(b"\x89PNG\r\n")
     with pytest.raises(ValueError, match="png: not an IDX file"):
-        rd.read_idx(tmp_path / "png")
+        ds.read_idx(tmp_path / "png")
     _write_idx(tmp_path / "floats.gz", a, type_byte=0x0D)
     with pytest.raises(ValueError, match="type 0x0d"):
-        rd.read_idx(tmp_path / "floats.gz")
+        ds.read_idx(tmp_path / "floats.gz")
 
 
 def _planted_fashion(root, per_label_train=700, per_label_test=400):
@@ -225,15 +231,15 @@ def rd_files():
             "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
 
-def test_long_tailed_fashion(rd, tmp_path):
-    assert rd.FASHION_FILES == rd_files()
-    counts = rd.fashion_counts()
+def test_long_tailed_fashion(ds, tmp_path):
+    assert ds.FASHION_FILES == rd_files()
+    counts = ds.fashion_counts()
     # round(500 * 50 ** (-c / 9)): 500 for label 0, 10 for label 9 (50:1); val a quarter, at least 2
     assert counts["train"] == [500, 324, 210, 136, 88, 57, 37, 24, 15, 10]
     assert counts["val"] == [125, 81, 52, 34, 22, 14, 9, 6, 4, 2]
     assert counts["test"] == [300] * 10
     _planted_fashion(tmp_path / "fm")
-    parts = rd.long_tailed_fashion(tmp_path / "fm", seed=3)
+    parts = ds.long_tailed_fashion(tmp_path / "fm", seed=3)
     origin = {}
     for split, (images, labels) in parts.items():
         assert images.shape == (sum(counts[split]), 28, 28) and images.dtype == np.uint8
@@ -242,13 +248,13 @@ def test_long_tailed_fashion(rd, tmp_path):
         origin[split] = set((images[:, 0, 0].astype(int) + 256 * images[:, 0, 1].astype(int)).tolist())
         assert len(origin[split]) == len(labels)  # no image twice
     assert not origin["train"] & origin["val"]  # both from the official training set, disjoint
-    again = rd.long_tailed_fashion(tmp_path / "fm", seed=3)
-    other = rd.long_tailed_fashion(tmp_path / "fm", seed=4)
+    again = ds.long_tailed_fashion(tmp_path / "fm", seed=3)
+    other = ds.long_tailed_fashion(tmp_path / "fm", seed=4)
     assert all((again[s][0] == parts[s][0]).all() for s in parts)
     assert not (other["train"][0] == parts["train"][0]).all()
 
 
-def test_missing_fashion_files_name_the_debian_package(rd, tmp_path):
+def test_missing_fashion_files_name_the_debian_package(ds, tmp_path):
     with pytest.raises(RuntimeError, match=r"no train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz in .*"
                                            r"apt-get install dataset-fashion-mnist"):
-        rd.load_fashion_mnist(tmp_path)
+        ds.load_fashion_mnist(tmp_path)
