@@ -1,4 +1,4 @@
-"""Deployment: create or patch the KServe InferenceService that serves the registered ensemble."""
+"""Deployment: roll the chart's KServe InferenceService over to the newly registered version."""
 
 from kfp import dsl
 
@@ -6,22 +6,25 @@ from components._image import COMPONENT_OPTIONS
 
 
 @dsl.component(**COMPONENT_OPTIONS)
-def deploy(name: str, namespace: str, storage_uri: str, image: str, service_account: str = "", gpus: int = 0) -> str:
-    """Create the InferenceService ``namespace/name`` serving ``storage_uri``, or patch it.
+def deploy(name: str, namespace: str, version: str, storage_uri: str = "") -> str:
+    """Promote ``version`` on the InferenceService ``namespace/name`` that the Helm chart owns.
+
+    The chart (charts/medens) is the one owner of the InferenceService; this step changes the
+    model version only (a JSON patch of one field, see :mod:`medens.serving.deploy`) and fails
+    when the chart is not installed.
 
     Args:
-        name: InferenceService name.
-        namespace: its namespace (the pipeline's service account needs RBAC on inferenceservices there).
-        storage_uri: the registered ensemble artifact (``s3://...``), mounted at /mnt/models.
-        image: the medens image running ``medens serve``.
-        service_account: the service account whose secret gives KServe's storage initializer S3 access.
-        gpus: GPUs per serving replica.
+        name: the registered model name (the chart's ``model.name``, the InferenceService's name).
+        namespace: its namespace (the pipeline's service account needs get/patch on inferenceservices there).
+        version: the registered version, already the champion in the registry.
+        storage_uri: its artifact (``s3://.../<name>/versions/<version>``), used when the
+            predictor is pinned to a version instead of following the champion pointer.
 
     Returns:
-        ``created`` or ``patched``.
+        ``rolled out`` or ``repointed``.
     """
-    from medens.serving.deploy import deploy as deploy_isvc
+    from medens.serving.deploy import promote
 
-    out = deploy_isvc(name, namespace, storage_uri, image=image, service_account=service_account or None, gpu=gpus)
-    print(f"InferenceService {namespace}/{name} {out['action']}: {storage_uri}")
+    out = promote(name, namespace, version=version, uri=storage_uri)
+    print(f"InferenceService {namespace}/{out['name']} {out['action']} to version {version}: {out['patch']}")
     return out["action"]

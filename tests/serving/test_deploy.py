@@ -1,126 +1,173 @@
-"""KServe deployment: the InferenceService manifest and create-or-patch with a recording fake client."""
+"""A promotion changes the model version and nothing else on the InferenceService the chart owns.
 
+The chart is rendered by the real Helm engine; the promotion goes through the real Kubernetes
+client over HTTP to a loopback API server that applies what it receives with a real RFC 6902
+implementation (``jsonpatch``) and refuses any other content type."""
+
+from __future__ import annotations
+
+import copy
+import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import helm_python
+import jsonpatch
 import pytest
+import yaml
 
-from medens.serving.deploy import CONTAINER_NAME, MODEL_MOUNT, deploy, inference_service
+from medens.serving.deploy import VERSION_ANNOTATION, InferenceServices, promote, promotion_patch
 
-URI = "s3://medens/models/rbc-demo/versions/run-1"
-
-
-def test_manifest_custom_predictor_with_storage_uri():
-    m = inference_service("rbc-demo", "team-a", URI, image="registry.example/medens:1", service_account="medens-sa")
-    assert m["apiVersion"] == "serving.kserve.io/v1beta1"
-    assert m["kind"] == "InferenceService"
-    assert m["metadata"]["name"] == "rbc-demo" and m["metadata"]["namespace"] == "team-a"
-    pred = m["spec"]["predictor"]
-    assert pred["serviceAccountName"] == "medens-sa"
-    assert pred["minReplicas"] == 1
-    (c,) = pred["containers"]
-    # KServe injects the storage initializer for a custom predictor whose container is named
-    # kserve-container and carries STORAGE_URI; the artifact is mounted at /mnt/models
-    assert c["name"] == CONTAINER_NAME == "kserve-container"
-    assert c["env"] == [{"name": "STORAGE_URI", "value": URI}]
-    assert c["image"] == "registry.example/medens:1"
-    # torch threads = the whole-CPU limit (2 by default): torch in a pod sees the node's cores
-    assert [c["command"][0], *c["args"]] == ["medens", "serve", "--model-dir", MODEL_MOUNT,
-                                                  "--model-name", m["metadata"]["name"], "--http-port", "8080",
-                                                  "--threads", "2"]
-    assert MODEL_MOUNT == "/mnt/models"
-    assert c["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
-    assert c["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
-    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+ROOT = Path(__file__).resolve().parents[2]
+PATH = "/apis/serving.kserve.io/v1beta1/namespaces/ml/inferenceservices/rbc-demo"
 
 
-def test_manifest_gpu_and_custom_resources():
-    m = inference_service("seg", "ns", URI, image="i", gpu=1, port=9000, min_replicas=0,
-                          resources={"requests": {"cpu": "2", "memory": "8Gi"}}, annotations={"a": "b"})
-    c = m["spec"]["predictor"]["containers"][0]
-    assert c["resources"]["limits"] == {"nvidia.com/gpu": "1"}
-    assert c["resources"]["requests"] == {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"}
-    # no whole-CPU limit here: no --threads; a GPU: --device cuda
-    assert c["args"][-4:] == ["--http-port", "9000", "--device", "cuda"]
-    assert m["spec"]["predictor"]["minReplicas"] == 0
-    assert m["metadata"]["annotations"] == {"a": "b", "serving.kserve.io/enable-prometheus-scraping": "true",
-                                            "prometheus.kserve.io/port": "9000", "prometheus.kserve.io/path": "/metrics"}
-    assert "serviceAccountName" not in m["spec"]["predictor"]
+def rendered_isvc(values: dict | None = None) -> dict:
+    chart = helm_python.Chart.load(str(ROOT / "charts" / "medens"))
+    try:
+        out = chart.render(values or {}, name="rel", namespace="ml")
+    finally:
+        chart.close()
+    (isvc,) = [d for path, t in out.items() if path.endswith(".yaml")
+               for d in yaml.safe_load_all(t) if d and d["kind"] == "InferenceService"]
+    return isvc
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"storage_uri": ""}, "storage_uri is empty"),
-    ({"name": ""}, "needs a name"),
-    ({"gpu": -1}, "gpu must be >= 0"),
-])
-def test_manifest_errors(kwargs, message):
-    args = {"name": "x", "namespace": "ns", "storage_uri": URI, "image": "i", **kwargs}
-    with pytest.raises(ValueError, match=message):
-        inference_service(**args)
+class FakeKubeAPI:
+    """Holds InferenceServices by path; GET returns one, PATCH applies an RFC 6902 patch."""
+
+    def __init__(self, objects: dict[str, dict]):
+        self.objects = objects
+        self.calls: list[tuple[str, str, str, object]] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, payload: dict) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                api.calls.append(("GET", self.path, "", None))
+                if self.path not in api.objects:
+                    return self._send(404, {"kind": "Status", "reason": "NotFound", "code": 404})
+                self._send(200, api.objects[self.path])
+
+            def do_PATCH(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                ctype = self.headers["Content-Type"]
+                api.calls.append(("PATCH", self.path, ctype, body))
+                if ctype != "application/json-patch+json":
+                    return self._send(415, {"kind": "Status", "reason": "UnsupportedMediaType", "code": 415})
+                try:
+                    api.objects[self.path] = jsonpatch.apply_patch(api.objects[self.path], body)
+                except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
+                    return self._send(422, {"kind": "Status", "reason": "Invalid", "message": str(e), "code": 422})
+                self._send(200, api.objects[self.path])
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def client(self) -> InferenceServices:
+        from kubernetes import client
+
+        cfg = client.Configuration()
+        cfg.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return InferenceServices(client.ApiClient(cfg))
 
 
-class RecordingClient:
-    """Records calls the way ``kserve.KServeClient`` is called; ``existing`` decides ``get``."""
-
-    def __init__(self, existing=False, get_error=None):
-        self.calls = []
-        self.existing = existing
-        self.get_error = get_error
-
-    def get(self, name, namespace=None):
-        self.calls.append(("get", name, namespace))
-        if self.get_error is not None:
-            raise self.get_error
-        if not self.existing:
-            # what KServeClient.get raises for a missing InferenceService
-            raise RuntimeError("Exception when calling CustomObjectsApi->get_namespaced_custom_object: "
-                               "(404)\nReason: Not Found\n")
-        return {"metadata": {"name": name, "namespace": namespace}}
-
-    def create(self, isvc, namespace=None):
-        self.calls.append(("create", isvc, namespace))
-        return {}
-
-    def patch(self, name, isvc, namespace=None):
-        self.calls.append(("patch", name, isvc, namespace))
-        return {}
+def _changed_paths(before, after, prefix="") -> list[str]:
+    """JSON pointers of every leaf that differs (a map that appears counts by its leaves)."""
+    if isinstance(before, dict) or isinstance(after, dict):
+        before, after = before or {}, after or {}
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for k in sorted(set(before) | set(after)):
+            out += _changed_paths(before.get(k), after.get(k), f"{prefix}/{k}")
+        return out
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [p for i, (b, a) in enumerate(zip(before, after)) for p in _changed_paths(b, a, f"{prefix}/{i}")]
+    return [] if before == after else [prefix]
 
 
-def _manifest(isvc):
-    from kubernetes.client import ApiClient
-
-    return ApiClient().sanitize_for_serialization(isvc)
-
-
-def test_deploy_creates_when_missing():
-    client = RecordingClient(existing=False)
-    out = deploy("rbc-demo", "team-a", URI, client=client, image="medens:0.1.0", service_account="sa")
-    assert [c[0] for c in client.calls] == ["get", "create"]
-    assert client.calls[0] == ("get", "rbc-demo", "team-a")
-    _, isvc, ns = client.calls[1]
-    assert ns == "team-a"
-    assert isvc.api_version == "serving.kserve.io/v1beta1"  # what KServeClient.create reads
-    assert _manifest(isvc) == inference_service("rbc-demo", "team-a", URI, image="medens:0.1.0", service_account="sa")
-    assert out["action"] == "created" and out["storage_uri"] == URI
-    assert out["manifest"]["spec"]["predictor"]["containers"][0]["env"][0]["value"] == URI
-
-
-def test_deploy_patches_when_present():
-    client = RecordingClient(existing=True)
-    new_uri = URI.replace("run-1", "run-2")
-    out = deploy("rbc-demo", "team-a", new_uri, client=client, image="medens:0.1.0")
-    assert [c[0] for c in client.calls] == ["get", "patch"]
-    _, name, isvc, ns = client.calls[1]
-    assert (name, ns) == ("rbc-demo", "team-a")
-    assert _manifest(isvc)["spec"]["predictor"]["containers"][0]["env"] == [{"name": "STORAGE_URI", "value": new_uri}]
-    assert out["action"] == "patched"
+@pytest.mark.parametrize("values", [{}, {"predictor": {"gpu": 1, "minReplicas": 2, "maxReplicas": 4}}],
+                         ids=["defaults", "gpu"])
+def test_a_promotion_changes_only_the_model_version_of_the_charts_inference_service(values):
+    isvc = rendered_isvc(values)
+    with FakeKubeAPI({PATH: copy.deepcopy(isvc)}) as api:
+        out = promote("rbc-demo", "ml", version="run-2", uri="s3://medens/models/rbc-demo/versions/run-2",
+                      client=api.client())
+        first = copy.deepcopy(api.objects[PATH])
+        promote("rbc-demo", "ml", version="run-3", client=api.client())  # and the next one
+    assert out["action"] == "rolled out"
+    assert [(c[0], c[2]) for c in api.calls] == [("GET", ""), ("PATCH", "application/json-patch+json")] * 2
+    # the champion pointer already names the new version; the pod annotation rolls the pods over
+    assert _changed_paths(isvc, first) == [f"/spec/predictor/annotations/{VERSION_ANNOTATION}"]
+    assert first["spec"]["predictor"]["annotations"][VERSION_ANNOTATION] == "run-2"
+    assert _changed_paths(isvc, api.objects[PATH]) == [f"/spec/predictor/annotations/{VERSION_ANNOTATION}"]
+    assert api.objects[PATH]["spec"]["predictor"]["annotations"][VERSION_ANNOTATION] == "run-3"
+    # everything the chart set survives: container, security, probes, mounts, resources
+    assert api.objects[PATH]["spec"]["predictor"]["containers"] == isvc["spec"]["predictor"]["containers"]
 
 
-def test_deploy_other_errors_propagate():
-    client = RecordingClient(get_error=RuntimeError("(403)\nReason: Forbidden"))
-    with pytest.raises(RuntimeError, match="(?s)cannot read InferenceService team-a/rbc-demo.*Forbidden"):
-        deploy("rbc-demo", "team-a", URI, client=client, image="i")
-    assert [c[0] for c in client.calls] == ["get"]
+def test_a_predictor_pinned_to_a_version_gets_only_its_storage_uri_replaced():
+    pinned = "s3://medens/models/rbc-demo/versions/run-1"
+    isvc = rendered_isvc({"model": {"storageUri": pinned}})
+    with FakeKubeAPI({PATH: copy.deepcopy(isvc)}) as api:
+        out = promote("rbc-demo", "ml", version="run-2", uri="s3://medens/models/rbc-demo/versions/run-2",
+                      client=api.client())
+    assert out["action"] == "repointed" and out["patch"][0]["op"] == "test"
+    env_path = out["patch"][1]["path"]
+    assert _changed_paths(isvc, api.objects[PATH]) == [env_path]
+    assert jsonpatch.JsonPointer(env_path).resolve(api.objects[PATH]) == "s3://medens/models/rbc-demo/versions/run-2"
+    # the test operation guards against a concurrent change: replayed on the changed object, the
+    # same patch is refused (422) and nothing is applied
+    from kubernetes.client.exceptions import ApiException
+
+    with FakeKubeAPI({PATH: copy.deepcopy(api.objects[PATH])}) as api2:
+        with pytest.raises(ApiException) as err:
+            api2.client().json_patch("ml", "rbc-demo", out["patch"])
+        assert err.value.status == 422
+        assert api2.objects[PATH] == api.objects[PATH]
+
+
+def test_without_the_chart_the_promotion_fails_and_writes_nothing():
+    with FakeKubeAPI({}) as api:
+        with pytest.raises(RuntimeError, match=r"ml/rbc-demo does not exist: install the medens chart"):
+            promote("rbc-demo", "ml", version="run-2", client=api.client())
+    assert [c[0] for c in api.calls] == ["GET"]
+
+
+def test_another_models_service_and_bad_arguments_are_refused():
+    isvc = rendered_isvc({"model": {"storageUri": "s3://medens/models/other/champion"}})
+    with pytest.raises(ValueError, match="neither rbc-demo's champion pointer"):
+        promotion_patch(isvc, name="rbc-demo", version="v2", uri="")
+    with pytest.raises(ValueError, match="needs the registered version"):
+        promotion_patch(rendered_isvc(), name="rbc-demo", version="", uri="")
+    with pytest.raises(ValueError, match="has no storage URI"):
+        promotion_patch({"spec": {"predictor": {"containers": [{"name": "x"}]}}}, name="a", version="v", uri="")
+    # a predictor without annotations gets the whole map added
+    bare = {"spec": {"predictor": {"containers": [{"name": "kserve-container", "env": [
+        {"name": "STORAGE_URI", "value": "s3://b/m/a/champion"}]}]}}}
+    assert jsonpatch.apply_patch(bare, promotion_patch(bare, name="a", version="v9", uri=""))[
+        "spec"]["predictor"]["annotations"] == {VERSION_ANNOTATION: "v9"}
 
 
 def test_serving_package_is_import_light():

@@ -1,15 +1,21 @@
-"""Deploy a registered ensemble as a KServe InferenceService (serving.kserve.io/v1beta1).
+"""Promote a registered ensemble on the InferenceService that the Helm chart owns.
 
-The predictor is a custom container running ``medens serve --model-dir /mnt/models``. Its
-``STORAGE_URI`` environment variable names the published ensemble artifact (``s3://...`` in
-MinIO): for a custom predictor, KServe's webhook reads ``STORAGE_URI`` from the container named
-``kserve-container``, injects the storage-initializer init container that downloads the artifact,
-and mounts it read-only at ``/mnt/models`` (kserve ``CustomPredictor.GetStorageUri``,
-``constants.DefaultModelLocalMountPath``). S3 credentials for the initializer come from the
-service account's secret (``serving.kserve.io/s3-endpoint`` annotations), never from here.
+One owner per cluster object: ``charts/medens`` creates the InferenceService (pod settings,
+probes, security, resources, GPU, autoscaling); the pipeline never writes one. A promotion
+changes the model version and nothing else, with a JSON patch (RFC 6902) of one field:
 
-:func:`deploy` creates the InferenceService, or patches it when it exists, through the kserve
-SDK's ``KServeClient``; a patch with a new storage URI rolls out a new revision.
+- the chart's default ``storageUri`` is the champion pointer (``s3://.../<name>/champion``), which
+  ``medens serve`` resolves to its version when it starts (:func:`medens.serving.predictor.fetch_artifact`).
+  The registry already points at the new version, so a promotion is a rollout: the patch sets
+  the predictor's pod annotation ``medens.io/model-version`` to the new version, and KServe rolls
+  out new pods (a new Knative revision in Serverless mode) that load it. Helm does not own that
+  annotation, so a later ``helm upgrade`` keeps it, and keeps serving the champion.
+- a predictor pinned to one version (``.../<name>/versions/<v>``, set by the user in the chart's
+  values) gets that one ``STORAGE_URI`` value replaced instead, guarded by a ``test`` operation.
+
+The patch goes through the Kubernetes API as ``application/json-patch+json`` (the Python client
+chooses it for a list body), so nothing else in the live object is rewritten, unlike a merge
+patch of a whole InferenceService, which replaces the container list.
 """
 
 from __future__ import annotations
@@ -18,130 +24,128 @@ from typing import Any
 
 MODEL_MOUNT = "/mnt/models"
 CONTAINER_NAME = "kserve-container"
-DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
-    "requests": {"cpu": "1", "memory": "2Gi"},
-    "limits": {"cpu": "2", "memory": "4Gi"},
-}
-GPU_RESOURCE = "nvidia.com/gpu"
+VERSION_ANNOTATION = "medens.io/model-version"
+KSERVE = {"group": "serving.kserve.io", "version": "v1beta1", "plural": "inferenceservices"}
 
 
-def _thread_args(resources: dict[str, dict[str, str]]) -> list[str]:
-    """``--threads`` from a whole-CPU limit: torch in a pod sees the node's cores, not its limit."""
-    cpu = str(resources.get("limits", {}).get("cpu", "")).strip()
-    return ["--threads", cpu] if cpu.isdigit() and int(cpu) >= 1 else []
+def _pointer(path: str) -> str:
+    """JSON pointer escaping (RFC 6901) of one key."""
+    return path.replace("~", "~0").replace("/", "~1")
 
 
-def scrape_annotations(port: int) -> dict[str, str]:
-    """KServe's Prometheus annotations: the predictor's ``/metrics`` (KServe's and medens') on its port.
-    (They declare the port and path; the cluster's Prometheus must still be configured to scrape them.)"""
-    return {"serving.kserve.io/enable-prometheus-scraping": "true", "prometheus.kserve.io/port": str(port),
-            "prometheus.kserve.io/path": "/metrics"}
+def storage_uri_of(isvc: dict[str, Any]) -> tuple[str, str]:
+    """``(storage URI, JSON pointer of its value)`` of a live InferenceService's predictor: the
+    ``STORAGE_URI`` env of ``kserve-container`` (what the chart renders), or ``spec.predictor.model.storageUri``."""
+    pred = (isvc.get("spec") or {}).get("predictor") or {}
+    for ci, c in enumerate(pred.get("containers") or []):
+        if c.get("name") != CONTAINER_NAME:
+            continue
+        for ei, env in enumerate(c.get("env") or []):
+            if env.get("name") == "STORAGE_URI":
+                return str(env.get("value") or ""), f"/spec/predictor/containers/{ci}/env/{ei}/value"
+    model = pred.get("model") or {}
+    if model.get("storageUri"):
+        return str(model["storageUri"]), "/spec/predictor/model/storageUri"
+    raise ValueError("the InferenceService has no storage URI (no STORAGE_URI env on kserve-container, "
+                     "no spec.predictor.model.storageUri): is it the medens chart's?")
 
 
-def inference_service_object(name: str, namespace: str, storage_uri: str, *, image: str,
-                             service_account: str | None = None, resources: dict[str, dict[str, str]] | None = None,
-                             gpu: int = 0, port: int = 8080, min_replicas: int = 1,
-                             annotations: dict[str, str] | None = None, labels: dict[str, str] | None = None):
-    """The InferenceService as a kserve SDK object (``V1beta1InferenceService``); see :func:`inference_service`."""
-    from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec, constants
-    from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1ObjectMeta, V1ResourceRequirements
-
-    if not name:
-        raise ValueError("an InferenceService needs a name")
-    if not storage_uri:
-        raise ValueError("storage_uri is empty: register the ensemble first")
-    if gpu < 0:
-        raise ValueError(f"gpu must be >= 0, got {gpu}")
-    res = {k: dict(v) for k, v in (resources or DEFAULT_RESOURCES).items()}
-    if gpu:
-        res.setdefault("limits", {})[GPU_RESOURCE] = str(gpu)
-        res.setdefault("requests", {})[GPU_RESOURCE] = str(gpu)
-    container = V1Container(
-        name=CONTAINER_NAME,
-        image=image,
-        command=["medens"],
-        # the served model name is the InferenceService's: /v1/models/<name>:predict
-        args=["serve", "--model-dir", MODEL_MOUNT, "--model-name", name, "--http-port", str(port),
-              *_thread_args(res), *(["--device", "cuda"] if gpu else [])],
-        env=[V1EnvVar(name="STORAGE_URI", value=storage_uri)],
-        ports=[V1ContainerPort(container_port=port, protocol="TCP")],
-        resources=V1ResourceRequirements(requests=res.get("requests"), limits=res.get("limits")),
-    )
-    return V1beta1InferenceService(
-        api_version=f"{constants.KSERVE_GROUP}/{constants.KSERVE_V1BETA1_VERSION}",
-        kind=constants.KSERVE_KIND_INFERENCESERVICE,
-        metadata=V1ObjectMeta(name=name, namespace=namespace, annotations={**scrape_annotations(port), **(annotations or {})},
-                              labels={"app.kubernetes.io/part-of": "medens", **(labels or {})}),
-        spec=V1beta1InferenceServiceSpec(predictor=V1beta1PredictorSpec(
-            containers=[container], service_account_name=service_account, min_replicas=min_replicas)),
-    )
-
-
-def inference_service(name: str, namespace: str, storage_uri: str, *, image: str, service_account: str | None = None,
-                      resources: dict[str, dict[str, str]] | None = None, gpu: int = 0, port: int = 8080,
-                      min_replicas: int = 1, annotations: dict[str, str] | None = None,
-                      labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """The InferenceService manifest (a plain dict, as ``kubectl apply`` takes it).
+def promotion_patch(isvc: dict[str, Any], *, name: str, version: str, uri: str) -> list[dict[str, Any]]:
+    """The JSON patch that promotes ``version`` (registered at ``uri``) on the live ``isvc``.
 
     Args:
-        name: InferenceService name (the model's route).
-        namespace: Kubernetes namespace.
-        storage_uri: the registered ensemble artifact, e.g. ``s3://medens/models/rbc-demo/versions/<run>``.
-        image: the medens image that runs ``medens serve``.
-        service_account: service account whose secret gives the storage initializer S3 access.
-        resources: container ``requests``/``limits`` (default 1 CPU / 2Gi requested).
-        gpu: GPUs per replica (``nvidia.com/gpu``), 0 for CPU serving.
-        port: HTTP port of ``medens serve``.
-        min_replicas: minimum replicas (1 keeps one warm; 0 allows scale to zero).
-        annotations, labels: extra metadata.
-    """
-    from kubernetes.client import ApiClient
-
-    obj = inference_service_object(name, namespace, storage_uri, image=image, service_account=service_account,
-                                   resources=resources, gpu=gpu, port=port, min_replicas=min_replicas,
-                                   annotations=annotations, labels=labels)
-    return ApiClient().sanitize_for_serialization(obj)
-
-
-def _not_found(err: Exception) -> bool:
-    status = getattr(err, "status", None)
-    if status == 404:
-        return True
-    text = str(err)
-    return "404" in text or "Not Found" in text or "NotFound" in text
-
-
-def deploy(name: str, namespace: str, storage_uri: str, *, client: Any = None, **kw: Any) -> dict[str, Any]:
-    """Create the InferenceService, or patch it if it exists (get, then patch or create).
-
-    Args:
-        name, namespace, storage_uri: see :func:`inference_service`.
-        client: a ``kserve.KServeClient`` (default: a new one, in-cluster config inside a pod,
-            else ``~/.kube/config``); tests pass a recording fake.
-        **kw: the keyword options of :func:`inference_service` (``image`` is required).
+        isvc: the live InferenceService (a dict, as the API returns it).
+        name: the registered model name (``<store>/<name>/champion`` is its pointer).
+        version: the promoted version.
+        uri: the registered artifact, ``<store>/<name>/versions/<version>``.
 
     Returns:
-        ``{"action": "created" | "patched", "name", "namespace", "storage_uri", "manifest"}``.
+        RFC 6902 operations: one ``add`` of the version annotation when the predictor follows the
+        champion pointer; ``test`` + ``replace`` of the storage URI when it is pinned to a version.
     """
-    isvc = inference_service_object(name, namespace, storage_uri, **kw)
-    if client is None:
-        from kserve import KServeClient
+    if not version:
+        raise ValueError("a promotion needs the registered version")
+    current, path = storage_uri_of(isvc)
+    if current.rstrip("/").endswith(f"/{name}/champion"):
+        pred = isvc["spec"]["predictor"]
+        if isinstance(pred.get("annotations"), dict):
+            return [{"op": "add", "path": f"/spec/predictor/annotations/{_pointer(VERSION_ANNOTATION)}",
+                     "value": version}]
+        return [{"op": "add", "path": "/spec/predictor/annotations", "value": {VERSION_ANNOTATION: version}}]
+    if f"/{name}/versions/" not in current:
+        raise ValueError(f"the InferenceService serves {current!r}, which is neither {name}'s champion pointer "
+                         f"(.../{name}/champion) nor one of its versions (.../{name}/versions/<v>): refusing to "
+                         f"change what another model serves")
+    if not uri:
+        raise ValueError("a predictor pinned to a version needs the new version's URI")
+    return [{"op": "test", "path": path, "value": current}, {"op": "replace", "path": path, "value": uri}]
 
-        client = KServeClient()
+
+class InferenceServices:
+    """Read and JSON-patch InferenceServices through the Kubernetes API.
+
+    The generated ``CustomObjectsApi.patch_namespaced_custom_object`` always sends
+    ``application/merge-patch+json``; a JSON patch must be sent as ``application/json-patch+json``,
+    so the request goes through the client's ``ApiClient.call_api`` with that content type.
+    """
+
+    PATH = "/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}"
+
+    def __init__(self, api_client: Any = None) -> None:
+        if api_client is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self.api = api_client
+
+    def _call(self, method: str, namespace: str, name: str, body: Any = None,
+              content_type: str = "application/json") -> dict[str, Any]:
+        return self.api.call_api(
+            self.PATH, method, path_params={**KSERVE, "namespace": namespace, "name": name},
+            header_params={"Accept": "application/json", "Content-Type": content_type}, body=body,
+            response_type="object", auth_settings=["BearerToken"], _return_http_data_only=True)
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._call("GET", namespace, name)
+
+    def json_patch(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._call("PATCH", namespace, name, body=ops, content_type="application/json-patch+json")
+
+
+def promote(name: str, namespace: str, *, version: str, uri: str = "", isvc_name: str | None = None,
+            client: Any = None) -> dict[str, Any]:
+    """Roll the chart's InferenceService over to a registered version (see the module docstring).
+
+    Args:
+        name: the registered model name.
+        namespace: the InferenceService's namespace.
+        version: the promoted version (already the champion in the registry).
+        uri: its artifact URI (needed only for a predictor pinned to a version).
+        isvc_name: the InferenceService (default ``name``: the chart's ``model.name``).
+        client: an :class:`InferenceServices` (default: one with in-cluster config inside a pod,
+            else ``~/.kube/config``).
+
+    Returns:
+        ``{"action": "rolled out" | "repointed", "name", "namespace", "version", "patch"}``.
+    """
+    isvc_name = isvc_name or name
+    client = client or InferenceServices()
     try:
-        client.get(name, namespace=namespace)
-        exists = True
-    except Exception as e:  # the SDK wraps ApiException in RuntimeError
-        if not _not_found(e):
-            raise RuntimeError(f"cannot read InferenceService {namespace}/{name}: {e}") from e
-        exists = False
-    if exists:
-        client.patch(name, isvc, namespace=namespace)
-        action = "patched"
-    else:
-        client.create(isvc, namespace=namespace)
-        action = "created"
-    from kubernetes.client import ApiClient
-
-    return {"action": action, "name": name, "namespace": namespace, "storage_uri": storage_uri,
-            "manifest": ApiClient().sanitize_for_serialization(isvc)}
+        live = client.get(namespace, isvc_name)
+    except Exception as e:  # kubernetes.client.ApiException
+        if getattr(e, "status", None) == 404:
+            raise RuntimeError(f"InferenceService {namespace}/{isvc_name} does not exist: install the medens chart "
+                               f"(charts/medens) first; it owns the InferenceService, a promotion only rolls "
+                               f"it over to a new version") from e
+        raise RuntimeError(f"cannot read InferenceService {namespace}/{isvc_name}: {e}") from e
+    patch = promotion_patch(live, name=name, version=version, uri=uri)
+    try:
+        client.json_patch(namespace, isvc_name, patch)
+    except Exception as e:
+        raise RuntimeError(f"cannot patch InferenceService {namespace}/{isvc_name}: {e}") from e
+    action = "repointed" if patch[0]["op"] == "test" else "rolled out"
+    return {"action": action, "name": isvc_name, "namespace": namespace, "version": version, "patch": patch}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -24,22 +25,32 @@ from medens.ensemble.artifact import ENSEMBLE_MANIFEST, LoadedEnsemble, load_ens
 ENTROPY_EPS = 1e-12
 
 
-def fetch_artifact(model_dir: str, *, endpoint: str | None = None, cache: str | os.PathLike | None = None) -> Path:
-    """A local ensemble directory for ``model_dir``: a path as is (a run directory: its ``best/``),
-    ``s3://bucket/prefix/name`` downloaded
-    (checksums verified) through :class:`medens.storage.ArtifactStore` into ``cache`` (default a temp dir)."""
-    if model_dir.startswith("s3://"):
-        from medens.storage import ArtifactStore
+CHAMPION_FILE = "champion.json"  # medens.stages.registry's pointer: {"version", "artifact", "uri", ...}
 
-        base, _, name = model_dir.rstrip("/").rpartition("/")
-        if not name or base in ("s3:", "s3:/"):
-            raise ValueError(f"{model_dir!r} must name an artifact under a bucket: s3://bucket/[prefix/]name")
-        store = ArtifactStore.from_uri(base, endpoint=endpoint)
-        dest = Path(cache or tempfile.mkdtemp(prefix="medens-model-")) / name.replace("/", "_")
-        return store.download(name, dest)
-    path = Path(model_dir)
-    if not (path / ENSEMBLE_MANIFEST).is_file() and (path / "best" / ENSEMBLE_MANIFEST).is_file():
-        path = path / "best"  # a run directory: its winner
+
+def fetch_artifact(model_dir: str, *, endpoint: str | None = None, cache: str | os.PathLike | None = None) -> Path:
+    """A local ensemble directory for ``model_dir``.
+
+    - a path as is (a run directory: its ``best/``);
+    - ``s3://bucket/prefix/name`` downloaded (checksums verified) through
+      :class:`medens.storage.ArtifactStore` into ``cache`` (default a temp dir);
+    - a champion pointer, local or on S3 (``<name>/champion``, holding only ``champion.json``):
+      resolved to the version it names, which is fetched as above. This is how the chart's
+      default ``storageUri`` (``s3://.../<name>/champion``) serves: KServe's storage initializer
+      puts the pointer in /mnt/models, and the server fetches the champion's version when it
+      starts, so a promotion (a new pointer) is a rollout, not a change of the pod spec.
+    """
+    path = _fetch_once(model_dir, endpoint=endpoint, cache=cache)
+    pointer = path / CHAMPION_FILE
+    if not (path / ENSEMBLE_MANIFEST).is_file() and pointer.is_file():
+        champion = json.loads(pointer.read_text())
+        target = str(champion.get("uri") or "")
+        if not target:
+            raise ValueError(f"{pointer} names no artifact (its 'uri' is empty)")
+        path = _fetch_once(target, endpoint=endpoint, cache=cache)
+        if not (path / ENSEMBLE_MANIFEST).is_file():
+            raise ValueError(f"champion pointer {model_dir!r} names {target!r}, which is not an ensemble artifact "
+                             f"({ENSEMBLE_MANIFEST} is missing)")
     if not (path / ENSEMBLE_MANIFEST).is_file():
         hint = ""
         if not path.exists():
@@ -47,6 +58,23 @@ def fetch_artifact(model_dir: str, *, endpoint: str | None = None, cache: str | 
         elif (path / "model.json").is_file():
             hint = "; that is a single model artifact: serve an ensemble artifact (e.g. a run's best/)"
         raise ValueError(f"{path} is not an ensemble artifact ({ENSEMBLE_MANIFEST} is missing){hint}")
+    return path
+
+
+def _fetch_once(model_dir: str, *, endpoint: str | None, cache: str | os.PathLike | None) -> Path:
+    """A local directory for ``model_dir`` (an s3:// artifact downloaded, a run directory's best/)."""
+    if model_dir.startswith("s3://"):
+        from medens.storage import ArtifactStore
+
+        base, _, name = model_dir.rstrip("/").rpartition("/")
+        if not name or base in ("s3:", "s3:/"):
+            raise ValueError(f"{model_dir!r} must name an artifact under a bucket: s3://bucket/[prefix/]name")
+        store = ArtifactStore.from_uri(base, endpoint=endpoint, create_bucket=False)
+        dest = Path(cache or tempfile.mkdtemp(prefix="medens-model-")) / name.replace("/", "_")
+        return store.download(name, dest)
+    path = Path(model_dir)
+    if not (path / ENSEMBLE_MANIFEST).is_file() and (path / "best" / ENSEMBLE_MANIFEST).is_file():
+        path = path / "best"  # a run directory: its winner
     return path
 
 
