@@ -230,6 +230,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from medens.serving.check import ProbeError, probe
+
+    try:
+        r = probe(args.url, args.model, timeout=args.timeout)
+    except (ProbeError, OSError) as e:
+        print(f"probe FAILED: {args.url} model {args.model}: {e}")
+        return 1
+    print(f"probe ok: {r['url']} model {r['model']}: {r['class_name']} "
+          f"(probabilities sum to 1 within 1e-4, {r['shape'][0]}x{r['shape'][1]}x{r['shape'][2]} image, {r['seconds']} s)")
+    return 0
+
+
 def cmd_losses_list(args: argparse.Namespace) -> int:
     from medens.losses import format_table
 
@@ -313,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-pixels", type=int, help="pixels per image (default 4096 x 4096)")
     sv.add_argument("--max-request-pixels", type=int, help="pixels of all images of a request (default 2 x 4096 x 4096)")
     sv.set_defaults(func=cmd_serve)
+
+    pr = sub.add_parser("probe", help="check a running endpoint: wait until ready, predict one grey image")
+    pr.add_argument("--url", required=True, help="base URL, e.g. http://rbc-demo-predictor.ml.svc.cluster.local")
+    pr.add_argument("--model", required=True, help="served model name")
+    pr.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for readiness (default 30)")
+    pr.set_defaults(func=cmd_probe)
 
     losses = sub.add_parser("losses", help="the loss library")
     lsub = losses.add_subparsers(dest="losses_command", required=True)
