@@ -1,21 +1,39 @@
-"""submit and schedule against a recording fake in place of kfp.Client (no cluster here)."""
+"""submit against a recording fake in place of kfp.Client (no cluster here); schedule and
+unschedule go through the real kfp.Client against a fake API server (test_schedule_lifecycle.py)."""
 
+import inspect
 from types import SimpleNamespace
 
+import kfp
 import pytest
 import yaml
 
 from medens.config import load_spec
-from pipelines.__main__ import build_parser, check_cron, main, schedule, submit
+from pipelines.__main__ import build_parser, check_cron, main, submit
 
 
 class RecordingClient:
-    """Records every call with its arguments; reads the pipeline package while it exists."""
+    """Records every call with its arguments; reads the pipeline package while it exists.
 
-    def __init__(self, host):
+    Every call is bound to the real ``kfp.Client`` method's signature first, so a keyword the
+    installed kfp does not take fails here as it would on a cluster.
+    """
+
+    def __init__(self, host, namespace=None):
+        inspect.signature(kfp.Client).bind(host=host, **({"namespace": namespace} if namespace else {}))
         self.host = host
         self.calls = []
         self.packages = []
+
+    def __getattribute__(self, name):
+        attr = object.__getattribute__(self, name)
+        if name.startswith("_") or not callable(attr) or not hasattr(kfp.Client, name):
+            return attr
+
+        def checked(*args, **kw):
+            inspect.signature(getattr(kfp.Client, name)).bind(None, *args, **kw)
+            return attr(*args, **kw)
+        return checked
 
     def _package(self, path):
         text = open(path).read()
@@ -93,25 +111,6 @@ def test_submit_retraining_passes_new_data(factory):
     assert kw["arguments"]["deploy_model"] is False
 
 
-def test_schedule_exact_calls(factory, capsys):
-    result = schedule(_args("schedule", "--host", "http://kfp.example:8080", "--cron", "0 0 2 * * *",
-                            "--preset", "rbc-demo", "--data-uri", "s3://medens/incoming/rbc",
-                            "--store", "s3://medens/models"), factory)
-    (client,) = factory.clients
-    assert [c[0] for c in client.calls] == ["create_experiment", "create_recurring_run"]
-    assert client.calls[0][1] == {"name": "medens-retraining"}
-    kw = dict(client.calls[1][1])
-    path = kw.pop("pipeline_package_path")
-    assert path.endswith("medens-retraining.yaml")
-    assert kw == {"experiment_id": "exp-42", "job_name": "rbc-demo-retraining", "cron_expression": "0 0 2 * * *",
-                  "params": {"spec": load_spec("rbc-demo").to_yaml(), "store_uri": "s3://medens/models",
-                             "data_uri": "s3://medens/incoming/rbc"},
-                  "max_concurrency": 1, "no_catchup": True, "enabled": True}
-    assert client.packages == ["medens-retraining"]
-    assert result.recurring_run_id == "rr-7"
-    assert "rr-7" in capsys.readouterr().out
-
-
 def test_schedule_rejects_five_field_cron(factory, capsys):
     assert check_cron(" 0  0 2 * * * ") == "0 0 2 * * *"
     with pytest.raises(ValueError, match="has 5 fields; Kubeflow Pipelines cron expressions have 6"):
@@ -120,6 +119,15 @@ def test_schedule_rejects_five_field_cron(factory, capsys):
     assert code == 2
     assert "6 (seconds first)" in capsys.readouterr().err
     assert factory.clients == []
+
+
+def test_the_recording_client_refuses_keywords_the_real_client_does_not_take(factory):
+    client = factory("h")
+    with pytest.raises(TypeError, match="experiment"):
+        client.create_run_from_pipeline_package(pipeline_file="p.yaml", experiment="medens")
+    with pytest.raises(TypeError, match="namespce"):
+        client.create_experiment(name="medens", namespce="ml")
+    assert client.calls == []
 
 
 def test_unknown_preset_is_a_clear_error(capsys):
