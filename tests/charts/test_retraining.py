@@ -123,13 +123,9 @@ def test_the_hook_pods_are_locked_down_and_carry_a_kubeflow_token():
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-edit"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-medens", "namespace": "ml"}]
 
-    assert not [j for j in jobs(docs).values() if j["spec"]["template"]["metadata"].get("annotations")]
     own = render({"retraining": {"enabled": True, "kfpHost": KFP, "serviceAccountName": "kfp-runner",
-                                 "kubeflowEditRoleBinding": True,
-                                 "podAnnotations": {"sidecar.istio.io/inject": "false"}}})
+                                 "kubeflowEditRoleBinding": True}})
     assert {j["spec"]["template"]["spec"]["serviceAccountName"] for j in jobs(own).values()} == {"kfp-runner"}
-    assert [j["spec"]["template"]["metadata"]["annotations"] for j in jobs(own).values()] == [
-        {"sidecar.istio.io/inject": "false"}] * 2
     assert [d["subjects"][0]["name"] for d in own if d["kind"] == "RoleBinding"] == ["kfp-runner"]
     report = helm_python.lint(str(CHART), {"retraining": {"enabled": True, "kfpHost": KFP,
                                                           "kubeflowEditRoleBinding": True}},
