@@ -23,12 +23,15 @@ class ExperimentTasks:
 
 
 def experiment_dag(spec: str, settings: ClusterSettings, evaluate_component, *, data_uri: str = "",
-                   store_endpoint: str = "") -> ExperimentTasks:
+                   store_uri: str = "", store_endpoint: str = "", model_name: str = "") -> ExperimentTasks:
     """fingerprint -> preprocess -> ParallelFor(train) -> ensemble -> evaluate -> report, and predict with the selection.
 
     The training grid comes from the spec at run time (``preprocess`` returns it), so one
     compiled pipeline serves every spec; each grid entry is its own train task on a GPU node.
     ``dsl.Collected`` hands all trained members to the ensemble and evaluation tasks.
+    A train task publishes its checkpoint to ``<store_uri>/<model_name>/checkpoints/<run id>/<member
+    id>`` as it trains (hence the store credentials), so a retry of the task in the same run
+    resumes there, while a new run starts afresh.
     """
     # The data source's fingerprint is computed afresh every run (never cached) and is an input
     # of preprocess, so preprocess's cache key changes whenever the data at data_uri does: a cached
@@ -42,8 +45,10 @@ def experiment_dag(spec: str, settings: ClusterSettings, evaluate_component, *, 
     settings.store_access(prep)
     dataset = prep.outputs["dataset"]
     with dsl.ParallelFor(prep.outputs["Output"], name="members") as member:
-        tr = train(spec=spec, dataset=dataset, member=member).set_display_name("train (model, loss)")
+        tr = train(spec=spec, dataset=dataset, member=member, store_uri=store_uri, store_endpoint=store_endpoint,
+                   model_name=model_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("train (model, loss)")
         settings.gpu_task(tr, settings.train_gpus, retries=True)
+        settings.store_access(tr)
     ens = ensemble(spec=spec, dataset=dataset, members=dsl.Collected(tr.outputs["model"]))
     settings.gpu_task(ens, settings.ensemble_gpus)
     ev = evaluate_component(spec=spec, dataset=dataset, members=dsl.Collected(tr.outputs["model"]),

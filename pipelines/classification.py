@@ -53,7 +53,8 @@ def classification_pipeline(
         namespace, serving_image, service_account, serving_gpus: the InferenceService's.
     """
     s = current()
-    t = experiment_dag(spec, s, evaluate, store_endpoint=store_endpoint)
+    t = experiment_dag(spec, s, evaluate, store_uri=store_uri, store_endpoint=store_endpoint,
+                       model_name=model_name)
     reg = register(spec=spec, best=t.evaluate.outputs["best"], store_uri=store_uri, store_endpoint=store_endpoint,
                    model_name=model_name, version=version, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     reg.after(t.predict)

@@ -53,7 +53,8 @@ def retraining_pipeline(
         namespace, serving_image, service_account, serving_gpus: the InferenceService's.
     """
     s = current()
-    t = experiment_dag(spec, s, evaluate, data_uri=data_uri, store_endpoint=store_endpoint)
+    t = experiment_dag(spec, s, evaluate, data_uri=data_uri, store_uri=store_uri,
+                       store_endpoint=store_endpoint, model_name=model_name)
     g = gate(spec=spec, challenger=t.evaluate.outputs["best"], dataset=t.preprocess.outputs["dataset"],
              store_uri=store_uri, store_endpoint=store_endpoint, model_name=model_name, version=version,
              run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("champion gate")

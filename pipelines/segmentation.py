@@ -34,7 +34,8 @@ def segmentation_pipeline(
 ) -> ExperimentOutputs:
     """Run one segmentation experiment; the parameters are those of the classification pipeline."""
     s = current()
-    t = experiment_dag(spec, s, evaluate_segmentation, store_endpoint=store_endpoint)
+    t = experiment_dag(spec, s, evaluate_segmentation, store_uri=store_uri, store_endpoint=store_endpoint,
+                       model_name=model_name)
     reg = register(spec=spec, best=t.evaluate.outputs["best"], store_uri=store_uri, store_endpoint=store_endpoint,
                    model_name=model_name, version=version, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     reg.after(t.predict)

@@ -22,8 +22,15 @@ MEDENS_TRAIN_CPU           CPU request of GPU tasks                   ``4``
 MEDENS_TRAIN_MEMORY        memory request of GPU tasks                ``16Gi``
 MEDENS_SHM_SIZE            memory-backed /dev/shm for DataLoader      ``4Gi``
                            workers (GPU tasks)
-MEDENS_TRAIN_RETRIES       retries of a failed train task (it         ``2``
-                           resumes from its checkpoint)
+MEDENS_TRAIN_RETRIES       retries of a failed train task; a retry    ``2``
+                           resumes from the last checkpoint the
+                           failed attempt published to the store
+                           (``<store_uri>/<model>/checkpoints/
+                           <run id>/<member>``, every epoch), so it
+                           repeats at most the epoch in progress;
+                           needs an ``s3://`` store (a local
+                           store_uri is the lost pod's own disk:
+                           the retry then starts over)
 MEDENS_RETRY_BACKOFF       first retry delay; doubles each retry      ``60s``
 MEDENS_MINIO_SECRET        Kubernetes Secret with the MinIO keys      ``medens-minio``
                            ``accesskey`` and ``secretkey``
@@ -32,9 +39,9 @@ MEDENS_NAMESPACE           default namespace of the InferenceService  ``kubeflow
 MEDENS_SERVICE_ACCOUNT     default service account of the predictor   ``medens-serving``
 =========================  =========================================  ===============================
 
-MinIO credentials reach the tasks that touch the store (preprocess, gate, register) only as
-environment variables from the Secret (``kfp.kubernetes.use_secret_as_env``); no credential is
-ever a pipeline parameter or appears in the compiled YAML.
+MinIO credentials reach the tasks that touch the store (fingerprint, preprocess, train, gate,
+register) only as environment variables from the Secret (``kfp.kubernetes.use_secret_as_env``);
+no credential is ever a pipeline parameter or appears in the compiled YAML.
 """
 
 from __future__ import annotations

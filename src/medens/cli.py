@@ -128,8 +128,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         training = training.model_copy(update={"epochs": args.epochs})
     data = _dataset(args, spec)
     out = Path(args.out) if args.out else Path("runs") / spec.name / "members" / f"{model.key}__{loss.key}"
-    res = fit(model, loss, data, training, out, seed=spec.seed, resume=args.resume,
-              normalize=spec.data.normalize, train_on=args.train_on)
+    store = None
+    if args.checkpoint_uri:  # published as training runs; a rerun with an empty --out resumes from it
+        from medens.stages.data import SAMPLING_SUFFIX, member_id
+        from medens.training.checkpoints import StoreCheckpoints, parse_frequency
+
+        every_epochs, every_seconds = parse_frequency(args.checkpoint_every)
+        name = member_id(model, loss) + (SAMPLING_SUFFIX if args.train_on == "train_crops" else "")
+        store = StoreCheckpoints(args.checkpoint_uri, name, endpoint=spec.store.endpoint,
+                                 every_epochs=every_epochs, every_seconds=every_seconds)
+    res = fit(model, loss, data, training, out, seed=spec.seed, resume=args.resume or store is not None,
+              normalize=spec.data.normalize, train_on=args.train_on, checkpoint_store=store)
     print(json.dumps(describe_run(res), indent=2))
     return 0
 
@@ -282,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="override training.epochs")
     t.add_argument("--train-on", default="train", help="train, or train_crops (study 3 sampling method)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--checkpoint-uri", help="also publish the checkpoint to <URI>/<model>__<loss> (a folder or "
+                   "s3://bucket/prefix) and resume from there when --out has none (implies --resume)")
+    t.add_argument("--checkpoint-every", help="publish every N epochs (e.g. 2) or seconds (e.g. 600s); default 1")
     t.set_defaults(func=cmd_train)
 
     se = sub.add_parser("search", help="k-fold cross-validated grid search (default: study 2 focal alpha grid)")

@@ -9,7 +9,9 @@ gradient-norm clipping; an exponential moving average of the weights evaluated b
 ones; a minimum number of optimiser steps for small datasets; early stopping; the best epoch is
 the one with the lowest validation loss (Pasupa et al., study 2) or the highest named validation
 metric. A checkpoint is written atomically after every epoch, and ``resume=True`` continues from
-it bit for bit.
+it bit for bit. With ``checkpoint_store`` (:mod:`medens.training.checkpoints`) the checkpoint is
+also published to an ArtifactStore (local folder or S3/MinIO) as training runs, and a resumed run
+whose output folder holds none (a retried pod's) downloads it from there and continues alike.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,7 @@ from medens.models.artifact import (
     write_manifest,
 )
 from medens.storage.atomic import atomic_write_bytes
+from medens.training.checkpoints import StoreCheckpoints
 from medens.training.device import Precision, select_device, select_precision
 from medens.training.predictions import Predictions, logits_to_probs
 
@@ -337,6 +341,16 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _publish_checkpoint(store: StoreCheckpoints, out: Path, epoch: int) -> None:
+    # The log travels with the checkpoint: a resumed run's train_log.jsonl then holds every epoch.
+    # An unreachable store (after the store's own retries) costs this epoch's copy, not the run.
+    try:
+        store.publish(out, epoch, (CHECKPOINT, LOG))
+    except OSError as e:
+        warnings.warn(f"could not publish the epoch {epoch} checkpoint to {store.uri}: {e}; training goes on "
+                      "and tries again after the next epoch", RuntimeWarning, stacklevel=2)
+
+
 def fit(
     model: ComponentSpec | str | dict,
     loss: ComponentSpec | str | dict,
@@ -352,6 +366,7 @@ def fit(
     extra_manifest: dict | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
+    checkpoint_store: StoreCheckpoints | None = None,
 ) -> FitResult:
     """Train one (model, loss) pair and write its artifact directory.
 
@@ -372,6 +387,10 @@ def fit(
             (for example to report metrics to a pipeline UI).
         init_state: initial weights loaded into the new model (``strict=False``) before
             training, e.g. the frozen members of a fusion model; unknown keys raise.
+        checkpoint_store: where the checkpoint is also published (at its configured frequency)
+            as training runs; with ``resume`` and no checkpoint in ``out_dir``, the newest one
+            there is downloaded (checksums verified; a damaged one raises ``ValueError`` naming
+            the file) and training continues from it. Deleted when the artifact is complete.
 
     Returns:
         A :class:`FitResult`.
@@ -390,6 +409,9 @@ def fit(
     if resume and (out / MANIFEST).is_file():
         m = read_manifest(out)
         return FitResult(out, m["best_epoch"], m["history"], m["val_metrics"], m.get("precision", ""))
+    ckpt_path = out / CHECKPOINT
+    if resume and checkpoint_store is not None and not ckpt_path.is_file():
+        checkpoint_store.restore(out)  # a retried pod's empty output folder: continue from the store's
     monitor, mode = resolve_monitor(spec.monitor, task)
     train_split = data.train if train_on == "train" else data.extras.get(train_on)
     if train_split is None or len(train_split) == 0:
@@ -438,7 +460,6 @@ def fit(
     history: list[dict] = []
     best_value = math.inf if mode == "min" else -math.inf
     best_epoch, best_state, bad_epochs, start_epoch = 0, None, 0, 1
-    ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         net.load_state_dict(ck["model"])
@@ -544,6 +565,8 @@ def fit(
             "history": history, "best_value": best_value, "best_epoch": best_epoch, "best_state": best_state,
             "bad_epochs": bad_epochs, "rng": _rng_state(gens),
         })
+        if checkpoint_store is not None and checkpoint_store.due(epoch):
+            _publish_checkpoint(checkpoint_store, out, epoch)
         if on_epoch_end is not None:
             on_epoch_end(row)
 
@@ -592,6 +615,8 @@ def fit(
     }
     ckpt_path.unlink(missing_ok=True)
     write_manifest(out, manifest)
+    if checkpoint_store is not None:
+        checkpoint_store.clear()
     return FitResult(out, best_epoch, history, val_metrics, precision.describe())
 
 
