@@ -94,8 +94,7 @@ def _pipeline_arguments(spec, args: argparse.Namespace, retraining: bool) -> dic
     """Pipeline parameters: the spec as YAML plus only the options given on the command line."""
     params: dict[str, Any] = {"spec": spec.to_yaml()}
     for opt, key in (("store", "store_uri"), ("store_endpoint", "store_endpoint"), ("model_name", "model_name"),
-                     ("namespace", "namespace"), ("serving_image", "serving_image"),
-                     ("service_account", "service_account")):
+                     ("namespace", "namespace")):
         value = getattr(args, opt, None)
         if value:
             params[key] = value
@@ -312,8 +311,6 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-name", help="registered and served name (default: the spec's name)")
     p.add_argument("--namespace", help="namespace of the InferenceService and, in multi-user Kubeflow, of the "
                                        "experiment (the profile's namespace)")
-    p.add_argument("--serving-image", help="image of the InferenceService (default: MEDENS_IMAGE)")
-    p.add_argument("--service-account", help="service account of the InferenceService (S3 access)")
 
 
 def build_parser() -> argparse.ArgumentParser:

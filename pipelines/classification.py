@@ -12,7 +12,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Model
 
-from components import IMAGE, deploy, evaluate, register
+from components import deploy, evaluate, register
 from pipelines._experiment import experiment_dag
 from pipelines.settings import current
 
@@ -37,9 +37,6 @@ def classification_pipeline(
     version: str = "",
     deploy_model: bool = False,
     namespace: str = _S.namespace,
-    serving_image: str = IMAGE,
-    service_account: str = _S.service_account,
-    serving_gpus: int = 0,
 ) -> ExperimentOutputs:
     """Run one classification experiment.
 
@@ -50,7 +47,7 @@ def classification_pipeline(
         model_name: registered and served name (default: the spec's name).
         version: registered version (default: the pipeline run id).
         deploy_model: create or patch the KServe InferenceService after registering.
-        namespace, serving_image, service_account, serving_gpus: the InferenceService's.
+        namespace: the InferenceService's (the chart owns it; a promotion rolls it over to the new version).
     """
     s = current()
     t = experiment_dag(spec, s, evaluate, store_uri=store_uri, store_endpoint=store_endpoint,
@@ -61,8 +58,8 @@ def classification_pipeline(
     s.cpu_task(reg)
     s.store_access(reg)
     with dsl.If(deploy_model == True, name="deploy-requested"):  # noqa: E712 - a pipeline condition, not Python
-        dep = deploy(name=reg.outputs["name"], namespace=namespace, storage_uri=reg.outputs["uri"],
-                     image=serving_image, service_account=service_account, gpus=serving_gpus)
+        dep = deploy(name=reg.outputs["name"], namespace=namespace, version=reg.outputs["version"],
+                     storage_uri=reg.outputs["uri"])
         s.cpu_task(dep)
     return ExperimentOutputs(dataset=t.preprocess.outputs["dataset"], ensembles=t.ensemble.outputs["ensembles"],
                              evaluation=t.evaluate.outputs["evaluation"], best=t.evaluate.outputs["best"],

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Model
 
-from components import IMAGE, deploy, evaluate, gate, register
+from components import deploy, evaluate, gate, register
 from pipelines._experiment import experiment_dag
 from pipelines.settings import current
 
@@ -37,9 +37,6 @@ def retraining_pipeline(
     version: str = "",
     deploy_model: bool = True,
     namespace: str = _S.namespace,
-    serving_image: str = IMAGE,
-    service_account: str = _S.service_account,
-    serving_gpus: int = 0,
 ) -> RetrainingOutputs:
     """Retrain, gate and (when the challenger wins) register and deploy.
 
@@ -50,7 +47,7 @@ def retraining_pipeline(
         store_uri, store_endpoint, model_name, version: the model repository and the name the
             champion is registered under (defaults: the spec's ``store.uri`` and name).
         deploy_model: deploy a promoted challenger to KServe.
-        namespace, serving_image, service_account, serving_gpus: the InferenceService's.
+        namespace: the InferenceService's (the chart owns it; a promotion rolls it over to the new version).
     """
     s = current()
     t = experiment_dag(spec, s, evaluate, data_uri=data_uri, store_uri=store_uri,
@@ -67,8 +64,8 @@ def retraining_pipeline(
         s.cpu_task(reg)
         s.store_access(reg)
         with dsl.If(deploy_model == True, name="deploy-requested"):  # noqa: E712
-            dep = deploy(name=reg.outputs["name"], namespace=namespace, storage_uri=reg.outputs["uri"],
-                         image=serving_image, service_account=service_account, gpus=serving_gpus)
+            dep = deploy(name=reg.outputs["name"], namespace=namespace, version=reg.outputs["version"],
+                     storage_uri=reg.outputs["uri"])
             s.cpu_task(dep)
     return RetrainingOutputs(dataset=t.preprocess.outputs["dataset"], evaluation=t.evaluate.outputs["evaluation"],
                              challenger=t.evaluate.outputs["best"], promoted=g.outputs["Output"])

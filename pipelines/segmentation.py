@@ -10,7 +10,7 @@ ranks by Dice with paired per-image tests; the winner is registered and optional
 
 from kfp import dsl
 
-from components import IMAGE, deploy, evaluate_segmentation, register
+from components import deploy, evaluate_segmentation, register
 from pipelines._experiment import experiment_dag
 from pipelines.classification import ExperimentOutputs
 from pipelines.settings import current
@@ -28,9 +28,6 @@ def segmentation_pipeline(
     version: str = "",
     deploy_model: bool = False,
     namespace: str = _S.namespace,
-    serving_image: str = IMAGE,
-    service_account: str = _S.service_account,
-    serving_gpus: int = 0,
 ) -> ExperimentOutputs:
     """Run one segmentation experiment; the parameters are those of the classification pipeline."""
     s = current()
@@ -42,8 +39,8 @@ def segmentation_pipeline(
     s.cpu_task(reg)
     s.store_access(reg)
     with dsl.If(deploy_model == True, name="deploy-requested"):  # noqa: E712 - a pipeline condition, not Python
-        dep = deploy(name=reg.outputs["name"], namespace=namespace, storage_uri=reg.outputs["uri"],
-                     image=serving_image, service_account=service_account, gpus=serving_gpus)
+        dep = deploy(name=reg.outputs["name"], namespace=namespace, version=reg.outputs["version"],
+                     storage_uri=reg.outputs["uri"])
         s.cpu_task(dep)
     return ExperimentOutputs(dataset=t.preprocess.outputs["dataset"], ensembles=t.ensemble.outputs["ensembles"],
                              evaluation=t.evaluate.outputs["evaluation"], best=t.evaluate.outputs["best"],

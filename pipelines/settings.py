@@ -36,7 +36,6 @@ MEDENS_MINIO_SECRET        Kubernetes Secret with the MinIO keys      ``medens-m
                            ``accesskey`` and ``secretkey``
 MEDENS_MINIO_ENDPOINT      default ``store_endpoint`` parameter       ``minio-service.kubeflow:9000``
 MEDENS_NAMESPACE           default namespace of the InferenceService  ``kubeflow-user-example-com``
-MEDENS_SERVICE_ACCOUNT     default service account of the predictor   ``medens-serving``
 =========================  =========================================  ===============================
 
 MinIO credentials reach the tasks that touch the store (fingerprint, preprocess, train, gate,
@@ -109,7 +108,6 @@ class ClusterSettings:
     minio_secret: str = "medens-minio"
     minio_endpoint: str = "minio-service.kubeflow:9000"
     namespace: str = "kubeflow-user-example-com"
-    service_account: str = "medens-serving"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ClusterSettings:
@@ -137,7 +135,6 @@ class ClusterSettings:
             minio_secret=s("MEDENS_MINIO_SECRET", d.minio_secret),
             minio_endpoint=s("MEDENS_MINIO_ENDPOINT", d.minio_endpoint),
             namespace=s("MEDENS_NAMESPACE", d.namespace),
-            service_account=s("MEDENS_SERVICE_ACCOUNT", d.service_account),
         )
 
     # ------------------------------------------------------------------ applied to tasks

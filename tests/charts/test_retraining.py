@@ -76,7 +76,7 @@ def test_the_retraining_job_is_a_valid_medens_schedule_command():
         "schedule", "0 0 2 * * *", "s3://medens/incoming/rbc-demo", "s3://medens/models")
     assert (args.host, args.job_name, args.experiment, args.preset) == (KFP, RUN_NAME, "medens-retraining", "rbc-demo")
     assert args.model_name == "rbc-demo" and args.namespace == "ml" and args.deploy is False
-    assert args.service_account == "medens-predictor" and args.serving_image == IMAGE
+    assert not hasattr(args, "serving_image")  # the chart owns the InferenceService: image, account, GPUs
     assert args.store_endpoint == "https://minio.minio.svc:9000"
     assert env(c)["MEDENS_IMAGE"] == c["image"] == IMAGE
 
@@ -224,7 +224,7 @@ def test_the_release_owns_exactly_one_recurring_run_from_install_to_uninstall(tm
                 assert params["store_endpoint"] == serving == "https://minio.minio.svc:9000"
                 spec = run["pipeline_spec"].get("pipeline_spec", run["pipeline_spec"])
                 assert set(params) <= set(spec["root"]["inputDefinitions"]["parameters"]), step
-                assert params.get("serving_image", image) == image and params["namespace"] == "ml"
+                assert "serving_image" not in params and params["namespace"] == "ml"
                 assert run["namespace"] == "ml" and api.experiments[run["experiment_id"]]["namespace"] == "ml"
                 assert run["trigger"] == {"cron_schedule": {"cron": "0 0 2 * * *"}} and run["max_concurrency"] == "1"
                 assert f"created recurring run {RUN_NAME!r}" in outputs[0]
