@@ -522,7 +522,7 @@ def test_alert_rules_pass_promtool_and_fire_only_on_planted_trouble(all_on_docs,
         return [
             _series("medens_input_images_total", m, "0+10x90"),
             _series("medens_request_errors_total", {**m, "reason": "invalid_base64"}, errors),
-            _series("request_predict_seconds_count", isvc, "0+10x90"),
+            _series("medens_requests_total", m, "0+10x90"),
             _series("request_predict_seconds_bucket", {**isvc, "le": "0.5"}, fast),
             _series("request_predict_seconds_bucket", {**isvc, "le": "2"}, fast),
             _series("request_predict_seconds_bucket", {**isvc, "le": "+Inf"}, "0+10x90"),

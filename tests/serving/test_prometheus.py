@@ -149,6 +149,11 @@ def _send_and_read_back(server, prometheus: PrometheusServer, tiny_ensemble) -> 
     assert preds == {k: float(v) for k, v in labels.items()}
     errors = prometheus.values(f"sum by (reason) (medens_request_errors_total{sel})", by="reason")
     assert errors == {k: float(v) for k, v in sent_errors.items()}
+    # every inference request once, rejected ones included: the error ratio's denominator (the
+    # chart's MedensHighErrorRatio is this ratio)
+    assert prometheus.scalar(f"medens_requests_total{sel}") == float(valid_requests + sum(sent_errors.values()))
+    ratio = prometheus.scalar(f"sum(medens_request_errors_total{sel}) / sum(medens_requests_total{sel})")
+    assert ratio == pytest.approx(sum(sent_errors.values()) / (valid_requests + sum(sent_errors.values())))
     assert prometheus.scalar(f"medens_prediction_confidence_count{sel}") == 12.0
     assert prometheus.scalar(f"medens_prediction_entropy_count{sel}") == 12.0
     assert prometheus.scalar(f"medens_input_images_total{sel}") == 12.0

@@ -52,6 +52,9 @@ DRIFT_PSI = Gauge("medens_input_drift_psi", "Population stability index of the r
                   "histogram against the training reference", ["model"])
 INPUT_IMAGES = Counter("medens_input_images", "Images received for prediction", ["model"])
 ERRORS = Counter("medens_request_errors", "Rejected or failed requests, by reason", ["model", "reason"])
+# every inference request (a POST, whatever its route: v1, v2, explain), counted once when it
+# arrives, before any check: the denominator of the error ratio (medens_request_errors_total / this)
+REQUESTS = Counter("medens_requests", "Inference requests received (POST), each counted once", ["model"])
 BATCH_SIZE = Histogram("medens_batch_size", "Images per ensemble forward", ["model"], buckets=BATCH_BUCKETS)
 FORWARD_SECONDS = Histogram("medens_forward_seconds", "Seconds per batched ensemble forward", ["model"],
                             buckets=SECONDS_BUCKETS)

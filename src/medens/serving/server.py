@@ -37,7 +37,8 @@ def import_kserve() -> Any:
 
 
 class RequestGuard:
-    """ASGI middleware: the payload byte limit (413) and an error counter for every 4xx/5xx answer."""
+    """ASGI middleware: the payload byte limit (413), a counter of every inference request and an
+    error counter for every 4xx/5xx answer (the error ratio's numerator and denominator)."""
 
     def __init__(self, app: Any, max_bytes: int, model_name: str) -> None:
         self.app = app
@@ -48,12 +49,13 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from medens.serving.metrics import ERROR_COUNTED, record_error
+        from medens.serving.metrics import ERROR_COUNTED, REQUESTS, record_error
 
         holder: dict[str, Any] = {"counted": False}
         token = ERROR_COUNTED.set(holder)
         try:
             if scope.get("method") in ("POST", "PUT", "PATCH"):
+                REQUESTS.labels(self.model_name).inc()
                 body_or_none = await self._read_body(scope, receive)
                 if body_or_none is None:
                     record_error(self.model_name, "payload_too_large")
