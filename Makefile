@@ -21,11 +21,21 @@ BENCH_PACKAGES ?= dataset-fashion-mnist
 PORT ?= 8080
 MODEL_DIR ?= runs/latest
 
-.PHONY: help venv lock versions system-deps bench-deps run test lint format serve compile submit schedule bench clean chart
+# The container image (Dockerfile): built with podman from a wheelhouse of the lock; VARIANT=cuda
+# for the GPU image (tag suffix -cuda); IMAGE_BASE=python:3.11-slim on a machine that reaches a
+# registry (here: a local Debian bookworm base made by mmdebstrap). See scripts/image.sh.
+VARIANT ?= cpu
+IMAGE_BASE ?= local
+STORAGE_VENV := build/storage-venv
+STORAGE_LOCK := tests/image/storage-initializer.lock
+
+.PHONY: help venv lock versions system-deps bench-deps run test lint format serve compile submit schedule bench clean chart image image-test
 
 help:
 	@echo "make run [PRESET=rbc-demo]   the pipeline end to end on this machine with kfp.local (runs/<run-id>/, runs/latest)"
 	@echo "make chart [VALUES=my.yaml]  lint charts/medens and render it (Helm v4 engine) into build/chart/"
+	@echo "make image [VARIANT=cpu|cuda] [IMAGE_BASE=local|python:3.11-slim]   build the image with podman"
+	@echo "make image-test              build the image and run it with the chart's pod settings (tests/image)"
 	@echo "make serve [MODEL_DIR=runs/latest] [PORT=8080]   serve an ensemble with KServe (v1/v2 REST, /metrics)"
 	@echo "make compile                 recompile pipelines/compiled/*.yaml (MEDENS_* settings)"
 	@echo "make submit [PRESET=..] [KFP_HOST=http://localhost:8080]   one run on a Kubeflow cluster"
@@ -65,6 +75,18 @@ lock:
 	mv $(LOCK).tmp $(LOCK)
 	rm -rf $(LOCK_VENV)
 	@echo "wrote $(LOCK) ($$(grep -vc '^#' $(LOCK)) packages); now: make test"
+
+image: $(STAMP)
+	IMAGE_BASE='$(IMAGE_BASE)' PYTHON=$(PY) bash scripts/image.sh $(VARIANT)
+
+# KServe's storage initializer in a venv of its own (in a cluster it is an image of its own).
+$(STORAGE_VENV)/.installed-stamp: $(STORAGE_LOCK)
+	@test -x $(STORAGE_VENV)/bin/python || $(PYTHON) -m venv $(STORAGE_VENV)
+	$(STORAGE_VENV)/bin/python -m pip install --quiet -c $(STORAGE_LOCK) kserve-storage
+	@touch $@
+
+image-test: image $(STORAGE_VENV)/.installed-stamp
+	MEDENS_IMAGE_TEST=1 $(PY) -m pytest tests/image -p no:cacheprovider $(PYTEST_ARGS)
 
 chart: $(STAMP)
 	$(PY) scripts/chart.py $(if $(VALUES),-f $(VALUES)) --out build/chart

@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         chart.close()
+    notes = {p: t for p, t in rendered.items() if not p.endswith((".yaml", ".yml"))}
+    rendered = {p: t for p, t in rendered.items() if p not in notes}
+    for text in notes.values():  # NOTES.txt: what `helm install` prints, not a manifest
+        print(text.strip(), file=sys.stderr)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

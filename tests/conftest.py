@@ -2,8 +2,14 @@
 of the CI machine are not oversubscribed by torch's own thread pool; a real S3-protocol server
 (moto) on loopback for the storage tests."""
 
+import os
+
 import pytest
 import torch
+
+# tests/image runs the container image that `make image` builds: `make image-test` builds it and
+# sets MEDENS_IMAGE_TEST=1; a plain `pytest` (and `make test`) leaves that folder out.
+collect_ignore = [] if os.environ.get("MEDENS_IMAGE_TEST") == "1" else ["image"]
 
 
 @pytest.fixture(autouse=True)

@@ -10,20 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _ensembles import train_ensembles  # noqa: E402
+from _ensembles import TINY, train_ensembles  # noqa: E402
 from _server import ServerProcess  # noqa: E402
-
-TINY = {
-    "name": "serve-tiny",
-    "task": "classification",
-    "data": {"source": "synthetic_cells", "image_size": 32,
-             "synthetic": {"counts": {"codocyte": 40, "hypochromia": 40, "normal": 120}}},
-    "models": ["compact_cnn"],
-    "losses": ["ce", {"name": "focal", "params": {"gamma": 2.0}}, "weighted_ce"],
-    "training": {"epochs": 2, "batch_size": 32, "lr": 0.003, "patience": None, "plateau_patience": None},
-    "ensemble": {"methods": ["weighted"], "top_k": [3]},
-    "evaluation": {"bootstrap": 100, "gradcam": False},
-}
 
 
 @pytest.fixture(scope="session")

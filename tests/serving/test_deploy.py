@@ -107,8 +107,8 @@ def _changed_paths(before, after, prefix="") -> list[str]:
     return [] if before == after else [prefix]
 
 
-@pytest.mark.parametrize("values", [{}, {"predictor": {"gpu": 1, "minReplicas": 2, "maxReplicas": 4}}],
-                         ids=["defaults", "gpu"])
+@pytest.mark.parametrize("values", [{}, {"predictor": {"gpu": 1, "minReplicas": 2, "maxReplicas": 4}},
+                                    {"deploymentMode": "Serverless"}], ids=["defaults", "gpu", "serverless"])
 def test_a_promotion_changes_only_the_model_version_of_the_charts_inference_service(values):
     isvc = rendered_isvc(values)
     with FakeKubeAPI({PATH: copy.deepcopy(isvc)}) as api:
