@@ -1,3 +1,4 @@
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,13 @@ def test_yaml_round_trip(tmp_path):
 def test_component_shorthand_and_key():
     spec = parse_spec({**minimal(), "losses": ["ce", {"name": "focal", "params": {"gamma": 2, "alpha": 1.5}}]})
     assert [loss.key for loss in spec.losses] == ["ce", "focal-alpha=1.5-gamma=2"]
-    # a local weights file names members and directories by its file name, never by its path
+    # a local weights file: the model's alias and a short hash of the path (weights_strict does not
+    # change the model), never the path itself (the key names directories and artifacts)
     model = {"name": "timm_efficientnet_lite0",
              "params": {"weights_path": "/opt/w/efficientnet-lite0-57934424.pth", "weights_strict": False}}
     spec = parse_spec({**minimal(), "models": [model]})
-    assert spec.models[0].key == "timm_efficientnet_lite0-weights_path=efficientnet-lite0-57934424-weights_strict=False"
+    digest = hashlib.sha256(b'{"weights_path": "/opt/w/efficientnet-lite0-57934424.pth"}').hexdigest()[:8]
+    assert spec.models[0].key == f"lite0-{digest}"
     assert spec.models[0].params["weights_path"] == "/opt/w/efficientnet-lite0-57934424.pth"
 
 

@@ -259,6 +259,13 @@ def cmd_losses_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from medens.models.weights import format_pretrained_table
+
+    print(format_pretrained_table(task=args.task, fmt=args.format))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medens", description="Medical image ensembles on imbalanced data.")
     parser.add_argument("--version", action="version", version=f"medens {__version__}")
@@ -351,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--task", choices=["classification", "segmentation"], default=None)
     ll.add_argument("--format", choices=["text", "markdown"], default="text")
     ll.set_defaults(func=cmd_losses_list)
+
+    models = sub.add_parser("models", help="the model zoo and the pretrained weights on this machine")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    ml = msub.add_parser("list", help="every architecture, its member-id alias, and its pretrained weights here "
+                                      "(package / MEDENS_WEIGHTS_DIR / none)")
+    ml.add_argument("--task", choices=["classification", "segmentation"], default=None)
+    ml.add_argument("--format", choices=["text", "json"], default="text")
+    ml.set_defaults(func=cmd_models_list)
     return parser
 
 

@@ -6,6 +6,8 @@ Every problem in a spec is reported at once, each with its YAML path, in one ``V
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from importlib import resources
@@ -276,13 +278,112 @@ class EvaluationSpec(_Spec):
     gradcam_per_class: int = Field(4, ge=1)
 
 
+IMAGENET = "imagenet"
+#: Short names of architectures in member ids (``lite0-in1k__focal``); other models keep their name.
+MODEL_ALIASES: dict[str, str] = {f"timm_efficientnet_lite{i}": f"lite{i}" for i in range(3)}
+#: How a weights tag shows in a member id (any other tag shows as itself).
+WEIGHT_TAGS: dict[str, str] = {IMAGENET: "in1k"}
+_WEIGHTS_KEYS = ("weights", "weights_sha256")
+#: Params that do not change the trained model (a check or a loading mode): not in member ids.
+_NOT_IN_ID = ("weights_strict", "weights_sha256")
+_TAG = re.compile(r"^[a-z0-9][a-z0-9_+-]*$")
+_PLAIN = re.compile(r"^[A-Za-z0-9_+.-]{1,24}$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def weights_kind(weights: str) -> Literal["tag", "s3", "file"]:
+    """What a model's ``weights`` names: a tag resolved on this machine (``imagenet``; see
+    :mod:`medens.models.weights`), an ``s3://`` object, or a local file (anything with a ``/`` or
+    a ``.``). Other URL schemes are refused: medens never downloads weights from a hub."""
+    if weights.startswith("s3://"):
+        return "s3"
+    if "://" in weights:
+        raise ValueError(f"weights {weights!r}: only a tag (imagenet), an s3:// URI or a local path; medens "
+                         "never downloads weights from a hub")
+    return "tag" if _TAG.match(weights) else "file"
+
+
+def model_key(name: str, params: dict[str, Any]) -> str:
+    """A model's part of a member id: its alias (:data:`MODEL_ALIASES`, else its name), ``-in1k``
+    (or the tag) for named weights, then the params that change the model: written out when they
+    are a few short plain values (``compact_cnn-dropout=0.2``), else as the first 8 hex digits of
+    the sha256 of their JSON (a weights path or URI, lists, long values)."""
+    base = MODEL_ALIASES.get(name, name)
+    rest = {k: v for k, v in params.items() if k not in _NOT_IN_ID}
+    w = rest.get("weights")
+    if isinstance(w, str) and weights_kind(w) == "tag":
+        base += "-" + WEIGHT_TAGS.get(w, w)
+        del rest["weights"]
+    if not rest:
+        return base
+    shown = "-".join(f"{k}={rest[k]}" for k in sorted(rest))
+    plain = all(isinstance(v, bool | int | float) or (isinstance(v, str) and _PLAIN.match(v)) for v in rest.values())
+    if plain and len(shown) <= 40:
+        return f"{base}-{shown}"
+    return f"{base}-" + hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 class ModelSpec(ComponentSpec):
-    """A model of the grid: a registry name, its build ``params``, and ``training`` settings that
-    replace the experiment's for this model's members only (a pretrained network usually wants a
-    lower learning rate and fewer epochs than one trained from scratch). The overrides are
-    validated as :class:`TrainingSpec` fields; they do not enter the member id."""
+    """A model of the grid: a registry name, its build ``params``, its starting ``weights`` and
+    ``training`` settings that replace the experiment's for this model's members only (a
+    pretrained network usually wants a lower learning rate and fewer epochs than one trained from
+    scratch). The overrides are validated as :class:`TrainingSpec` fields; they do not enter the
+    member id.
+
+    ``weights``: ``imagenet`` (or another tag of a ``MEDENS_WEIGHTS_DIR`` manifest), resolved on the
+    machine that trains (:mod:`medens.models.weights`); ``s3://bucket/key.pth`` with
+    ``weights_sha256``; or a local path. YAML may write ``timm_efficientnet_lite0@imagenet``. They
+    are build params (``medens.models.build(weights=...)``), shown at the model's top level.
+    The member id is short (:func:`model_key`): ``lite0-in1k``, ``compact_cnn``."""
 
     training: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weights_into_params(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            name, at, weights = v.partition("@")
+            if at and not (weights and _TAG.match(weights)):
+                raise ValueError(f"model {v!r}: write name@tag (timm_efficientnet_lite0@imagenet); give a path or "
+                                 "s3:// weights as {name: ..., weights: ..., weights_sha256: ...}")
+            v = {"name": name, "weights": weights} if at else {"name": name}
+        if isinstance(v, dict) and any(k in v for k in _WEIGHTS_KEYS):
+            v, params = dict(v), dict(v.get("params") or {})
+            for k in _WEIGHTS_KEYS:
+                if k in v:
+                    if k in params:
+                        raise ValueError(f"{k} is given both at the model and in its params")
+                    params[k] = v.pop(k)
+            v["params"] = params
+        return v
+
+    @model_validator(mode="after")
+    def _weights(self) -> ModelSpec:
+        w, sha = self.params.get("weights"), self.params.get("weights_sha256")
+        if w is None:
+            if sha is not None:
+                raise ValueError("weights_sha256 without weights")
+            return self
+        if not isinstance(w, str) or not w:
+            raise ValueError(f"weights must be a tag (imagenet), an s3:// URI or a path, got {w!r}")
+        for other in ("weights_path", "weights_strict"):
+            if other in self.params:
+                raise ValueError(f"weights and {other} do not go together: weights loads every tensor but the "
+                                 "head's; weights_path is the older form")
+        if sha is not None and not (isinstance(sha, str) and _SHA256.match(sha)):
+            raise ValueError(f"weights_sha256 must be 64 hex digits, got {sha!r}")
+        if weights_kind(w) == "s3" and sha is None:
+            raise ValueError(f"weights {w}: s3:// weights need weights_sha256 (the file is verified after download)")
+        return self
+
+    @property
+    def weights(self) -> str | None:
+        """The model's starting weights (``params["weights"]``), or None."""
+        return self.params.get("weights")
+
+    @property
+    def key(self) -> str:
+        return model_key(self.name, self.params)
 
     @field_validator("training")
     @classmethod
@@ -296,6 +397,10 @@ class ModelSpec(ComponentSpec):
         out = handler(self)
         if not out.get("training"):
             out.pop("training", None)
+        params = dict(out.get("params") or {})
+        lifted = {k: params.pop(k) for k in _WEIGHTS_KEYS if k in params}
+        if lifted:  # written where the user writes them, before params
+            out = {"name": out["name"], **lifted, **{k: v for k, v in out.items() if k != "name"}, "params": params}
         return out
 
     def training_for(self, base: TrainingSpec) -> TrainingSpec:
@@ -308,6 +413,24 @@ class StoreSpec(_Spec):
 
     uri: str = "runs"
     endpoint: str | None = Field(None, description="S3/MinIO endpoint; default from MINIO_ENDPOINT")
+
+
+def _duplicate_keys(components: list[ComponentSpec], field_name: str) -> list[str]:
+    """Entries that would give members the same id, each group named with its positions."""
+    by_key: dict[str, list[int]] = {}
+    for i, c in enumerate(components):
+        by_key.setdefault(c.key, []).append(i)
+    out = []
+    for key, where in by_key.items():
+        if len(where) < 2:
+            continue
+        if all(components[i] == components[where[0]] for i in where):
+            out.append(f"{field_name}: listed more than once: {key}")
+        else:
+            out.append(f"{field_name}: entries {', '.join(map(str, where))} would give members the same id part "
+                       f"{key!r}: they differ only in what does not change the model ({', '.join(_NOT_IN_ID)}); "
+                       "keep one")
+    return out
 
 
 class ExperimentSpec(_Spec):
@@ -342,11 +465,7 @@ class ExperimentSpec(_Spec):
             problems.append(
                 f"data.fractions: {len(self.data.fractions)} fractions for {len(names)} classes"
             )
-        for field_name in ("models", "losses"):
-            keys = [c.key for c in getattr(self, field_name)]
-            dupes = sorted({k for k in keys if keys.count(k) > 1})
-            if dupes:
-                problems.append(f"{field_name}: listed more than once: {', '.join(dupes)}")
+        problems += _duplicate_keys(self.models, "models") + _duplicate_keys(self.losses, "losses")
         problems += self._metric_problems()
         if problems:
             raise ValueError("; ".join(problems))

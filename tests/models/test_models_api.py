@@ -53,6 +53,8 @@ def test_names():
         "study4_custom_cnn",
         "timm_efficientnet_b0",
         "timm_efficientnet_lite0",
+        "timm_efficientnet_lite1",
+        "timm_efficientnet_lite2",
         "timm_inception_resnet_v2",
         "timm_resnet18",
         "timm_resnetv2_50",

@@ -33,6 +33,8 @@ EXPECTED_MIN_SIZE = {
     "study4_custom_cnn": 8,
     "timm_efficientnet_b0": 32,
     "timm_efficientnet_lite0": 32,
+    "timm_efficientnet_lite1": 32,
+    "timm_efficientnet_lite2": 32,
     "timm_inception_resnet_v2": 75,
     "timm_resnet18": 32,
     "timm_resnetv2_50": 32,

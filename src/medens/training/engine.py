@@ -592,6 +592,7 @@ def fit(
         "kind": "model",
         "task": task,
         "architecture": {"name": model_spec.name, "kwargs": arch_kwargs},
+        **({"pretrained": net.pretrained} if getattr(net, "pretrained", None) else {}),  # file and sha256
         "loss": {"name": loss_spec.name, "params": loss_spec.params},
         "class_names": data.class_names,
         "class_counts": counts,
