@@ -48,9 +48,27 @@ def format_summary(summary: dict, where: str | None = None) -> str:
             frac = e.get("pixel_fraction")
             extra = f"   lesion pixels {100 * frac[names[-1]]:.2f}%   images with lesion {e['images_with_lesion']}" if frac else ""
             lines.append(f"{s:>12}: {e['n']} images{extra}")
+    lines += _unit_lines(info)
     if where:
         lines.append(f"written to: {where}")
     return "\n".join(lines)
+
+
+def _unit_lines(info: dict) -> list[str]:
+    """The split unit (images, or groups per split) and what the duplicate check found."""
+    unit, dup, lines = info.get("split_unit"), info.get("duplicates"), []
+    if isinstance(unit, dict):
+        per = ", ".join(f"{s} {unit['groups'][s]} groups" for s in ("train", "val", "test") if s in unit["groups"])
+        lines.append(f"split unit: patients/groups (data.group_by {unit['group_by']}): {per}")
+    elif unit:
+        lines.append(f"split unit: {unit} (data.group_by not set: one patient's images may be in several splits)")
+    if dup:
+        within = sum(dup["within_splits"].values())
+        found = (f"{dup['across_splits']} image(s) in two splits, allowed by data.allow_duplicates"
+                 if dup["across_splits"] else "no image in two splits")
+        lines.append(f"duplicates: {found} ({dup['checked']})" + (f"; {within} extra copies inside a split"
+                                                                   if within else ""))
+    return lines
 
 
 def cmd_data_summary(args: argparse.Namespace) -> int:

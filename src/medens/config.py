@@ -132,6 +132,11 @@ class DataSpec(_Spec):
                           "relative path (Kermany: 'pattern:(person\\d+)'), 'column:<name>' of a CSV "
                           "manifest, or 'dicom:<keyword>' of each DICOM file (e.g. 'dicom:PatientID'); every split is then group-disjoint, and given splits that share a group "
                           "are refused")
+    allow_duplicates: bool = Field(
+        False, description="allow byte-identical images in two splits (medens.data.duplicates; file sources "
+                           "compare each file's sha256, synthetic and MedMNIST each image's pixels). By default "
+                           "they are refused as a leak, naming the files; the dataset info and the report say "
+                           "what the check found")
 
     @field_validator("window")
     @classmethod

@@ -28,7 +28,7 @@ def kermany_style_folder(root, n_persons=40, seed=0):
         cls = "bacterial" if p % 3 else "viral"
         kind = "bacteria" if cls == "bacterial" else "virus"
         for m in range(int(rng.integers(1, 5))):
-            write_png(root / cls / f"person{p}_{kind}_{m}.png", p)
+            write_png(root / cls / f"person{p}_{kind}_{m}.png", 5 * p + m)  # no two files alike (no copies)
         persons[f"person{p}"] = cls
     return persons
 

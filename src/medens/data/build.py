@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
 from medens.config import DataSpec, ExperimentSpec
 from medens.data import sources
 from medens.data.decode import Reading, widen
+from medens.data.duplicates import check_duplicates, sample_hashes
 from medens.data.groups import group_split, groups_from_dicom, groups_from_pattern, leakage_problem, parse_group_by
 from medens.data.imbalance import lesion_crops, oversample, resample_to_ratio, undersample_indices
 from medens.data.splits import stratified_split
@@ -94,11 +94,12 @@ def pool_groups(pool: sources.Pool, group_by: str, where: str) -> dict[str, list
         return dict(pool.groups)
     problems = DataProblems(where)
     out = {}
-    root = Path(pool.info.get("path", "."))
-    root = root.parent if root.is_file() else root  # a manifest's paths are relative to its folder
     for name, part in pool.parts.items():
         if kind == "dicom":
-            groups, missing = groups_from_dicom([root / i for i in part.ids], arg)
+            if not pool.roots or name not in pool.roots:
+                raise ValueError(f"data.group_by {group_by!r} reads DICOM headers; data.source {pool.info.get('source')} "
+                                 f"has no files")
+            groups, missing = groups_from_dicom([pool.roots[name] / i for i in part.ids], arg)
         else:
             groups, missing = groups_from_pattern(part.ids, arg)
         problems.extend(f"{name}: {m}" for m in missing)
@@ -186,8 +187,10 @@ def build_dataset(spec: ExperimentSpec) -> SplitData:
         pool.parts[key] = part.subset(kept)
         info["resampled_to"] = list(data.fractions)
     where = f"data source {data.source}" + (f" at {data.path}" if data.path else "")
+    hashes, hashed = sample_hashes(pool.parts, pool.roots)
     parts, grouping = _split_pool(pool, data, task, seed, where)
     info["split_unit"] = grouping or "image"
+    info["duplicates"] = check_duplicates(parts, hashes, hashed, allow=data.allow_duplicates, where=where)
     train = parts["train"]
     if data.balance != "none":
         if task != "classification":

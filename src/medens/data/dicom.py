@@ -66,15 +66,18 @@ def is_dicom_bytes(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def is_dicom_file(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    if p.suffix.lower() in (".dcm", ".dicom"):
-        return True
+def has_dicom_preamble(path: str | os.PathLike) -> bool:
+    """Whether the file at ``path`` starts as a DICOM Part 10 file (reads its first 132 bytes only)."""
     try:
-        with p.open("rb") as f:
+        with Path(path).open("rb") as f:
             return is_dicom_bytes(f.read(132))
     except OSError:
         return False
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """A ``.dcm``/``.dicom`` name, or any other file whose content has the DICOM preamble."""
+    return Path(path).suffix.lower() in (".dcm", ".dicom") or has_dicom_preamble(path)
 
 
 def _first(value: Any) -> float | None:
@@ -110,8 +113,7 @@ def read_dicom(source: str | os.PathLike | bytes, where: str | None = None) -> D
         raise DicomError(f"{name}: unreadable DICOM ({type(e).__name__}: {e})") from e
     uid, syntax = _syntax(ds)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise DicomError(f"{name}: no pixel data (modality {ds.get('Modality', '?')}, "
-                         f"SOP class {getattr(ds.get('SOPClassUID'), 'name', ds.get('SOPClassUID', '?'))})")
+        raise DicomError(_no_pixels(ds, name))
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
@@ -125,6 +127,9 @@ def read_dicom(source: str | os.PathLike | bytes, where: str | None = None) -> D
     try:
         pixels = ds.pixel_array
     except Exception as e:
+        short = _truncated(ds, uid, name, frames)
+        if short:
+            raise DicomError(short) from e
         package = DECODER_PACKAGES.get(uid)
         hint = (f"; the registry package {package} decodes it (pip install {package})" if package
                 else "; no installed pylibjpeg plugin handles it")
@@ -148,15 +153,51 @@ def read_dicom(source: str | os.PathLike | bytes, where: str | None = None) -> D
     return DicomImage(values, photometric, window, syntax, tags)
 
 
+def _no_pixels(ds: Any, name: str) -> str:
+    sop = ds.get("SOPClassUID")
+    return (f"{name}: no pixel data (modality {ds.get('Modality', '?')}, "
+            f"SOP class {getattr(sop, 'name', sop) if sop is not None else '?'}): the DICOM object holds no image")
+
+
+UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+"""Implicit and explicit VR little endian, explicit VR big endian: pixel data of a known length."""
+
+
+def _truncated(ds: Any, uid: str, name: str, frames: int) -> str | None:
+    """The message for an uncompressed image with fewer pixel bytes than its header describes (a
+    truncated or corrupt file), else ``None``."""
+    if uid not in UNCOMPRESSED or "PixelData" not in ds:
+        return None
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        return None  # pydicom's own message says what the header lacks
+    expected = (rows * cols * samples * frames * bits + 7) // 8
+    actual = len(ds.PixelData)
+    if actual >= expected:
+        return None
+    return (f"{name}: truncated or corrupt DICOM file: its pixel data holds {actual} bytes where "
+            f"{rows} x {cols} x {samples} sample(s) at {bits} bits need {expected}")
+
+
 def dicom_header(data: bytes, where: str) -> tuple[int, int]:
     """Rows and columns from a DICOM file's header, without decoding its pixels (the endpoint
-    checks the size first)."""
+    checks the size first). An object without an image (an RT plan, a structured report) is
+    refused as having no pixel data."""
     import pydicom
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        return int(ds.Rows), int(ds.Columns)
     except Exception as e:
+        raise DicomError(f"{where}: unreadable DICOM header ({type(e).__name__}: {e})") from e
+    if "Rows" not in ds or "Columns" not in ds:
+        if "SOPClassUID" in ds:  # a whole object that is not an image (an RT plan, a report)
+            raise DicomError(_no_pixels(ds, where))
+        raise DicomError(f"{where}: unreadable DICOM header (no Rows, Columns or SOP class: a truncated file?)")
+    try:
+        return int(ds.Rows), int(ds.Columns)
+    except (TypeError, ValueError) as e:
         raise DicomError(f"{where}: unreadable DICOM header ({type(e).__name__}: {e})") from e
 
 

@@ -125,6 +125,10 @@ def groups_from_dicom(paths: Sequence[Path], keyword: str) -> tuple[list[str | N
     out: list[str | None] = []
     problems = []
     for p in paths:
+        if not Path(p).is_file():
+            out.append(None)
+            problems.append(f"missing group id: file {p} is missing (cannot read {keyword} from it)")
+            continue
         try:
             value = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=[keyword]).get(keyword)
         except Exception as e:

@@ -23,7 +23,16 @@ READ8 = Reading()
 """The default reading: 8-bit pixels, DICOM files' own window."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom",
                   ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-"""File endings an image folder is listed by (2D NIfTI, NRRD and MetaImage: :mod:`medens.data.volumes`)."""
+"""File endings an image folder is listed by (2D NIfTI, NRRD and MetaImage: :mod:`medens.data.volumes`).
+Files with another ending (PACS exports named ``IM000123`` or by their SOP instance UID) are images
+when their content is DICOM (the 128-byte preamble, then ``DICM``)."""
+NOT_IMAGE_SUFFIXES = (".txt", ".json", ".csv", ".tsv", ".md", ".rst", ".yaml", ".yml", ".xml", ".html", ".htm",
+                      ".pdf", ".py", ".log", ".ini", ".cfg", ".toml", ".sha256", ".md5", ".zip", ".tar", ".gz",
+                      ".db", ".doc", ".docx", ".xls", ".xlsx", ".npy", ".npz", ".pkl")
+"""Endings of obvious non-images: never opened to look for a DICOM preamble."""
+NOT_IMAGE_NAMES = ("readme", "license", "licence", "notice", "changelog", "dicomdir", "thumbs.db", "desktop.ini")
+"""File names (lower case, without an ending) that are never images; ``DICOMDIR`` is a DICOM media
+directory (it has the preamble but no pixels)."""
 KERMANY_CLASSES = ["bacterial", "normal", "viral"]
 MEDMNIST_HINT = (
     "MedMNIST files are not downloaded at run time: fetch e.g. bloodmnist.npz (from the MedMNIST "
@@ -41,6 +50,8 @@ class Pool:
     info: dict = field(default_factory=dict)
     groups: dict[str, list[str]] | None = None
     """Per part, the group id of each sample in order (a manifest's group column), when the source has one."""
+    roots: dict[str, Path] | None = None
+    """Per part, the folder its sample ids (file paths) are relative to: file sources only."""
 
 
 # ---------------------------------------------------------------- file reading
@@ -105,8 +116,35 @@ def _read_many(paths: list[Path], channels: int, size: int, problems: DataProble
     return out
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+def _list_images(folder: Path, ignored: list[str] | None = None) -> list[Path]:
+    """The images in ``folder``: files with an image ending, and files whose content is DICOM among
+    the others (only their first 132 bytes are read). Hidden files and obvious non-images
+    (:data:`NOT_IMAGE_SUFFIXES`, :data:`NOT_IMAGE_NAMES`) are skipped unread; what was skipped is
+    appended to ``ignored`` (``"name (why)"``)."""
+    from medens.data.dicom import has_dicom_preamble
+
+    out = []
+    for p in sorted(folder.iterdir()):
+        name = p.name.lower()
+        if not p.is_file() or name.startswith("."):
+            continue
+        if name.endswith(IMAGE_SUFFIXES):
+            out.append(p)
+        elif name.endswith(NOT_IMAGE_SUFFIXES) or name.split(".")[0] in NOT_IMAGE_NAMES:
+            if ignored is not None:
+                ignored.append(f"{p.name} (not an image)")
+        elif has_dicom_preamble(p):
+            out.append(p)
+        elif ignored is not None:
+            ignored.append(f"{p.name} (no image ending and no DICOM preamble)")
+    return out
+
+
+def _ignored_text(ignored: list[str]) -> str:
+    if not ignored:
+        return ""
+    shown = ", ".join(ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+    return f" (ignored {len(ignored)} file(s): {shown})"
 
 
 def _stem(p: Path) -> str:
@@ -311,9 +349,10 @@ def _load_class_folders(root: Path, names: list[str], size: int, channels: int, 
         folder = root / c
         if not folder.is_dir():
             continue
-        files = _list_images(folder)
+        ignored: list[str] = []
+        files = _list_images(folder, ignored)
         if not files:
-            problems.add(f"{split}: class {c!r} has no images in {folder}")
+            problems.add(f"{split}: class {c!r} has no images in {folder}{_ignored_text(ignored)}")
         paths += files
         labels += [k] * len(files)
     return _assemble(paths, labels, size, channels, problems, root, reading)
@@ -406,7 +445,8 @@ def image_folder(path: str | None, size: int, channels: int, class_names: list[s
         if part is not None:
             parts["all"] = part
     problems.raise_if_any()
-    return Pool(names, parts, {"source": "image_folder", "path": str(root)})
+    return Pool(names, parts, {"source": "image_folder", "path": str(root)},
+                roots={s: root / s if s in SPLITS else root for s in parts})
 
 
 def kermany_class(path: Path) -> str | None:
@@ -453,7 +493,7 @@ def kermany(path: str | None, size: int, channels: int, reading: Reading = READ8
         if split is not None:
             parts[part] = split
     problems.raise_if_any()
-    return Pool(list(KERMANY_CLASSES), parts, {"source": "kermany", "path": str(root)})
+    return Pool(list(KERMANY_CLASSES), parts, {"source": "kermany", "path": str(root)}, roots=dict.fromkeys(parts, root))
 
 
 # ---------------------------------------------------------------- segmentation folders and manifests
@@ -518,7 +558,8 @@ def seg_folder(path: str | None, size: int, channels: int, class_names: list[str
         if part is not None:
             parts[s] = part
     problems.raise_if_any()
-    return Pool(list(class_names or ["background", "lesion"]), parts, {"source": "seg_folder", "path": str(root)})
+    return Pool(list(class_names or ["background", "lesion"]), parts, {"source": "seg_folder", "path": str(root)},
+                roots={s: root / s if s in SPLITS else root for s in parts})
 
 
 def csv_manifest(path: str | None, size: int, channels: int, class_names: list[str] | None = None,
@@ -588,4 +629,4 @@ def csv_manifest(path: str | None, size: int, channels: int, class_names: list[s
             part_groups[s] = kept_groups
     problems.raise_if_any()
     return Pool(names or ["background", "lesion"], parts, {"source": "csv", "path": str(p)},
-                groups=part_groups if group_column else None)
+                groups=part_groups if group_column else None, roots=dict.fromkeys(parts, base))

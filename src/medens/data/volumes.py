@@ -19,6 +19,7 @@ or manifest) and the endpoint (uploads recognised by :func:`sniff_volume_bytes`)
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -84,10 +85,38 @@ def read_volume(path: str | os.PathLike) -> Volume:
     return _volume(array, affine, reader)
 
 
+CODEC_NOTICE_LOGGER = "monai.data.nvimgcodec_pydicom_plugin"
+"""MONAI's logger that warns "nvImageCodec is not available; skipping pydicom decoder plugin
+registration." each time ``LoadImage`` is built on a machine without nvImageCodec (every read)."""
+
+
+class _OncePerProcess(logging.Filter):
+    """Lets each distinct message through once in this process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def _codec_notice_once() -> None:
+    """MONAI's nvImageCodec notice at most once per process (installed on first read, not at import)."""
+    logger = logging.getLogger(CODEC_NOTICE_LOGGER)
+    if not any(isinstance(f, _OncePerProcess) for f in logger.filters):
+        logger.addFilter(_OncePerProcess())
+
+
 def _load(p: Path, reader: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     """``LoadImage`` with ``reader``: the array (float32, MONAI's axis order) and its RAS affine."""
     from monai.transforms import LoadImage
 
+    _codec_notice_once()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from medens.config import ExperimentSpec
+from medens.data.duplicates import duplicate_notes
 from medens.storage.atomic import atomic_write_text
 
 MAX_CURVES = 8
@@ -343,7 +344,7 @@ def write_report(spec: ExperimentSpec, result: dict[str, Any], data, members: di
     n_ens = sum(1 for s in result["systems"].values() if s["kind"] == "ensemble")
     subtitle = " — ".join(x for x in (spec.description, f"test n={len(data.test)}, {len(members)} members, "
                                       f"{n_ens} ensembles; selected on validation {result['gate_metric']}") if x)
-    notes = report_notes(result, spec)
+    notes = report_notes(result, spec) + duplicate_notes(getattr(data, "info", {}))  # the leak check's finding
     atomic_write_text(out / "report.html", render_html(title, subtitle, head, rows, figures, notes, selected, reference))
     atomic_write_text(out / "report.md", render_markdown(title, subtitle, head, rows, notes))
     return {"leaderboard": [dict(zip(head, r)) for r in rows], "report": str(out / "report.html")}
