@@ -33,7 +33,7 @@ def test_train_cli_writes_an_artifact(tmp_path, capsys):
         "name": "tiny", "models": ["compact_cnn"], "losses": ["ce", "focal"],
         "data": {"source": "synthetic_cells", "image_size": 32,
                  "synthetic": {"counts": {"codocyte": 20, "hypochromia": 20, "normal": 60}}},
-        "training": {"epochs": 3, "batch_size": 32, "patience": None},
+        "training": {"epochs": 3, "min_steps": 0, "batch_size": 32, "patience": None},
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -36,7 +36,7 @@ TINY = {
                                                                                     "normal": 120}}},
     "models": ["compact_cnn"],
     "losses": ["ce", {"name": "focal", "params": {"gamma": 2.0}}],
-    "training": {"epochs": 4, "batch_size": 16, "lr": 0.003, "patience": None, "plateau_patience": None,
+    "training": {"epochs": 4, "min_steps": 0, "batch_size": 16, "lr": 0.003, "patience": None, "plateau_patience": None,
                  "class_weights": "balanced"},
     "ensemble": {"methods": ["mean", "weighted"], "top_k": [2]},
     "evaluation": {"bootstrap": 100, "gradcam": False},

@@ -108,6 +108,25 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """The packaged recipes (``recipe: NAME`` in a spec), or the fields one of them sets."""
+    import yaml
+
+    from medens.config import load_recipe, recipe_names
+
+    if args.name:
+        recipe = load_recipe(args.name)
+        print(f"# recipe {args.name}: {recipe.get('description', '')}")
+        print("# a spec with `recipe: " + args.name + "` gets these fields unless it sets them itself")
+        print(yaml.safe_dump({k: v for k, v in recipe.items() if k != "description"}, sort_keys=False), end="")
+        return 0
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        sections = ", ".join(f"{s} ({len(recipe[s])} fields)" for s in recipe if s != "description")
+        print(f"{name:16} {recipe.get('description', '')}\n{'':16} sets {sections}; `medens recipes {name}` shows them")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from medens.config import load_spec, preset_names
 
@@ -158,6 +177,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     res = fit(model, loss, data, training, out, seed=spec.seed, resume=args.resume or store is not None,
               normalize=spec.data.normalize, train_on=args.train_on, checkpoint_store=store)
     print(json.dumps(describe_run(res), indent=2))
+    if res.collapse and res.collapse.get("collapsed"):
+        from medens.training.collapse import collapse_warning
+
+        print(collapse_warning(f"{model.key}__{loss.key}", res.collapse), file=sys.stderr)
     return 0
 
 
@@ -214,6 +237,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print_leaderboard(summary)
     print(f"\nselected: {summary['best']} ({summary['selection_rule']})")
+    for name, cls in (summary.get("collapsed") or {}).items():
+        print(f"WARNING: {name} has collapsed: it predicts only class {cls!r} on validation")
+    if summary.get("quality") == "failed":
+        print(f"RUN FAILED ON QUALITY: {summary['quality_reason']}")
     for name, reason in summary["skipped"].items():
         print(f"skipped: {name}: {reason}")
     print(f"report: {summary['report']}   registered: {summary.get('uri')}   ({summary['seconds']} s)")
@@ -290,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("presets", help="list the packaged presets").set_defaults(func=cmd_presets)
+    rc = sub.add_parser("recipes", help="list the packaged recipes (`recipe: NAME` in a spec), or show one")
+    rc.add_argument("name", nargs="?", help="a recipe to show field by field")
+    rc.set_defaults(func=cmd_recipes)
 
     data = sub.add_parser("data", help="data stage: summaries and synthetic data")
     dsub = data.add_subparsers(dest="data_command", required=True)

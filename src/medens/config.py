@@ -188,6 +188,11 @@ class ComponentSpec(_Spec):
         return self.name + "-" + "-".join(f"{k}={show(self.params[k])}" for k in sorted(self.params))
 
 
+DEFAULT_MIN_STEPS = 300
+"""The default ``training.min_steps``: a few hundred optimiser steps whatever the dataset's size
+(issue 22: below that, members of a small long-tailed set collapse onto one class)."""
+
+
 class TrainingSpec(_Spec):
     """Optimiser, schedule, stopping and imbalance handling for ``medens.training.fit``."""
 
@@ -217,8 +222,11 @@ class TrainingSpec(_Spec):
                                        "encoder, e.g. pretrained weights_path, frozen with its BatchNorm statistics)")
     encoder_lr_mult: float = Field(1.0, gt=0, description="the encoder's learning rate as a multiple of lr "
                                    "(fine-tuning after the frozen epochs, e.g. 0.1)")
-    min_steps: int = Field(0, ge=0, description="at least this many optimiser steps: more epochs when an epoch has "
-                           "few steps, and no early stop before them (small datasets)")
+    min_steps: int = Field(DEFAULT_MIN_STEPS, ge=0, description="at least this many optimiser steps: more epochs "
+                           "when an epoch has few steps, and no early stop before them. Training length follows "
+                           "steps on small data: 190 images at batch 32 are 6 steps an epoch, and 15 epochs (90 "
+                           "steps, stopped early on validation loss) left every member of a long-tailed set "
+                           "predicting one class; 0: epochs alone decide")
     class_weights: Literal["none", "balanced", "effective"] = "none"
     sampler: Literal["none", "balanced"] = "none"
     augment: Literal["none", "flips", "light", "strong"] = Field(
@@ -444,6 +452,30 @@ class ExperimentSpec(_Spec):
     name: str = Field(min_length=1)
     description: str = ""
     task: Literal["classification", "segmentation"] = "classification"
+    recipe: str | None = Field(None, description="a named recipe of medens (`medens recipes`, e.g. imbalanced-2d): "
+                               "its training, ensemble and evaluation fields fill in every field the spec does not "
+                               "set (the spec's own values win); a saved spec records them expanded")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_recipe(cls, v: Any) -> Any:
+        if isinstance(v, dict) and isinstance(v.get("recipe"), str) and v["recipe"] in recipe_names():
+            return expand_recipe(v)
+        return v
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, v: str | None) -> str | None:
+        if v is not None and v not in recipe_names():
+            raise ValueError(unknown_name_message("recipe", v, recipe_names()))
+        return v
+
+    @model_serializer(mode="wrap")
+    def _omit_no_recipe(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("recipe") is None:
+            out.pop("recipe", None)
+        return out
     seed: int = 0
     data: DataSpec = Field(default_factory=DataSpec)
     models: list[ModelSpec] = Field(min_length=1)
@@ -557,6 +589,47 @@ def preset_names() -> list[str]:
     """Names of the packaged presets (``medens/presets/*.yaml``)."""
     folder = resources.files("medens") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+RECIPE_SECTIONS = ("training", "ensemble", "evaluation")
+"""The spec sections a recipe may set."""
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes (``medens/recipes/*.yaml``)."""
+    folder = resources.files("medens") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """A packaged recipe: ``{"description": ..., "training": {...}, "ensemble": {...}, "evaluation": {...}}``
+    (the sections it sets, each a mapping of spec fields). ``ValueError`` with "did you mean" for an
+    unknown name."""
+    names = recipe_names()
+    if name not in names:
+        raise ValueError(unknown_name_message("recipe", name, names))
+    data = yaml.safe_load((resources.files("medens") / "recipes" / f"{name}.yaml").read_text()) or {}
+    unknown = sorted(set(data) - {"description", *RECIPE_SECTIONS})
+    if unknown:
+        raise ValueError(f"recipe {name!r}: unknown sections {', '.join(unknown)} (a recipe sets "
+                         f"{', '.join(RECIPE_SECTIONS)})")
+    return data
+
+
+def expand_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a spec mapping) with the fields of its ``recipe`` filled in under its own: for each
+    section of :data:`RECIPE_SECTIONS`, the recipe's fields, then the spec's (user values win, field
+    by field). Without ``recipe`` the mapping is returned as is."""
+    name = data.get("recipe")
+    if not name:
+        return data
+    recipe = load_recipe(name)
+    out = dict(data)
+    for section in RECIPE_SECTIONS:
+        given = data.get(section)
+        if section in recipe and (given is None or isinstance(given, dict)):
+            out[section] = {**recipe[section], **(given or {})}
+    return out
 
 
 def load_spec(name_or_path: str | os.PathLike) -> ExperimentSpec:

@@ -118,7 +118,7 @@ def test_a_16_bit_dataset_trains_saves_and_serves_the_same_pixels(tmp_path):
     again = SplitData.load(tmp_path / "ds")
     assert again.train.images.dtype == np.uint16
     np.testing.assert_array_equal(np.asarray(again.test.images), np.asarray(data.test.images))
-    res = fit("compact_cnn", "ce", data, TrainingSpec(epochs=1, batch_size=8, augment="none"), tmp_path / "m",
+    res = fit("compact_cnn", "ce", data, TrainingSpec(epochs=1, min_steps=0, batch_size=8, augment="none"), tmp_path / "m",
               progress=False)
     import json
 

@@ -160,7 +160,7 @@ def test_a_real_radiograph_through_the_data_stage_training_and_the_endpoint(tmp_
     assert summary["image_size"] == [32, 32] and summary["channels"] == 1
     assert sum(s["n"] for s in summary["splits"].values()) == 20
     data = build_dataset(spec)
-    res = fit("compact_cnn", "ce", data, TrainingSpec(epochs=1, batch_size=8, augment="none"), tmp_path / "m",
+    res = fit("compact_cnn", "ce", data, TrainingSpec(epochs=1, min_steps=0, batch_size=8, augment="none"), tmp_path / "m",
               progress=False)
     offline = predict_split(res.path, data.test).probs
     manifest = json.loads((res.path / "model.json").read_text())

@@ -76,7 +76,7 @@ def test_training_from_the_manifest_gives_the_same_model(tmp_path, bucket, s3_en
     data.save(tmp_path / "ds")
     publish_arrays(tmp_path / "ds", bucket, endpoint=s3_endpoint)
     remote = SplitData.load(tmp_path / "ds")
-    spec = TrainingSpec(epochs=2, batch_size=16, patience=None, plateau_patience=None, augment="flips")
+    spec = TrainingSpec(epochs=2, min_steps=0, batch_size=16, patience=None, plateau_patience=None, augment="flips")
     fit("compact_cnn", "ce", data, spec, tmp_path / "a", seed=1, progress=False, normalize="zscore")
     fit("compact_cnn", "ce", remote, spec, tmp_path / "b", seed=1, progress=False, normalize="zscore")
     assert (tmp_path / "a" / "weights.pt").read_bytes() == (tmp_path / "b" / "weights.pt").read_bytes()

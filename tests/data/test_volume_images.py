@@ -105,7 +105,7 @@ def test_volume_files_through_the_data_stage_training_and_the_endpoint(tmp_path,
     summary = json.loads(capsys.readouterr().out)
     assert sum(s["n"] for s in summary["splits"].values()) == 25
     data = build_dataset(spec)
-    res = fit("compact_cnn", "ce", data, TrainingSpec(epochs=1, batch_size=8, augment="none"), tmp_path / "m",
+    res = fit("compact_cnn", "ce", data, TrainingSpec(epochs=1, min_steps=0, batch_size=8, augment="none"), tmp_path / "m",
               progress=False)
     offline = predict_split(res.path, data.test).probs
     assert json.loads((res.path / "model.json").read_text())["preprocessing"]["dicom_window"] == window

@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
         "classification", ["dark", "bright"],
         *[Split(images=im, labels=lab, ids=[f"{k}{i}" for i in range(len(lab))]) for k, (im, lab, _) in splits.items()],
     )
-    spec = TrainingSpec(epochs=4, lr=3e-3, batch_size=32, patience=None, plateau_patience=None, device="cpu",
+    spec = TrainingSpec(epochs=4, min_steps=0, lr=3e-3, batch_size=32, patience=None, plateau_patience=None, device="cpu",
                         augment=False, monitor="val_loss")
     path = fit({"name": "compact_cnn", "params": {"widths": [16, 32], "dropout": 0.0}}, "ce", data, spec,
                tmp_path_factory.mktemp("cam") / "model", seed=0, progress=False).path

@@ -168,10 +168,10 @@ def artifacts(tmp_path_factory):
     data = SplitData("classification", ["codocyte", "hypochromia", "normal"], whole.subset(tr), whole.subset(va),
                      whole.subset(te))
     data_dir = data.save(root / "data")
-    good = fit("compact_cnn", "ce", data, TrainingSpec(epochs=6, lr=3e-3, batch_size=16, patience=None,
+    good = fit("compact_cnn", "ce", data, TrainingSpec(epochs=6, min_steps=0, lr=3e-3, batch_size=16, patience=None,
                                                         plateau_patience=None, class_weights="balanced"),
                root / "good", seed=0)
-    bad = fit("compact_cnn", "ce", data, TrainingSpec(epochs=1, lr=1e-7, batch_size=32), root / "bad", seed=1)
+    bad = fit("compact_cnn", "ce", data, TrainingSpec(epochs=1, min_steps=0, lr=1e-7, batch_size=32), root / "bad", seed=1)
     champion = write_ensemble(root / "champion", name="bad", member_dirs={"bad": bad.path}, combiner=None)
     challenger = write_ensemble(root / "challenger", name="good", member_dirs={"good": good.path}, combiner=None)
     torch.set_num_threads(threads)

@@ -23,7 +23,7 @@ def run(tmp_path_factory):
         "models": ["compact_cnn"], "losses": ["ce", "focal", "weighted_ce"],
         "data": {"source": "synthetic_cells", "image_size": 32,
                  "synthetic": {"counts": {"codocyte": 40, "hypochromia": 40, "normal": 160}}},
-        "training": {"epochs": 3, "batch_size": 32, "patience": None, "lr": 0.003},
+        "training": {"epochs": 3, "min_steps": 0, "batch_size": 32, "patience": None, "lr": 0.003},
         "ensemble": {"top_k": [3], "methods": ["vote", "mean", "weighted", "greedy", "stacking"], "model_level": True},
         "evaluation": {"bootstrap": 200, "gradcam_per_class": 2},
     }

@@ -196,7 +196,7 @@ seed: 0
 data: {source: image_folder, image_size: 32, channels: 3, split: {train: 0.6, val: 0.2, test: 0.2}}
 models: [compact_cnn]
 losses: [ce]
-training: {batch_size: 32, epochs: 2, lr: 0.003, patience: null, plateau_patience: null}
+training: {batch_size: 32, epochs: 2, min_steps: 0, lr: 0.003, patience: null, plateau_patience: null}
 ensemble: {methods: [mean], top_k: [2], model_level: false}
 evaluation: {bootstrap: 100, gradcam: false}
 """

@@ -107,7 +107,7 @@ def test_segmentation_answers(tmp_path):
         "data": {"source": "synthetic_segmentation", "image_size": 32, "channels": 1,
                  "class_names": ["background", "lesion"], "synthetic": {"n_images": 24}},
         "models": ["basic_unet"], "losses": ["dice_ce", "dice"],
-        "training": {"epochs": 1, "batch_size": 8, "patience": None, "plateau_patience": None},
+        "training": {"epochs": 1, "min_steps": 0, "batch_size": 8, "patience": None, "plateau_patience": None},
         "ensemble": {"seg_methods": ["weighted"]}, "evaluation": {"bootstrap": 100, "gradcam": False},
     }, tmp_path)
     p = EnsemblePredictor.load(made["weighted"])

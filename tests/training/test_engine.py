@@ -11,7 +11,7 @@ from medens.training.engine import ClassWeightedLoss, build_loss, quick_metrics
 
 
 def spec(**kw):
-    base = dict(epochs=3, batch_size=32, lr=3e-3, patience=None, plateau_patience=None, augment=False)
+    base = dict(epochs=3, min_steps=0, batch_size=32, lr=3e-3, patience=None, plateau_patience=None, augment=False)
     base.update(kw)
     return TrainingSpec(**base)
 

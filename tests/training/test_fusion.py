@@ -50,7 +50,7 @@ def make_data(size: int = 16, channels: int = 1, class_names: list[str] | None =
 
 
 def spec(epochs: int = 1, lr: float = 3e-3) -> TrainingSpec:
-    return TrainingSpec(epochs=epochs, lr=lr, batch_size=16, patience=None, plateau_patience=None, device="cpu",
+    return TrainingSpec(epochs=epochs, min_steps=0, lr=lr, batch_size=16, patience=None, plateau_patience=None, device="cpu",
                         augment=False)
 
 

@@ -16,7 +16,7 @@ from medens.training.calibration import nll
 
 
 def _spec(**kw):
-    base = dict(epochs=4, batch_size=32, lr=3e-3, patience=None, plateau_patience=None, augment="none")
+    base = dict(epochs=4, min_steps=0, batch_size=32, lr=3e-3, patience=None, plateau_patience=None, augment="none")
     base.update(kw)
     return TrainingSpec(**base)
 

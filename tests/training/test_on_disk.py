@@ -17,7 +17,7 @@ def test_a_saved_dataset_loads_on_disk_above_the_threshold_and_trains_the_same(c
     lazy = SplitData.load(tmp_path / "ds")
     assert isinstance(lazy.train.images, FileArray)
     np.testing.assert_array_equal(np.asarray(lazy.train.images), cells32.train.images)
-    spec = TrainingSpec(epochs=2, batch_size=16, patience=None, plateau_patience=None, augment="flips")
+    spec = TrainingSpec(epochs=2, min_steps=0, batch_size=16, patience=None, plateau_patience=None, augment="flips")
     a = fit("compact_cnn", "ce", small, spec, tmp_path / "a", seed=1, progress=False, normalize="zscore")
     b = fit("compact_cnn", "ce", lazy, spec, tmp_path / "b", seed=1, progress=False, normalize="zscore")
     assert (tmp_path / "a" / "weights.pt").read_bytes() == (tmp_path / "b" / "weights.pt").read_bytes()
@@ -67,7 +67,7 @@ def test_segmentation_masks_stay_on_disk_and_train_the_same(tmp_path, monkeypatc
     assert lazy.class_counts("train") == in_memory.class_counts("train")
     # the loader keeps the stored uint8 masks; only each batch becomes int64
     assert _targets(lazy.train, "segmentation") is lazy.train.masks
-    train = TrainingSpec(epochs=2, batch_size=4, patience=None, plateau_patience=None, augment="flips")
+    train = TrainingSpec(epochs=2, min_steps=0, batch_size=4, patience=None, plateau_patience=None, augment="flips")
     a = fit("unet", "dice", in_memory, train, tmp_path / "a", seed=1, progress=False)
     b = fit("unet", "dice", lazy, train, tmp_path / "b", seed=1, progress=False)
     assert (tmp_path / "a" / "weights.pt").read_bytes() == (tmp_path / "b" / "weights.pt").read_bytes()

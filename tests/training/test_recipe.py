@@ -37,7 +37,7 @@ def test_ema_weights_equal_the_hand_computed_average():
 
 
 def _spec(**kw):
-    base = {"epochs": 3, "batch_size": 32, "lr": 3e-3, "patience": None, "plateau_patience": None,
+    base = {"epochs": 3, "min_steps": 0, "batch_size": 32, "lr": 3e-3, "patience": None, "plateau_patience": None,
             "augment": False}
     return TrainingSpec(**{**base, **kw})
 

@@ -18,7 +18,7 @@ CHILD = textwrap.dedent("""
     from medens.training import fit
 
     data_dir, out_dir, pause_at, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
-    spec = TrainingSpec(epochs=4, batch_size=32, lr=3e-3, augment=True, sampler="balanced", patience=None,
+    spec = TrainingSpec(epochs=4, min_steps=0, batch_size=32, lr=3e-3, augment=True, sampler="balanced", patience=None,
                         plateau_patience=1)
 
     def on_epoch_end(row):

@@ -31,7 +31,7 @@ MEMBER = "compact_cnn__ce"
 EPOCHS = 5
 # balanced sampler (sampler RNG), flips (augmentation RNG), plateau schedule, EMA: all must come back
 SPEC = {"name": "ckpt", "task": "classification", "seed": 7, "models": ["compact_cnn"], "losses": ["ce"],
-        "training": {"epochs": EPOCHS, "batch_size": 32, "lr": 3e-3, "augment": "flips", "sampler": "balanced",
+        "training": {"epochs": EPOCHS, "min_steps": 0, "batch_size": 32, "lr": 3e-3, "augment": "flips", "sampler": "balanced",
                      "patience": None, "plateau_patience": 1, "ema_decay": 0.9, "device": "cpu"}}
 # Slows the victim down after each publish, so the kill lands while it trains, not after it ended;
 # it changes no number (no RNG is touched), and the reruns do not load it.

@@ -14,7 +14,7 @@ def test_study2_grid():
 
 
 def test_search_writes_csv_and_markdown_and_picks_best(cells32, tmp_path):
-    spec = TrainingSpec(epochs=1, batch_size=32, patience=None, plateau_patience=None, augment=False)
+    spec = TrainingSpec(epochs=1, min_steps=0, batch_size=32, patience=None, plateau_patience=None, augment=False)
     grid = {"training.lr": [1e-12, 3e-3]}
     res = search("compact_cnn", "ce", cells32, grid, spec, tmp_path, k=2, metric="val_loss", seed=0)
     with open(res.csv_path) as f:

@@ -29,6 +29,7 @@ __all__ = [
     "accuracy",
     "balanced_accuracy",
     "check_aligned",
+    "collapsed_members",
     "confusion_matrix",
     "is_better",
     "log_loss",
@@ -172,13 +173,31 @@ def check_aligned(val: Mapping[str, Predictions], *, target: str = "labels") -> 
             )
 
 
-def rank_members(val: Mapping[str, Predictions], metric: str = "mcc") -> list[tuple[str, float]]:
+def collapsed_members(val: Mapping[str, Predictions]) -> dict[str, int]:
+    """Members whose validation predictions all fall in one class while the labels hold several
+    (:func:`medens.training.collapse.collapsed_class`): member id -> that class's index."""
+    from medens.training.collapse import collapsed_class
+
+    out = {}
+    for mid, p in val.items():
+        c = collapsed_class(p.probs, p.labels)
+        if c is not None:
+            out[mid] = c
+    return out
+
+
+def rank_members(val: Mapping[str, Predictions], metric: str = "mcc", *,
+                 collapsed: str = "last") -> list[tuple[str, float]]:
     """Rank members by a validation metric, best first (Rajaraman et al., PLoS ONE 2021).
 
     Args:
         val: member id -> validation ``Predictions`` (same ids and labels for every member).
         metric: one of ``mcc`` (default), ``accuracy``, ``macro_f1``, ``balanced_accuracy``
             (higher is better) or ``log_loss`` (lower is better).
+        collapsed: where members that predict one class on these predictions go
+            (:func:`collapsed_members`): ``last`` (default: after every other member, so a top-k
+            takes one only when too few others are left), ``drop`` (left out; all kept when every
+            member collapsed) or ``keep`` (ranked by the metric like the rest).
 
     Returns:
         ``[(member_id, score), ...]`` best first; equal scores are ordered by member id so the
@@ -188,10 +207,15 @@ def rank_members(val: Mapping[str, Predictions], metric: str = "mcc") -> list[tu
         ValueError: unknown metric, or members that disagree on ids or labels (see ``check_aligned``).
     """
     _check_metric(metric)
+    if collapsed not in ("last", "drop", "keep"):
+        raise ValueError(f"collapsed must be 'last', 'drop' or 'keep', got {collapsed!r}")
     check_aligned(val, target="labels")
+    bad = set() if collapsed == "keep" else set(collapsed_members(val))
+    if collapsed == "drop" and len(bad) < len(val):
+        val = {m: p for m, p in val.items() if m not in bad}
     scores = [(mid, metric_score(p.labels, p.probs, metric=metric)) for mid, p in val.items()]
     sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
-    return sorted(scores, key=lambda item: (sign * item[1], item[0]))
+    return sorted(scores, key=lambda item: (item[0] in bad, sign * item[1], item[0]))
 
 
 def top_k(val: Mapping[str, Predictions], k: int, metric: str = "mcc") -> list[str]:

@@ -12,7 +12,10 @@ unlikely to be chance (METHODS section 6):
 - ``dice`` / ``iou`` (segmentation): a paired bootstrap over images of the per-image difference,
   the test :func:`medens.evaluation.systems.evaluate_segmentation` uses.
 
-With no champion (the first deployment) the challenger is promoted.
+With no champion (the first deployment) the challenger is promoted. A challenger that has
+collapsed onto one class (:mod:`medens.training.collapse`: so recorded by the evaluation stage on
+validation, or predicting one class on the gate's own images while they hold several) is never
+promoted, champion or not.
 """
 
 from __future__ import annotations
@@ -62,8 +65,19 @@ def _paired_image_bootstrap(a: np.ndarray, b: np.ndarray, n_resamples: int, seed
     return float((1 + np.sum(np.abs(boot - d.mean()) >= abs(d.mean()))) / (1 + n_resamples))
 
 
+def _collapse_refusal(y: np.ndarray, chal: np.ndarray, seg: bool, recorded: str | None) -> str | None:
+    """Why a collapsed challenger is refused, or ``None``."""
+    from medens.training.collapse import collapsed_class
+
+    if recorded:
+        return f"the challenger has collapsed: it predicts only {recorded} on validation"
+    c = None if seg else collapsed_class(chal, y)
+    return None if c is None else f"the challenger has collapsed: it predicts only class {c} on these {len(y)} images"
+
+
 def gate_decision(y_true: Any, champion_probs: Any | None, challenger_probs: Any, *, metric: str = "mcc",
-                  alpha: float = 0.05, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+                  alpha: float = 0.05, n_resamples: int = 2000, seed: int = 0,
+                  challenger_collapsed: str | None = None) -> dict[str, Any]:
     """Decide whether the challenger replaces the champion.
 
     The challenger is promoted only when it is better on ``metric`` and the paired test gives
@@ -80,10 +94,13 @@ def gate_decision(y_true: Any, champion_probs: Any | None, challenger_probs: Any
         alpha: significance level of the paired test.
         n_resamples: bootstrap resamples.
         seed: bootstrap seed.
+        challenger_collapsed: what the challenger collapsed onto on validation (e.g. ``"class
+            'normal'"``), as the evaluation stage recorded it; it is refused whatever its score.
+            Without it a challenger predicting one class on ``y_true``'s images is refused too.
 
     Returns:
         ``{"promote", "reason", "metric", "champion", "challenger", "difference", "p_value",
-        "test", "alpha", "n"}``; values are the metric of each system on these images.
+        "test", "alpha", "n", "collapsed"}``; values are the metric of each system on these images.
 
     Raises:
         ValueError: for an unknown metric, bad ``alpha`` or mismatched shapes.
@@ -108,10 +125,13 @@ def gate_decision(y_true: Any, champion_probs: Any | None, challenger_probs: Any
         return float(METRICS[name](y, probs)), None
 
     chal_value, chal_per = score(chal)
+    refusal = _collapse_refusal(y, chal, seg, challenger_collapsed)
+    out["collapsed"] = refusal is not None
     if champion_probs is None:
-        return {**out, "promote": True, "champion": None, "challenger": chal_value, "difference": None,
+        return {**out, "promote": refusal is None, "champion": None, "challenger": chal_value, "difference": None,
                 "p_value": None, "test": None,
-                "reason": f"no champion is serving; the challenger ({name} {chal_value:.4f}) is promoted"}
+                "reason": f"not promoted: {refusal}" if refusal else
+                f"no champion is serving; the challenger ({name} {chal_value:.4f}) is promoted"}
     champ = np.asarray(champion_probs, dtype=np.float64)
     if champ.shape != chal.shape:
         raise ValueError(f"champion_probs {champ.shape} and challenger_probs {chal.shape} differ in shape")
@@ -135,9 +155,11 @@ def gate_decision(y_true: Any, champion_probs: Any | None, challenger_probs: Any
     diff = chal_value - champ_value
     better = diff > 0 if higher else diff < 0
     significant = p < alpha
-    promote = bool(better and significant)
+    promote = bool(better and significant and refusal is None)
     values = f"challenger {name} {chal_value:.4f} vs champion {champ_value:.4f}, {test} p = {p:.4g}"
-    if promote:
+    if refusal:
+        reason = f"champion kept: {refusal} ({values})"
+    elif promote:
         reason = f"challenger wins: {values} < alpha {alpha:g}"
     elif not better:
         reason = f"champion kept: the challenger is not better ({values})"
@@ -185,6 +207,23 @@ def ensemble_predictions(artifact_dir: str | os.PathLike, data_dir: str | os.Pat
                        masks=part.masks, class_names=ens.class_names)
 
 
+def _recorded_collapse(artifact_dir: str | os.PathLike) -> str | None:
+    """What a challenger artifact records it collapsed onto on validation: an ensemble artifact's
+    ``evaluation.collapsed`` (the evaluation stage), a model artifact's ``collapsed_class``."""
+    import json
+
+    d = Path(artifact_dir)
+    if (d / "ensemble.json").is_file():
+        ev = json.loads((d / "ensemble.json").read_text()).get("evaluation") or {}
+        if ev.get("collapsed"):
+            return f"one class ({ev.get('system')} was selected although every system collapsed)"
+        return None
+    if (d / "model.json").is_file():
+        m = json.loads((d / "model.json").read_text())
+        return f"class {m.get('collapsed_class')!r}" if m.get("collapsed") else None
+    return None
+
+
 def compare_ensembles(champion_dir: str | os.PathLike | None, challenger_dir: str | os.PathLike,
                       data_dir: str | os.PathLike, split: str = "test", *, metric: str | None = None,
                       alpha: float = 0.05, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -209,6 +248,7 @@ def compare_ensembles(champion_dir: str | os.PathLike | None, challenger_dir: st
         if cp.class_names and chal.class_names and list(cp.class_names) != list(chal.class_names):
             raise ValueError(f"champion classes {cp.class_names} differ from challenger classes {chal.class_names}")
         champ = cp.probs
-    out = gate_decision(truth, champ, chal.probs, metric=metric, alpha=alpha, n_resamples=n_resamples, seed=seed)
+    out = gate_decision(truth, champ, chal.probs, metric=metric, alpha=alpha, n_resamples=n_resamples, seed=seed,
+                        challenger_collapsed=_recorded_collapse(challenger_dir))
     out["split"] = split
     return out

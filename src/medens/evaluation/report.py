@@ -211,18 +211,23 @@ th,td{border:1px solid #d8dde6;padding:.35rem .5rem;text-align:left} th{backgrou
 tr.best td{background:#eaf6ec;font-weight:600} tr.ref td{background:#fff6e0}
 .figs{display:flex;flex-wrap:wrap;gap:1rem} .figs img{max-width:100%;border:1px solid #e3e6ec}
 .note{font-size:.85rem;color:#5b6575} code{background:#f2f4f8;padding:0 .25rem}
+.warn{background:#fdecea;border:1px solid #e0a39d;color:#7a1f16;padding:.6rem .9rem;margin:1rem 0}
 """
 
 
 def render_html(title: str, subtitle: str, head: list[str], rows: list[list[str]],
                 figures: list[tuple[str, str | list[tuple[str, str]]]], notes: list[str], best: str,
-                reference: str) -> str:
+                reference: str, warnings: list[str] | None = None) -> str:
     """The self-contained page. A figure entry is ``(caption, b64)`` or ``(section, [(caption, b64), ...])``
-    for images shown side by side."""
+    for images shown side by side; ``warnings`` (:func:`collapse_warnings`) come first, in a red box."""
     esc = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
-           f"<h1>{esc(title)}</h1>", f'<p class="sub">{esc(subtitle)}</p>', "<h2>Leaderboard (ordered by the selection score; test metrics to report)</h2>",
+           f"<h1>{esc(title)}</h1>", f'<p class="sub">{esc(subtitle)}</p>']
+    if warnings:
+        out.append('<div class="warn"><h2>Warnings: class collapse</h2>'
+                   + "<br>".join(esc(w) for w in warnings) + "</div>")
+    out += ["<h2>Leaderboard (ordered by the selection score; test metrics to report)</h2>",
            "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for r in rows:
         cls = ' class="best"' if r[1] == best else (' class="ref"' if r[1] == reference else "")
@@ -237,8 +242,12 @@ def render_html(title: str, subtitle: str, head: list[str], rows: list[list[str]
     return "\n".join(out)
 
 
-def render_markdown(title: str, subtitle: str, head: list[str], rows: list[list[str]], notes: list[str]) -> str:
-    lines = [f"# {title}", "", subtitle, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def render_markdown(title: str, subtitle: str, head: list[str], rows: list[list[str]], notes: list[str],
+                    warnings: list[str] | None = None) -> str:
+    lines = [f"# {title}", "", subtitle, ""]
+    if warnings:
+        lines += ["## Warnings: class collapse", "", *[f"- **{w}**" for w in warnings], ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", *[f"- {n}" for n in notes], ""]
     return "\n".join(lines)
@@ -275,6 +284,20 @@ def significance_note(result: dict[str, Any], alpha: float, task: str) -> str:
                 f"reference {ref} on this test split; the differences in the table are within chance.")
     return (f"Significance at alpha {alpha:g} (Holm-corrected), against the reference {ref}: "
             + "; ".join(found) + ". Every other difference in the table is not significant.")
+
+
+def collapse_warnings(result: dict[str, Any]) -> list[str]:
+    """One line per system that predicts a single class on its selection (validation) predictions,
+    and, when the selected system is one of them, that the run failed on quality."""
+    from medens.training.collapse import collapse_warning
+
+    out = []
+    if result.get("quality") == "failed":
+        out.append(f"RUN FAILED ON QUALITY: {result.get('quality_reason')}")
+    for name, cls in (result.get("collapsed") or {}).items():
+        kind = result.get("systems", {}).get(name, {}).get("kind", "system")
+        out.append(collapse_warning(name, {"collapsed_class": cls}, kind))
+    return out
 
 
 def report_notes(result: dict[str, Any], spec: ExperimentSpec) -> list[str]:
@@ -345,8 +368,10 @@ def write_report(spec: ExperimentSpec, result: dict[str, Any], data, members: di
     subtitle = " — ".join(x for x in (spec.description, f"test n={len(data.test)}, {len(members)} members, "
                                       f"{n_ens} ensembles; selected on validation {result['gate_metric']}") if x)
     notes = report_notes(result, spec) + duplicate_notes(getattr(data, "info", {}))  # the leak check's finding
-    atomic_write_text(out / "report.html", render_html(title, subtitle, head, rows, figures, notes, selected, reference))
-    atomic_write_text(out / "report.md", render_markdown(title, subtitle, head, rows, notes))
+    warnings = collapse_warnings(result)
+    atomic_write_text(out / "report.html", render_html(title, subtitle, head, rows, figures, notes, selected, reference,
+                                                       warnings))
+    atomic_write_text(out / "report.md", render_markdown(title, subtitle, head, rows, notes, warnings))
     return {"leaderboard": [dict(zip(head, r)) for r in rows], "report": str(out / "report.html")}
 
 

@@ -7,7 +7,9 @@ model-level ensemble by its validation predictions (it was trained on the traini
 selected system is the one with the highest selection score on the gate metric; systems that tie
 on it (a small validation split often scores several at 1.0) are told apart by the validation
 log-loss of the same predictions, a proper scoring rule that still sees how sure each system is
-of the right class, and only then by name. Only then is
+of the right class, and only then by name. A system whose selection predictions all fall in one
+class (:mod:`medens.training.collapse`) is ranked after every system that did not collapse, so it
+is selected only when every system collapsed (and the run then says so). Only then is
 every system scored on the test split, once, to report: metrics of METHODS section 6 with 95%
 bootstrap CIs (and study 1's normal-approximation CI for accuracy) and paired tests against the
 reference (the best single member on validation), Holm-corrected across the comparisons:
@@ -29,7 +31,8 @@ CI_METRICS = ("accuracy", "mcc", "f1_macro", "auroc_macro")
 SELECTION_RULE = ("highest validation {metric}: members on their validation predictions, prediction-level "
                   "ensembles on {folds}-fold cross-fitted (out-of-fold) validation predictions, model-level "
                   "ensembles on their validation predictions; ties by the validation log-loss of the same "
-                  "predictions (lower first), then by name")
+                  "predictions (lower first), then by name; a system that predicts one class on those "
+                  "predictions (collapsed) only after every system that does not")
 
 
 def selection_score(metric: str, *, probs: np.ndarray, labels: np.ndarray | None = None,
@@ -44,15 +47,17 @@ def selection_score(metric: str, *, probs: np.ndarray, labels: np.ndarray | None
     return value if math.isfinite(value) else None
 
 
-def selection_order(scores: dict[str, float | None], tiebreak: dict[str, float | None] | None = None) -> list[str]:
+def selection_order(scores: dict[str, float | None], tiebreak: dict[str, float | None] | None = None,
+                    collapsed: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Systems by selection score, best first; equal scores by ``tiebreak`` (lower first: the
-    validation log-loss; a system without one after those with one), then by name; systems
-    without a score last, by name."""
+    validation log-loss; a system without one after those with one), then by name; systems in
+    ``collapsed`` (predicting one class) after every scored system that is not; systems without
+    a score last, by name."""
     tb = tiebreak or {}
 
-    def key(n: str) -> tuple[float, float, str]:
+    def key(n: str) -> tuple[bool, float, float, str]:
         t = tb.get(n)
-        return -float(scores[n]), float(t) if t is not None and math.isfinite(t) else math.inf, n
+        return n in collapsed, -float(scores[n]), float(t) if t is not None and math.isfinite(t) else math.inf, n
 
     scored = sorted((n for n, s in scores.items() if s is not None), key=key)
     return scored + sorted(n for n, s in scores.items() if s is None)

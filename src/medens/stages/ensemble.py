@@ -62,6 +62,7 @@ def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_pa
     """
     from medens.ensemble import fit_ensemble, fit_seg_ensemble, rank_members
     from medens.ensemble.crossfit import DEFAULT_FOLDS, crossfit_predictions
+    from medens.ensemble.selection import collapsed_members
 
     members = member_dirs(member_paths)
     out = Path(out_dir)
@@ -71,6 +72,9 @@ def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_pa
     made: dict[str, Path] = {}
     skipped: dict[str, str] = {}
     selection: dict[str, dict[str, Any]] = {}
+    collapsed = {} if spec.task == "segmentation" else collapsed_members(val)
+    # members that collapsed onto one class never enter a top-k while enough others are left
+    eligible = [m for m in val if m not in collapsed] or list(val)
 
     def prediction_level(name: str, method: str, ids: list[str], fit, top_k: int | None, **extra) -> None:
         try:
@@ -80,7 +84,7 @@ def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_pa
             return
         made[name] = _save(out / name, name, ens, {m: members[m] for m in ids}, val, test, lineage, extra)
         try:
-            oof = crossfit_predictions(method, {m: val[m] for m in (ids if top_k is None else val)}, top_k=top_k,
+            oof = crossfit_predictions(method, {m: val[m] for m in (ids if top_k is None else eligible)}, top_k=top_k,
                                        rank_metric=spec.ensemble.rank_metric, seed=spec.seed)
         except (ValueError, RuntimeError) as e:
             selection[name] = {"basis": None, "reason": f"cross-fitting failed: {_reason(e)}"}
@@ -90,16 +94,18 @@ def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_pa
                     class_names=first.class_names).save(made[name] / "predictions" / OOF)
         selection[name] = {"basis": f"{DEFAULT_FOLDS}-fold cross-fitted validation predictions", "folds": DEFAULT_FOLDS}
 
-    if len(members) < 2:
+    if len(members) < 2 or len(eligible) < 2:
         names = spec.ensemble.seg_methods if spec.task == "segmentation" else spec.ensemble.methods
         for method in names:
-            skipped[method] = f"needs at least 2 members, this run has {len(members)}"
+            skipped[method] = (f"needs at least 2 members, this run has {len(members)}" if len(members) < 2 else
+                               f"needs at least 2 members that did not collapse onto one class; only "
+                               f"{', '.join(eligible)} did not")
     elif spec.task == "segmentation":
         ids = list(members)
         for method in spec.ensemble.seg_methods:
             prediction_level(method, method, ids, lambda m=method: fit_seg_ensemble(m, {i: val[i] for i in ids}), None)
     else:
-        ranking = [mid for mid, _ in rank_members(val, metric=spec.ensemble.rank_metric)]
+        ranking = [mid for mid, _ in rank_members({m: val[m] for m in eligible}, metric=spec.ensemble.rank_metric)]
         ks = sorted({min(k, len(ranking)) for k in spec.ensemble.top_k if min(k, len(ranking)) >= 2})
         for k in ks:
             ids = ranking[:k]
@@ -116,7 +122,9 @@ def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_pa
                     selection[name] = {"basis": "validation predictions (trained on the training split)"}
                 except (ValueError, RuntimeError) as e:
                     skipped[name] = _reason(e)
-    atomic_write_text(out / INDEX, json.dumps({"made": sorted(made), "skipped": skipped, "selection": selection},
+    atomic_write_text(out / INDEX, json.dumps({"made": sorted(made), "skipped": skipped, "selection": selection,
+                                               "collapsed_members": {m: val[m].class_names[c] if val[m].class_names
+                                                                     else c for m, c in collapsed.items()}},
                                               indent=2))
     return made
 

@@ -31,12 +31,15 @@ def _selection(metric: str, members: dict[str, Path], ensembles: dict[str, Path]
     """Each system's selection score on validation data that neither trained nor fitted it, and the
     validation log-loss of the same predictions that breaks ties (classification)."""
     from medens.evaluation.systems import selection_log_loss, selection_score
+    from medens.training.collapse import collapse_entry
     from medens.training.predictions import Predictions
 
-    def score(path: Path) -> dict[str, float | None]:
+    def score(path: Path) -> dict[str, Any]:
         p = Predictions.load(path)
         return {"score": selection_score(metric, probs=p.probs, labels=p.labels, masks=p.masks),
-                "log_loss": selection_log_loss(probs=p.probs, labels=p.labels, masks=p.masks)}
+                "log_loss": selection_log_loss(probs=p.probs, labels=p.labels, masks=p.masks),
+                # the same predictions: a system that puts every one in one class has collapsed
+                **(collapse_entry(p.probs, p.labels, p.class_names) if p.masks is None else {})}
 
     out: dict[str, dict[str, Any]] = {}
     for name, d in members.items():
@@ -89,13 +92,20 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     index = read_index(ensembles_dir)
     metric = gate_metric(spec)
     selection = _selection(metric, members, ensembles, index)
+    collapsed = {n: s.get("collapsed_class") for n, s in selection.items() if s.get("collapsed")}
     order = selection_order({n: s["score"] for n, s in selection.items()},
-                            {n: s.get("log_loss") for n, s in selection.items()})
+                            {n: s.get("log_loss") for n, s in selection.items()}, set(collapsed))
     if selection[order[0]]["score"] is None:
         raise ValueError(f"no system has a validation {metric}; nothing can be selected to serve: "
                          + "; ".join(f"{n}: {s.get('reason')}" for n, s in selection.items()))
     selected = order[0]
     reference = next(n for n in order if n in members and selection[n]["score"] is not None)
+    quality = {"quality": "ok"}
+    if selected in collapsed:  # ranked last among the scored: every scored system collapsed
+        quality = {"quality": "failed", "quality_reason": (
+            f"every system predicts one class on validation; {selected} was selected by the rule but "
+            f"predicts only {collapsed[selected]!r}: do not serve it (train longer: training.min_steps, or "
+            "with class weights)")}
 
     # the test split, once, to report
     data = SplitData.load(data_dir)
@@ -120,7 +130,7 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
         # reported only, never used to choose: how far the selection is from the test optimum
         "best_on_test": max(finite, key=lambda n: (finite[n], n)) if finite else None,
         "skipped": dict(index.get("skipped", {})), "n_test": len(data.test),
-        "data_source": data.info.get("source"),
+        "data_source": data.info.get("source"), "collapsed": collapsed, **quality,
     })
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=float))
     if spec.task == "classification":
@@ -134,7 +144,8 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
                "selection_rule": result["selection_rule"], "selection_score": selection[selected]["score"],
                "best_on_test": result["best_on_test"], "skipped": result["skipped"],
                "leaderboard": rendered["leaderboard"], "report": "report.html", "members": list(members),
-               "ensembles": list(ensembles), "data_source": result["data_source"],
+               "ensembles": list(ensembles), "data_source": result["data_source"], "collapsed": collapsed,
+               **quality,
                "best_metrics": {k: float(v) for k, v in best.items()
                                 if isinstance(v, int | float) and not isinstance(v, bool) and v == v}}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
@@ -164,7 +175,8 @@ def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], en
     evaluation = {"experiment": metrics.get("experiment"), "system": best, "kind": entry["kind"],
                   "gate_metric": metrics.get("gate_metric"), "selection_rule": metrics.get("selection_rule"),
                   "selection_score": metrics["selection"][best]["score"], "test_metrics": test_metrics,
-                  "n_test": metrics.get("n_test")}
+                  "n_test": metrics.get("n_test"), "collapsed": bool(metrics["selection"][best].get("collapsed")),
+                  "quality": metrics.get("quality", "ok")}
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)

@@ -15,6 +15,7 @@ from medens.stages.evaluate import evaluate_systems
 from medens.stages.registry import register_artifact
 from medens.stages.train import train_member
 from medens.storage.atomic import atomic_write_text
+from medens.training.collapse import collapse_warning
 
 
 def run_experiment(spec: ExperimentSpec, run_dir: str | os.PathLike, *, progress: bool | None = None,
@@ -36,11 +37,18 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | os.PathLike, *, progress
         t = time.perf_counter()
         paths.append(train_member(spec, run / "data", member, run / "members" / member["id"], progress=progress))
         log(f"[train {i}/{len(grid)}] {member['id']} ({time.perf_counter() - t:.0f} s)")
+        manifest = json.loads((paths[-1] / "model.json").read_text())
+        if manifest.get("collapsed"):
+            log(f"[train {i}/{len(grid)}] {collapse_warning(member['id'], manifest)}")
     made = build_ensembles(spec, run / "data", paths, run / "ensembles", progress=progress)
     log(f"[ensemble] {', '.join(made) or 'none'}")
     summary = evaluate_systems(spec, run / "data", paths, run / "ensembles", run / "evaluation", run / "best")
+    if summary.get("quality") == "failed":
+        log(f"[evaluate] RUN FAILED ON QUALITY: {summary['quality_reason']}")
     summary["report"] = str(run / "evaluation" / "report.html")
-    if register:
+    if register and summary.get("quality") == "failed":
+        log("[register] not registered: a system that predicts one class is never made the champion")
+    elif register:
         reg = register_artifact(run / "best", str(run / "registry"), spec.name, version=run.name)
         summary["uri"] = reg["uri"]
     summary["seconds"] = round(time.perf_counter() - t0, 1)

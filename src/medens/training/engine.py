@@ -50,6 +50,7 @@ from medens.models.artifact import (
 )
 from medens.storage.atomic import atomic_write_bytes
 from medens.training.checkpoints import StoreCheckpoints
+from medens.training.collapse import collapse_entry
 from medens.training.device import Precision, select_device, select_precision
 from medens.training.predictions import Predictions, logits_to_probs
 
@@ -68,6 +69,8 @@ class FitResult:
     history: list[dict]
     val_metrics: dict
     precision: str
+    collapse: dict | None = None
+    """classification: :func:`medens.training.collapse.collapse_entry` of the validation predictions"""
 
 
 def _component(c: ComponentSpec | str | dict) -> ComponentSpec:
@@ -408,7 +411,8 @@ def fit(
     out.mkdir(parents=True, exist_ok=True)
     if resume and (out / MANIFEST).is_file():
         m = read_manifest(out)
-        return FitResult(out, m["best_epoch"], m["history"], m["val_metrics"], m.get("precision", ""))
+        return FitResult(out, m["best_epoch"], m["history"], m["val_metrics"], m.get("precision", ""),
+                         _collapse_of(m))
     ckpt_path = out / CHECKPOINT
     if resume and checkpoint_store is not None and not ckpt_path.is_file():
         checkpoint_store.restore(out)  # a retried pod's empty output folder: continue from the store's
@@ -585,6 +589,7 @@ def fit(
         inference["temperature"], calibration = ts.temperature, ts.to_dict()
         probs = apply_temperature(torch.from_numpy(probs), ts.temperature).numpy()
     val_metrics = {"val_loss": history[best_epoch - 1]["val_loss"], **quick_metrics(task, probs, target)}
+    collapse = collapse_entry(probs, target, data.class_names) if task == "classification" else None
     preds = Predictions(probs=probs.astype(np.float16 if task == "segmentation" else np.float32), ids=data.val.ids,
                         labels=data.val.labels, masks=data.val.masks, class_names=data.class_names)
     preds.save(out / "predictions" / "val.npz")
@@ -609,6 +614,7 @@ def fit(
         "steps_per_epoch": steps_per_epoch,
         "monitor": monitor,
         "val_metrics": val_metrics,
+        **(collapse or {}),  # collapsed: true (with collapsed_class) when every validation image gets one class
         "inference": inference,
         **({"calibration": calibration} if calibration else {}),
         "precision": precision.describe(),
@@ -618,7 +624,14 @@ def fit(
     write_manifest(out, manifest)
     if checkpoint_store is not None:
         checkpoint_store.clear()
-    return FitResult(out, best_epoch, history, val_metrics, precision.describe())
+    return FitResult(out, best_epoch, history, val_metrics, precision.describe(), collapse)
+
+
+def _collapse_of(manifest: dict) -> dict | None:
+    """The collapse entry a ``model.json`` records (``None`` for segmentation or older artifacts)."""
+    if "collapsed" not in manifest:
+        return None
+    return {k: manifest[k] for k in ("collapsed", "predicted_classes", "collapsed_class") if k in manifest}
 
 
 @torch.no_grad()
@@ -665,4 +678,5 @@ def predict_split(path: str | os.PathLike, split: Split, *, batch_size: int = 25
 def describe_run(result: FitResult) -> dict[str, Any]:
     """A compact summary of a run (for the CLI and logs)."""
     return {"artifact": str(result.path), "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-            **{k: round(v, 4) for k, v in result.val_metrics.items()}, "precision": result.precision}
+            **{k: round(v, 4) for k, v in result.val_metrics.items()}, "precision": result.precision,
+            **(result.collapse or {})}
