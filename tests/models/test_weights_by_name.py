@@ -63,8 +63,9 @@ def test_a_member_with_imagenet_weights_trains_and_records_file_and_sha256(tmp_p
     data.save(tmp_path / "data")
     spec = parse_spec({
         "name": "w", "models": [{"name": "timm_efficientnet_lite0", "weights": "imagenet"}], "losses": ["focal"],
-        "training": {"epochs": 1, "min_steps": 0, "batch_size": 64, "patience": None, "lr": 1e-3, "augment": "none",
-                     "calibrate": False, "device": "cpu", "num_workers": 0}})
+        "training": {"optimizer": "adam", "lr": 1e-3, "schedule": "plateau", "plateau_patience": None, "epochs": 1,
+                     "min_steps": 0, "batch_size": 64, "patience": None, "ema_decay": None, "augment": "none",
+                     "tta": "none", "calibrate": False, "device": "cpu", "num_workers": 0}})
     [member] = training_grid(spec)
     assert member["id"] == "lite0-in1k__focal"
     assert member["model"] == {"name": "timm_efficientnet_lite0", "weights": "imagenet", "params": {}}
@@ -83,6 +84,13 @@ def test_a_member_with_imagenet_weights_trains_and_records_file_and_sha256(tmp_p
     # one Adam step at lr 1e-3 from the ImageNet stem: moved (it trained), by about lr (it started there)
     step = (trained - _stem()).abs().max().item()
     assert 0 < step < 3e-3
+    # a model-level ensemble of it needs no weights file either: its members come from weights.pt
+    from medens.models.fusion import fusion_spec
+
+    fused = fusion_spec([out], "feature")
+    assert fused.params["members"] == [{"name": "timm_efficientnet_lite0", "kwargs": {"in_channels": 3,
+                                                                                    "num_classes": 3}}]
+    assert build(fused.name, in_channels=3, num_classes=3, **fused.params).pretrained is None
 
 
 def test_without_the_package_the_error_names_it_and_the_setting(monkeypatch):

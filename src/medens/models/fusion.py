@@ -37,7 +37,7 @@ from torch import nn
 
 from medens.models._build import build
 from medens.models._common import MODELS, ClassifierModel, register
-from medens.models.artifact import load_artifact, read_manifest
+from medens.models.artifact import STARTING_WEIGHTS, load_artifact, read_manifest
 
 if TYPE_CHECKING:
     from medens.config import ComponentSpec
@@ -412,7 +412,10 @@ class MemberInfo:
         """Hold ``manifests`` read from ``paths`` (already checked to agree)."""
         self.paths = paths
         self.manifests = manifests
-        self.specs = [{"name": m["architecture"]["name"], "kwargs": dict(m["architecture"]["kwargs"])}
+        # without the members' starting weights (weights=imagenet, weights_path): a fusion rebuilt from
+        # its own artifact gets every tensor from its weights.pt, and needs no weights file
+        self.specs = [{"name": m["architecture"]["name"],
+                       "kwargs": {k: v for k, v in m["architecture"]["kwargs"].items() if k not in STARTING_WEIGHTS}}
                       for m in manifests]
         self.class_names: list[str] = list(manifests[0]["class_names"])
         self.input: dict[str, Any] = dict(manifests[0]["input"])
