@@ -364,7 +364,9 @@ def test_a_validation_split_that_cannot_support_stacking_degrades_not_aborts(tmp
     spec = parse_spec({**TINY, "name": "tail",
                        "data": {"source": "synthetic_cells", "image_size": 32,
                                 "synthetic": {"counts": {"codocyte": 60, "hypochromia": 60, "normal": 5}}},
-                       "losses": ["ce", "weighted_ce"], "training": {**TINY["training"], "epochs": 2},
+                       # 2 epochs (12 steps) left both members predicting one class: a run that the
+                       # collapse guard refuses to register; 120 steps learn the cells
+                       "losses": ["ce", "weighted_ce"], "training": {**TINY["training"], "epochs": 2, "min_steps": 120},
                        "ensemble": {"methods": ["mean", "stacking"], "top_k": [2]}})
     s = run_experiment(spec, tmp_path / "run", log=lambda *a: None)
     data = json.loads((tmp_path / "run" / "data" / "dataset.json").read_text())

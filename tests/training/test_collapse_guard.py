@@ -47,8 +47,8 @@ def test_readme_style_spec_trains_members_that_predict_every_class(tmp_path):
     """The README-style spec (compact CNN, five losses, Adam, 15 epochs, early stopping on the
     validation loss, no min_steps) on 190 long-tailed real images: with the default min_steps
     (300 optimiser steps, where 15 epochs of 6 steps give 90) every member predicts all five
-    classes on validation. (With the old default, min_steps 0, the issue's run on this set at 32 px
-    left every member predicting one class.)"""
+    classes on validation. (With the old default, min_steps 0, issue 22's run of this spec on the
+    benchmark's digits_small set left every member predicting one class.)"""
     data = small_long_tailed_digits(16)
     assert np.bincount(data.train.labels).tolist() == [138, 30, 12, 6, 4]
     spec = parse_spec({"name": "readme", "models": ["compact_cnn"], "losses": LOSSES,
