@@ -297,6 +297,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from medens.stages.init import format_init, init_experiment
+
+    result = init_experiment(args.path, task=args.task, out=args.out, image_size=args.size,
+                             timing_steps=args.timing_steps, force=args.force)
+    print(format_init(result))
+    return 0
+
+
 def cmd_losses_list(args: argparse.Namespace) -> int:
     from medens.losses import format_table
 
@@ -320,6 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recipes", help="list the packaged recipes (`recipe: NAME` in a spec), or show one")
     rc.add_argument("name", nargs="?", help="a recipe to show field by field")
     rc.set_defaults(func=cmd_recipes)
+    ini = sub.add_parser("init", help="look at a folder of images (or a CSV manifest) and write a commented spec "
+                                      "that runs the imbalanced-2d recipe on it, with a time estimate")
+    ini.add_argument("path", help="an image folder (one sub-folder per class, optionally under train/ val/ test/), "
+                                  "a segmentation folder (images/ + masks/) or a CSV manifest")
+    ini.add_argument("--task", choices=["classification", "segmentation"], help="default: from the layout")
+    ini.add_argument("--out", default="spec.yaml", help="the spec to write (default spec.yaml)")
+    ini.add_argument("--size", type=int, help="data.image_size (default: from the images' sizes)")
+    ini.add_argument("--timing-steps", type=int, default=3, help="training steps timed per model for the "
+                                                                 "estimate (0: no estimate)")
+    ini.add_argument("--force", action="store_true", help="replace --out when it exists")
+    ini.set_defaults(func=cmd_init)
 
     data = sub.add_parser("data", help="data stage: summaries and synthetic data")
     dsub = data.add_subparsers(dest="data_command", required=True)
