@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import re
 import statistics
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,9 @@ def _dicom_header(path: Path) -> Header:
     from medens.data.dicom import _no_pixels
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with warnings.catch_warnings():  # a damaged header is reported below, once, not as pydicom's warnings
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as e:
         raise ValueError(f"unreadable DICOM header ({type(e).__name__}: {e})") from None
     if "Rows" not in ds or "Columns" not in ds:
