@@ -150,6 +150,16 @@ def test_a_file_name_id_pattern_is_proposed_and_the_data_stage_follows_it(tmp_pa
     assert survey(tmp_path / "flat").grouping.group_by is None
 
 
+def test_patients_in_two_split_folders_are_reported_not_proposed(tmp_path):
+    for p in range(12):
+        for k in range(2):
+            split = "test" if p >= 9 or (p == 0 and k == 1) else "train"  # person0 in train and test
+            png(tmp_path / "d" / split / ("x" if p % 2 else "y") / f"person{p}_{k}.png", 16, 16)
+    g = survey(tmp_path / "d").grouping
+    assert g.group_by is None and g.groups == 12 and g.shared == ["person0 in test and train"]
+    assert "1 of them are in more than one split folder" in g.reason
+
+
 def test_segmentation_folder(tmp_path):
     root = tmp_path / "seg"
     for i in range(10):
