@@ -274,8 +274,9 @@ def _found_lines(found: Survey) -> list[str]:
             split = "" if found.parts == [ALL] else " (" + ", ".join(f"{p} {per[p][c]}" for p in found.parts) + ")"
             lines.append(f"class {c}: {totals[c]}{split}")
         big, small = max(totals, key=totals.get), min(totals, key=totals.get)
-        lines.append(f"imbalance ratio: {found.imbalance_ratio:.1f} (max/min: {big} {totals[big]} / {small} "
-                     f"{totals[small]})")
+        lines.append(f"imbalance ratio: {found.imbalance_ratio:.1f} " + (
+            f"(max/min: {big} {totals[big]} / {small} {totals[small]})" if totals[big] > totals[small]
+            else f"(balanced: {totals[big]} each)"))
     else:
         per = found.counts()
         if found.parts != [ALL]:
@@ -337,7 +338,7 @@ def render_spec(result_data: dict[str, Any], found: Survey, *, size_reason: str,
 
     def minutes(key: str) -> str:
         e = by_model.get(key)
-        return f"; about {e.minutes:.1f} min a member here ({e.steps} steps on {e.device})" if e else ""
+        return f"; about {_minutes(e.minutes)} min a member here ({e.steps} steps on {e.device})" if e else ""
 
     lines.append("models:")
     if d["task"] == "segmentation":
@@ -395,6 +396,10 @@ def init_experiment(path: str | Path, *, task: str | None = None, out: str | Pat
     return InitResult(found, spec, d, out, text, size, why, lite0, lite0_reason, estimates)
 
 
+def _minutes(m: float) -> str:
+    return f"{m:.1f}" if m >= 0.1 else f"{m:.2g}"
+
+
 def format_init(result: InitResult) -> str:
     """The human summary ``medens init`` prints."""
     found = result.survey
@@ -414,10 +419,10 @@ def format_init(result: InitResult) -> str:
         import torch
 
         for e in result.estimates:
-            lines.append(f"  estimate {e.model}: {e.minutes:.1f} min a member x {e.members} "
+            lines.append(f"  estimate {e.model}: {_minutes(e.minutes)} min a member x {e.members} "
                          f"({e.steps} steps of batch {e.batch_size} at {e.seconds_per_step:.2f} s on {e.device}"
                          + (f", {torch.get_num_threads()} threads" if e.device == "cpu" else "") + ")")
-        lines.append(f"  estimate total: about {result.total_minutes:.0f} min for the members (then ensembles "
+        lines.append(f"  estimate total: about {_minutes(result.total_minutes)} min for the members (then ensembles "
                      "and the report)")
     lines.append(f"wrote {result.out}")
     lines.append(f"run it: {result.command}")
