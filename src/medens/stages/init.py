@@ -375,9 +375,9 @@ def init_experiment(path: str | Path, *, task: str | None = None, out: str | Pat
     ``out`` exists, unless ``force``). ``timing_steps`` 0 skips the timing. ``ValueError`` for data
     the data stage would refuse."""
     out = Path(out)
+    found = survey(path, task)
     if out.exists() and not force:
         raise ValueError(f"{out} exists; pass --force to replace it, or --out another file")
-    found = survey(path, task)
     size, why = propose_image_size(found)
     if image_size is not None:
         size, why = image_size, f"given: {image_size} (the data suggests {size}: {why})"
