@@ -173,6 +173,23 @@ def build_spec(base: dict[str, Any], folder: str | Path, size: int, quick: bool,
     return parse_spec(d, source="benchmarks/real_data.py")
 
 
+def spec_via_init(folder: Path, out: Path, size: int, quick: bool, seed: int = SEED) -> tuple[Any, str]:
+    """What a user gets from ``medens init --size SIZE FOLDER``: the written spec, loaded as it is, with
+    only the benchmark's ``seed`` (and, for a ``quick`` smoke run, :func:`build_spec`'s short training)."""
+    from medens.config import load_spec, parse_spec
+    from medens.stages.init import init_experiment
+
+    init_experiment(folder, out=out, image_size=size, timing_steps=0, force=True)
+    text = out.read_text()
+    d = load_spec(str(out)).to_dict()
+    d["seed"] = seed
+    if quick:
+        d["models"] = ["compact_cnn"]
+        d["training"] = {**d.get("training", {}), "epochs": 1, "min_steps": 0, "patience": None}
+        d["evaluation"] = {**d.get("evaluation", {}), "bootstrap": QUICK_BOOTSTRAP, "gradcam": False}
+    return parse_spec(d, source=str(out)), text
+
+
 def to_probs(p: np.ndarray) -> np.ndarray:
     """float64 rows renormalised to sum to 1 (saved predictions are float16/32)."""
     p = np.asarray(p, dtype=np.float64)
@@ -439,6 +456,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, default=None,
                     help=f"plain recipe epochs (default {DEFAULT_PLAIN_EPOCHS}; --quick {QUICK_PLAIN_EPOCHS})")
     ap.add_argument("--spec", default=None, help="medens experiment spec (YAML); its data section and seed are replaced")
+    ap.add_argument("--via-init", action="store_true",
+                    help="the user's path: `medens init --size SIZE` on the image folder writes the spec, which runs as "
+                         "written (only its seed is set to --seed; --quick still shortens training)")
     ap.add_argument("--workdir", default=None, help="keep the image folder, dataset and medens artifacts here")
     ap.add_argument("--name", default=None, help="results file benchmarks/results/<name>.json "
                                                  "(default real_data; real_data_quick with --quick)")
@@ -447,6 +467,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dataset = DATASETS[args.dataset]
     size = args.size or dataset["size"]
     stem = "real_data" if args.dataset == "elpv" else f"real_data_{args.dataset}"
+    stem += "_via_init" if args.via_init else ""
     stem += f"_seed{args.seed}" if args.seed != SEED else ""
     name = args.name or (f"{stem}_quick" if args.quick else stem)
     t_start = time.perf_counter()
@@ -511,7 +532,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                          class_names=class_names)
         del images
         print(f"[data] {len(keep)} images into {folder}: {written}", file=sys.stderr)
-        spec = build_spec(base, folder, size, args.quick, flips=dataset["flips"], seed=args.seed)
+        init_text = None
+        if args.via_init:
+            spec, init_text = spec_via_init(folder, work / "init-spec.yaml", size, args.quick, seed=args.seed)
+        else:
+            spec = build_spec(base, folder, size, args.quick, flips=dataset["flips"], seed=args.seed)
         n_boot = spec.evaluation.bootstrap
 
         from medens.data.types import SplitData
@@ -592,6 +617,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "goal": f"on {args.dataset}, medens' validation-selected system beats the better HOG+SVM (paired p < 0.05 on MCC "
                     "and macro-F1) and is not worse than a plain resnet18 recipe (MCC difference CI upper end >= 0)",
             "config": {"size": size, "quick": args.quick, "plain_epochs": epochs, "seed": args.seed,
+                       "via_init": args.via_init,
                        "split": "the source's train/val/test folders" if args.dataset in PRESPLIT else SPLIT,
                        "spec_path": args.spec, "bootstrap": n_boot, "alpha": ALPHA, "hog": HOG},
             "data": {"package": package, "images": int(len(keep)),
@@ -606,6 +632,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "comparisons_for_information": info,
             "medens": {k2: v for k2, v in med.items() if k2 not in ("probs", "ids")},
             "spec": spec.to_dict(),
+            **({"init_spec": init_text} if init_text is not None else {}),
             "seconds_total": round(time.perf_counter() - t_start, 1),
         }
         for s in result["systems"].values():

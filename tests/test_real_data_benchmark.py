@@ -258,3 +258,22 @@ def test_missing_fashion_files_name_the_debian_package(ds, tmp_path):
     with pytest.raises(RuntimeError, match=r"no train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz in .*"
                                            r"apt-get install dataset-fashion-mnist"):
         ds.load_fashion_mnist(tmp_path)
+
+
+def test_via_init_runs_the_spec_medens_init_writes_with_only_the_seed_changed(rd, ds, tmp_path):
+    """``--via-init``: the spec is what ``medens init --size`` writes for the benchmark's image folder,
+    loaded as written: the recipe's fields, the folder's channels and split folders; only the seed differs."""
+    from medens.config import load_spec
+
+    presplit = ds.small_long_tailed_digits(16, seed=0)
+    for s in ("train", "val", "test"):
+        imgs, labels = presplit[s]
+        ds.write_image_folder(imgs, labels, tmp_path / "digits" / s, names=[f"{s}{i:04d}" for i in range(len(labels))],
+                              class_names=ds.DIGIT_CLASSES[:5])
+    spec, text = rd.spec_via_init(tmp_path / "digits", tmp_path / "init.yaml", 32, quick=False, seed=7)
+    written = load_spec(str(tmp_path / "init.yaml"))
+    assert text == (tmp_path / "init.yaml").read_text() and "recipe: imbalanced-2d" in text
+    assert spec.seed == 7 and written.seed != 7
+    assert spec.model_copy(update={"seed": written.seed}).to_dict() == written.to_dict()
+    assert spec.data.image_size == 32 and spec.data.channels == 1 and spec.data.path == str(tmp_path / "digits")
+    assert spec.training.optimizer == "adamw" and spec.training.ema_decay == 0.99  # the recipe, expanded
