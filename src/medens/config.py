@@ -289,6 +289,16 @@ class EvaluationSpec(_Spec):
     alpha: float = Field(0.05, gt=0, lt=1)
     gradcam: bool = True
     gradcam_per_class: int = Field(4, ge=1)
+    #: How members and systems are selected (``medens.stages.cv``): ``validation`` (the single
+    #: validation split), ``cv`` (k-fold cross-validation on train + validation: k fold models per
+    #: member, out-of-fold predictions rank, fit and select; the fold models are served together)
+    #: or ``auto`` (cv when the validation split cannot rank systems: a class with fewer than 10
+    #: validation images, or a tie at the top of the validation ranking).
+    selection: Literal["validation", "cv", "auto"] = "validation"
+    cv_folds: int = Field(5, ge=2, le=20)
+    #: Under cv selection on small data (the rule above), add the classical member ``hog_mlp``
+    #: (fixed HOG features + a trained head) to the models; ``false`` keeps the models as listed.
+    classical_member: bool = True
 
 
 IMAGENET = "imagenet"

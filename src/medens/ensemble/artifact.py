@@ -35,6 +35,7 @@ def write_ensemble(
     combiner: dict[str, Any] | None,
     gate_metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    fold_members: dict[str, list[str]] | None = None,
 ) -> Path:
     """Write an ensemble artifact: copies of the member artifacts and ``ensemble.json`` last.
 
@@ -46,6 +47,9 @@ def write_ensemble(
             ``None`` for a single model (a fused model-level ensemble).
         gate_metrics: validation (or test) figures that decide promotion.
         extra: more keys for ``ensemble.json``.
+        fold_members: a cross-validated system whose combiner is not a weighted average (vote,
+            stacking): combiner member id -> its fold models' ids in ``member_dirs``; the loaded
+            ensemble averages each member's fold models before the combiner.
     """
     if not member_dirs:
         raise ValueError("an ensemble needs at least one member")
@@ -55,7 +59,12 @@ def write_ensemble(
         for key in ("class_names", "input", "task"):
             if m.get(key) != first.get(key):
                 raise ValueError(f"member {mid!r} differs from {first_id!r} in {key}: {m.get(key)} vs {first.get(key)}")
-    if combiner is not None and list(combiner.get("member_ids", member_dirs)) != list(member_dirs):
+    if fold_members is not None:
+        unknown = [f for fs in fold_members.values() for f in fs if f not in member_dirs]
+        if unknown or (combiner is not None and list(combiner.get("member_ids", [])) != list(fold_members)):
+            raise ValueError(f"fold members {fold_members} do not match the combiner {combiner and combiner.get('member_ids')} "
+                             f"and the members {list(member_dirs)}")
+    elif combiner is not None and list(combiner.get("member_ids", member_dirs)) != list(member_dirs):
         raise ValueError(f"combiner members {combiner.get('member_ids')} differ from {list(member_dirs)}")
     out = Path(out_dir)
     if out.exists():
@@ -77,6 +86,7 @@ def write_ensemble(
         # the first member's training intensity histogram: the drift reference of a server
         "reference": first.get("reference"),
         "gate_metrics": gate_metrics or {},
+        **({"fold_members": fold_members} if fold_members is not None else {}),
         "medens_version": __version__,
         **(extra or {}),
     }
@@ -113,10 +123,14 @@ class LoadedEnsemble(ManifestView):
         """Ensemble probabilities and per-member probabilities for preprocessed inputs ``(N, C, H, W)``."""
         t = torch.as_tensor(x).to(device)
         member_probs = {mid: m.probs(t).cpu().numpy().astype(np.float64) for mid, m in self.members.items()}
+        inputs = member_probs
+        folds = self.manifest.get("fold_members")
+        if folds:  # a cross-validated member: the mean of its fold models
+            inputs = {mid: np.mean([member_probs[f] for f in fids], axis=0) for mid, fids in folds.items()}
         if self.combiner is None:
-            probs = next(iter(member_probs.values()))
+            probs = next(iter(inputs.values()))
         else:
-            probs = self.combiner.predict_proba([member_probs[mid] for mid in self.combiner.member_ids])
+            probs = self.combiner.predict_proba([inputs[mid] for mid in self.combiner.member_ids])
         return np.asarray(probs, dtype=np.float64), member_probs
 
 

@@ -313,10 +313,22 @@ def report_notes(result: dict[str, Any], spec: ExperimentSpec) -> list[str]:
              "paired bootstrap for the MCC difference, DeLong for macro one-vs-rest AUROC), Holm-corrected "
              "across systems." if spec.task == "classification" else
              "p-values: paired bootstrap of the per-image Dice difference against the reference, Holm-corrected.",
+             "Ensembles were fitted on out-of-fold predictions over train + val only (cross-validated selection)."
+             if (result.get("selection_mode") or {}).get("mode") == "cv" else
              "Ensembles were fitted on validation predictions only.",
              (f"Split unit: groups (data.group_by {spec.data.group_by}); no group is in two splits."
               if spec.data.group_by else "Split unit: image (data.group_by not set: images of one patient may be "
                                          "in more than one split).")]
+    mode = result.get("selection_mode") or {}
+    if mode:
+        notes.append(f"Selection: {mode['mode']} (evaluation.selection: {mode.get('requested')}), because "
+                     f"{mode.get('reason')}. Rule: {mode.get('rule')}. Cost: {mode.get('fits')} fits"
+                     + (f" ({mode['folds']} fold models per member)." if mode.get("folds") else "."))
+    classical = result.get("classical_member") or {}
+    if classical.get("members"):
+        share = classical.get("share")
+        notes.append(f"Classical member ({', '.join(classical['members'])}): carries "
+                     f"{'none' if not share else f'{share:.0%}'} of the selected system ({classical.get('basis')}).")
     notes.append(significance_note(result, spec.evaluation.alpha, spec.task))
     for name, info in result.get("selection", {}).items():
         if info.get("score") is None:
@@ -366,7 +378,9 @@ def write_report(spec: ExperimentSpec, result: dict[str, Any], data, members: di
     title = f"medens report: {spec.name}"
     n_ens = sum(1 for s in result["systems"].values() if s["kind"] == "ensemble")
     subtitle = " — ".join(x for x in (spec.description, f"test n={len(data.test)}, {len(members)} members, "
-                                      f"{n_ens} ensembles; selected on validation {result['gate_metric']}") if x)
+                                      f"{n_ens} ensembles; selected on "
+                                      f"{'out-of-fold' if (result.get('selection_mode') or {}).get('mode') == 'cv' else 'validation'} "
+                                      f"{result['gate_metric']}") if x)
     notes = report_notes(result, spec) + duplicate_notes(getattr(data, "info", {}))  # the leak check's finding
     warnings = collapse_warnings(result)
     atomic_write_text(out / "report.html", render_html(title, subtitle, head, rows, figures, notes, selected, reference,

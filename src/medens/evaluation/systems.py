@@ -34,6 +34,14 @@ SELECTION_RULE = ("highest validation {metric}: members on their validation pred
                   "predictions (lower first), then by name; a system that predicts one class on those "
                   "predictions (collapsed) only after every system that does not")
 
+SELECTION_RULE_CV = ("highest {metric} on out-of-fold (OOF) predictions of {k}-fold cross-validation on train + "
+                     "validation (medens.stages.cv: the validation split alone could not rank systems): members on "
+                     "their fold models' OOF predictions, prediction-level ensembles fitted on OOF predictions and "
+                     "scored on {folds}-fold cross-fitted OOF predictions; ties by the OOF log-loss of the same "
+                     "predictions (lower first), then by name; a system that predicts one class on those "
+                     "predictions (collapsed) only after every system that does not; the selected system is "
+                     "served as the {k} fold models of each of its members")
+
 
 def selection_score(metric: str, *, probs: np.ndarray, labels: np.ndarray | None = None,
                     masks: np.ndarray | None = None) -> float | None:

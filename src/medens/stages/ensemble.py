@@ -67,7 +67,12 @@ def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_pa
     members = member_dirs(member_paths)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    val, test = _load(members, "val"), _load(members, "test")
+    # cross-validated members (medens.stages.cv): val.npz holds out-of-fold predictions over
+    # train + val, and the test split is predicted only after selection
+    cv = any(json.loads((d / "model.json").read_text()).get("cv") for d in members.values())
+    val = _load(members, "val")
+    test = {} if cv else _load(members, "test")
+    basis = "out-of-fold" if cv else "validation"
     lineage = dataset_lineage(data_dir)
     made: dict[str, Path] = {}
     skipped: dict[str, str] = {}
@@ -92,7 +97,7 @@ def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_pa
         first = val[ids[0]]
         Predictions(probs=oof, ids=first.ids, labels=first.labels, masks=first.masks,
                     class_names=first.class_names).save(made[name] / "predictions" / OOF)
-        selection[name] = {"basis": f"{DEFAULT_FOLDS}-fold cross-fitted validation predictions", "folds": DEFAULT_FOLDS}
+        selection[name] = {"basis": f"{DEFAULT_FOLDS}-fold cross-fitted {basis} predictions", "folds": DEFAULT_FOLDS}
 
     if len(members) < 2 or len(eligible) < 2:
         names = spec.ensemble.seg_methods if spec.task == "segmentation" else spec.ensemble.methods
@@ -113,7 +118,12 @@ def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_pa
                 prediction_level(f"{method}-top{k}", method, ids,
                                  lambda m=method, ids=ids: fit_ensemble(m, {i: val[i] for i in ids}, member_ids=ids),
                                  k, member_ranking=ranking)
-            if spec.ensemble.model_level:
+            if spec.ensemble.model_level and cv:
+                kind = spec.ensemble.model_level_kind
+                skipped[f"fusion-top{k}" if kind == "feature" else f"{kind}-fusion-top{k}"] = (
+                    "model-level ensembles are not built under cross-validated selection (their head trains on "
+                    "the training split, which the fold models share)")
+            elif spec.ensemble.model_level:
                 kind = spec.ensemble.model_level_kind
                 name = f"fusion-top{k}" if kind == "feature" else f"{kind}-fusion-top{k}"
                 try:
@@ -157,6 +167,8 @@ def _save(path: Path, name: str, ens: Any, members: dict[str, Path], val: dict, 
     write_ensemble(path, name=name, member_dirs=members, combiner=ens.to_dict(),
                    gate_metrics=dict(getattr(ens, "validation_", {}) or {}), extra={**extra, "lineage": lineage})
     for split, preds in (("val", val), ("test", test)):
+        if not preds:  # cross-validated members: test predictions come after selection
+            continue
         first = preds[ids[0]]
         dtype = np.float32 if first.masks is not None else np.float64
         probs = ens.predict_proba([preds[m].probs.astype(dtype) for m in ids])

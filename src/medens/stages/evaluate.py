@@ -27,7 +27,7 @@ def gate_metric(spec: ExperimentSpec) -> str:
 
 
 def _selection(metric: str, members: dict[str, Path], ensembles: dict[str, Path],
-               index: dict[str, Any]) -> dict[str, dict[str, Any]]:
+               index: dict[str, Any], member_basis: str = "validation predictions") -> dict[str, dict[str, Any]]:
     """Each system's selection score on validation data that neither trained nor fitted it, and the
     validation log-loss of the same predictions that breaks ties (classification)."""
     from medens.evaluation.systems import selection_log_loss, selection_score
@@ -43,7 +43,7 @@ def _selection(metric: str, members: dict[str, Path], ensembles: dict[str, Path]
 
     out: dict[str, dict[str, Any]] = {}
     for name, d in members.items():
-        out[name] = {**score(d / "predictions" / "val.npz"), "basis": "validation predictions"}
+        out[name] = {**score(d / "predictions" / "val.npz"), "basis": member_basis}
     for name, d in ensembles.items():
         info = dict(index.get("selection", {}).get(name) or {})
         if info.get("basis") is None:
@@ -77,6 +77,7 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     from medens.evaluation.report import write_report
     from medens.evaluation.systems import (
         SELECTION_RULE,
+        SELECTION_RULE_CV,
         evaluate_classification,
         evaluate_segmentation,
         selection_order,
@@ -91,7 +92,12 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
         raise ValueError("no trained members to evaluate")
     index = read_index(ensembles_dir)
     metric = gate_metric(spec)
-    selection = _selection(metric, members, ensembles, index)
+    from medens.stages.cv import classical_share, complete_test_predictions, cv_info
+
+    cv = cv_info(members)
+    selection = _selection(metric, members, ensembles, index,
+                           f"out-of-fold predictions of {cv['folds']}-fold cross-validation on train + val"
+                           if cv else "validation predictions")
     collapsed = {n: s.get("collapsed_class") for n, s in selection.items() if s.get("collapsed")}
     order = selection_order({n: s["score"] for n, s in selection.items()},
                             {n: s.get("log_loss") for n, s in selection.items()}, set(collapsed))
@@ -109,6 +115,8 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
 
     # the test split, once, to report
     data = SplitData.load(data_dir)
+    if cv:  # cross-validated members: their fold models predict the test split only now
+        complete_test_predictions(data, members, ensembles)
     ev = spec.evaluation
     systems = {}
     for kind, group in (("member", members), ("ensemble", ensembles)):
@@ -124,7 +132,10 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     finite = {n: v for n, v in test_values.items() if v is not None and v == v}
     result.update({
         "experiment": spec.name, "task": spec.task, "gate_metric": metric,
-        "selection_rule": SELECTION_RULE.format(metric=metric, folds=DEFAULT_FOLDS),
+        "selection_rule": (SELECTION_RULE_CV.format(metric=metric, folds=DEFAULT_FOLDS, k=cv["folds"]) if cv
+                           else SELECTION_RULE.format(metric=metric, folds=DEFAULT_FOLDS)),
+        "selection_mode": _selection_mode(spec, cv, members),
+        "classical_member": classical_share(selected, members, ensembles),
         "selection": selection, "selected": selected, "leaderboard": order, "best": selected,
         "best_kind": result["systems"][selected]["kind"], "best_path": str((members | ensembles)[selected]),
         # reported only, never used to choose: how far the selection is from the test optimum
@@ -142,6 +153,7 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     best = result["systems"][selected]["metrics"]
     summary = {"best": selected, "best_path": result["best_path"], "gate_metric": metric, "reference": reference,
                "selection_rule": result["selection_rule"], "selection_score": selection[selected]["score"],
+               "selection_mode": result["selection_mode"], "classical_member": result["classical_member"],
                "best_on_test": result["best_on_test"], "skipped": result["skipped"],
                "leaderboard": rendered["leaderboard"], "report": "report.html", "members": list(members),
                "ensembles": list(ensembles), "data_source": result["data_source"], "collapsed": collapsed,
@@ -152,6 +164,21 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     if best_dir is not None:
         package_best(out, members, ensembles, best_dir)
     return summary
+
+
+def _selection_mode(spec: ExperimentSpec, cv: dict[str, Any] | None, members: dict[str, Path]) -> dict[str, Any]:
+    """Which selection ran and why (``metrics.json`` ``selection_mode``; the report says it)."""
+    from medens.stages.cv import RULE
+
+    if cv:
+        return {"mode": "cv", "requested": cv.get("requested"), "reason": cv.get("reason"), "folds": cv["folds"],
+                "fits": cv["folds"] * len(members), "rule": RULE}
+    ev = spec.evaluation
+    reason = ("evaluation.selection is validation" if ev.selection == "validation" else
+              "the rule did not trigger: no class has fewer than 10 validation images and no tie at the top"
+              if ev.selection == "auto" else ev.selection)
+    return {"mode": "validation", "requested": ev.selection, "reason": reason, "folds": None,
+            "fits": len(members), "rule": RULE}
 
 
 def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], ensembles: dict[str, Path],
@@ -180,6 +207,11 @@ def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], en
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
+    if (metrics.get("selection_mode") or {}).get("mode") == "cv":
+        from medens.stages.cv import package_cv
+
+        return package_cv(best, members, ensembles, out, {"evaluation": evaluation, "lineage": data_lineage},
+                          test_metrics)
     if best in ensembles:
         shutil.copytree(Path(ensembles[best]), out, ignore=shutil.ignore_patterns("predictions"))
         manifest = json.loads((out / ENSEMBLE_MANIFEST).read_text())

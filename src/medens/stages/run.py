@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from medens.config import ExperimentSpec
-from medens.stages.data import prepare_data, training_grid
+from medens.stages.cv import train_grid
+from medens.stages.data import prepare_data
 from medens.stages.ensemble import build_ensembles
 from medens.stages.evaluate import evaluate_systems
 from medens.stages.registry import register_artifact
-from medens.stages.train import train_member
 from medens.storage.atomic import atomic_write_text
-from medens.training.collapse import collapse_warning
 
 
 def run_experiment(spec: ExperimentSpec, run_dir: str | os.PathLike, *, progress: bool | None = None,
@@ -31,15 +30,9 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | os.PathLike, *, progress
     t0 = time.perf_counter()
     data = prepare_data(spec, run / "data")
     log(f"[data] {run / 'data'} (source fingerprint {data['source']['sha256'][:12]})")
-    grid = training_grid(spec)
-    paths = []
-    for i, member in enumerate(grid, 1):
-        t = time.perf_counter()
-        paths.append(train_member(spec, run / "data", member, run / "members" / member["id"], progress=progress))
-        log(f"[train {i}/{len(grid)}] {member['id']} ({time.perf_counter() - t:.0f} s)")
-        manifest = json.loads((paths[-1] / "model.json").read_text())
-        if manifest.get("collapsed"):
-            log(f"[train {i}/{len(grid)}] {collapse_warning(member['id'], manifest)}")
+    # evaluation.selection: the single validation split, or k-fold CV on train + val (stages.cv);
+    # the cost is printed before anything trains
+    paths, plan, spec = train_grid(spec, run / "data", run / "members", progress=progress, log=log)
     made = build_ensembles(spec, run / "data", paths, run / "ensembles", progress=progress)
     log(f"[ensemble] {', '.join(made) or 'none'}")
     summary = evaluate_systems(spec, run / "data", paths, run / "ensembles", run / "evaluation", run / "best")
