@@ -76,6 +76,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -305,17 +306,21 @@ def run_medens(spec: Any, data_dir: Path, work: Path, log=print) -> dict[str, An
     """The experiment's stages on ``data_dir``; the selection, leaderboard and test probabilities."""
     from medens.evaluation.systems import selection_order
     from medens.models.artifact import read_manifest
-    from medens.stages import build_ensembles, evaluate_systems, member_dirs, train_member, training_grid
+    from medens.stages import build_ensembles, evaluate_systems, member_dirs
+    from medens.stages.run import train_grid
     from medens.training.predictions import Predictions
 
     t0 = time.perf_counter()
-    paths, member_seconds = [], {}
-    grid = training_grid(spec)
-    for i, member in enumerate(grid, 1):
-        t = time.perf_counter()
-        paths.append(train_member(spec, data_dir, member, work / "members" / member["id"], progress=False))
-        member_seconds[member["id"]] = round(time.perf_counter() - t, 1)
-        log(f"[medens] trained {i}/{len(grid)} {member['id']} ({member_seconds[member['id']]:.0f} s)")
+    member_seconds: dict[str, float] = {}
+
+    def train_log(msg: str) -> None:  # "[train i/n] <id>[ (k folds)] (<s> s)": the member's seconds
+        m = re.match(r"\[train \d+/\d+\] (\S+)(?: \(\d+ folds\))? \((\d+) s\)$", msg)
+        if m:
+            member_seconds[m.group(1)] = float(m.group(2))
+        log(f"[medens] {msg}")
+
+    # evaluation.selection (--selection): the validation split, or k-fold CV on train + val (medens.stages.cv)
+    paths, plan, spec = train_grid(spec, data_dir, work / "members", progress=False, log=train_log)
     made = build_ensembles(spec, data_dir, paths, work / "ensembles", progress=False)
     summary = evaluate_systems(spec, data_dir, paths, work / "ensembles", work / "evaluation")
     seconds = time.perf_counter() - t0
@@ -346,7 +351,8 @@ def run_medens(spec: Any, data_dir: Path, work: Path, log=print) -> dict[str, An
             "leaderboard": leaderboard, "skipped": metrics.get("skipped", {}),
             "best_on_test_by_gate_metric": metrics.get("best_on_test"), "best_member_on_test": best_member,
             "best_on_test": best_on_test, "member_seconds": member_seconds, "seconds": seconds,
-            "selected_from_scratch": scratch[0] if scratch else None, "probs": probs, "ids": ids}
+            "selected_from_scratch": scratch[0] if scratch else None, "probs": probs, "ids": ids,
+            "selection_mode": metrics.get("selection_mode"), "classical_member": metrics.get("classical_member")}
 
 
 def _starts_from_outside(manifest: dict[str, Any]) -> bool:
@@ -459,6 +465,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--via-init", action="store_true",
                     help="the user's path: `medens init --size SIZE` on the image folder writes the spec, which runs as "
                          "written (only its seed is set to --seed; --quick still shortens training)")
+    ap.add_argument("--selection", choices=("validation", "cv", "auto"), default=None,
+                    help="evaluation.selection of the spec: validation (the spec default), cv (k-fold cross-validation "
+                         "on train + val) or auto (cv when the validation split cannot rank systems); results go to "
+                         "<name>_<selection>.json unless validation")
+    ap.add_argument("--cv-folds", type=int, default=None, help="evaluation.cv_folds (default the spec's, 5)")
     ap.add_argument("--workdir", default=None, help="keep the image folder, dataset and medens artifacts here")
     ap.add_argument("--name", default=None, help="results file benchmarks/results/<name>.json "
                                                  "(default real_data; real_data_quick with --quick)")
@@ -468,6 +479,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size = args.size or dataset["size"]
     stem = "real_data" if args.dataset == "elpv" else f"real_data_{args.dataset}"
     stem += "_via_init" if args.via_init else ""
+    stem += f"_{args.selection}" if args.selection not in (None, "validation") else ""
     stem += f"_seed{args.seed}" if args.seed != SEED else ""
     name = args.name or (f"{stem}_quick" if args.quick else stem)
     t_start = time.perf_counter()
@@ -537,6 +549,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             spec, init_text = spec_via_init(folder, work / "init-spec.yaml", size, args.quick, seed=args.seed)
         else:
             spec = build_spec(base, folder, size, args.quick, flips=dataset["flips"], seed=args.seed)
+        if args.selection or args.cv_folds:
+            ev = {**({"selection": args.selection} if args.selection else {}),
+                  **({"cv_folds": args.cv_folds} if args.cv_folds else {})}
+            spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update=ev)})
         n_boot = spec.evaluation.bootstrap
 
         from medens.data.types import SplitData
@@ -568,7 +584,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sel = med["selected"]
         probs_of["medens_selected"] = med["probs"][sel]
         systems["medens_selected"] = {"system": sel, "selectable": True, "seconds": med["seconds"],
-                                      "description": "the system medens selects on validation (all stages timed)"}
+                                      "selection_mode": med["selection_mode"],
+                                      "classical_member": med["classical_member"],
+                                      "description": "the system medens selects (by evaluation.selection; all "
+                                                     "stages timed)"}
 
         trval = np.concatenate([data.train.images, data.val.images])
         trval_y = np.concatenate([data.train.labels, data.val.labels])
@@ -617,7 +636,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "goal": f"on {args.dataset}, medens' validation-selected system beats the better HOG+SVM (paired p < 0.05 on MCC "
                     "and macro-F1) and is not worse than a plain resnet18 recipe (MCC difference CI upper end >= 0)",
             "config": {"size": size, "quick": args.quick, "plain_epochs": epochs, "seed": args.seed,
-                       "via_init": args.via_init,
+                       "via_init": args.via_init, "selection": spec.evaluation.selection,
+                       "cv_folds": spec.evaluation.cv_folds,
                        "split": "the source's train/val/test folders" if args.dataset in PRESPLIT else SPLIT,
                        "spec_path": args.spec, "bootstrap": n_boot, "alpha": ALPHA, "hog": HOG},
             "data": {"package": package, "images": int(len(keep)),

@@ -122,7 +122,7 @@ def cv_run(tmp_path_factory):
     import medens.evaluation.systems as systems
     import medens.training as training
     from medens.stages import build_ensembles, evaluate_systems
-    from medens.stages.cv import train_grid
+    from medens.stages.run import train_grid
 
     root = tmp_path_factory.mktemp("cv")
     data = _digits()

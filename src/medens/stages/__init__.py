@@ -9,7 +9,9 @@ these functions and nothing else.
 stage                  function
 =====================  =====================================================================
 data                   :func:`prepare_data` (with :func:`source_fingerprint`), :func:`training_grid`
-train                  :func:`train_member`: one grid entry -> model artifact + predictions
+train                  :func:`train_member`: one grid entry -> model artifact + predictions;
+                       :func:`train_grid`: the grid the selection mode needs (``medens.stages.cv``:
+                       k fold models per entry under cross-validated selection)
 ensemble               :func:`build_ensembles`: ensembles + cross-fitted validation predictions
 evaluate               :func:`evaluate_systems`: select on validation, score on test, report,
                        :func:`package_best`
@@ -37,12 +39,12 @@ from medens.stages.registry import (
     registered_uri,
     registry_history,
 )
-from medens.stages.run import run_experiment
+from medens.stages.run import run_experiment, train_grid
 from medens.stages.train import member_dirs, train_member
 
 __all__ = [
     "SAMPLING_SUFFIX", "build_ensembles", "champion_gate", "dataset_lineage", "ensemble_dirs", "evaluate_systems",
     "export_report", "fetch_champion", "gate_metric", "leaderboard_text", "member_dirs", "member_id",
     "package_best", "prepare_data", "read_index", "record_decision", "register_artifact", "registered_uri",
-    "registry_history", "run_experiment", "source_fingerprint", "spec_from_text", "train_member", "training_grid",
+    "registry_history", "run_experiment", "source_fingerprint", "spec_from_text", "train_grid", "train_member", "training_grid",
 ]
