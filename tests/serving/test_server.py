@@ -77,9 +77,15 @@ def test_v1_nested_arrays_and_other_sizes_match_offline(server, offline):
     status, body, _ = predict_v1(server, [i.tolist() for i in imgs[:4]])
     assert status == 200, body
     np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], probs[:4], atol=1e-5, rtol=0)
-    # any size: a 2x up-scaled PNG is resized by the artifact's preprocessing, exactly as offline
+    # any size: a 2x up-scaled PNG is resized as the data stage resizes a file of that size (Pillow,
+    # medens.data.decode.resize_pixels), then preprocessed: the input its training copy would give.
+    # (preprocess() on the float batch resizes with torch instead: 4e-3 apart in pixels, which a
+    # model trained past a couple of epochs turns into 3e-4 in probabilities)
+    from medens.data.decode import resize_pixels
+
     big = np.repeat(np.repeat(imgs[:2], 2, axis=1), 2, axis=2)
-    expected, _ = ens.predict(preprocess(big, ens.input_spec))
+    as_files = np.stack([resize_pixels(b, ens.input_spec.size) for b in big])
+    expected, _ = ens.predict(preprocess(as_files, ens.input_spec))
     status, body, _ = predict_v1(server, [{"b64": png_b64(b)} for b in big])
     assert status == 200, body
     np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], expected, atol=1e-5, rtol=0)
