@@ -13,12 +13,12 @@ import yaml
 from PIL import Image
 
 from medens import cli
-from medens.config import load_spec
+from medens.config import SplitSpec, load_spec, parse_spec
 from medens.data.inspect import survey
 from medens.data.types import SplitData
 from medens.stages import init as init_stage
 from medens.stages import prepare_data
-from medens.stages.init import init_experiment
+from medens.stages.init import init_experiment, spec_data
 from tests.data.test_first_user_bugs import CT, MR, copy_dicom
 
 RNG = np.random.default_rng(0)
@@ -85,6 +85,37 @@ def test_image_folder_with_split_folders_and_a_long_tail(tmp_path, lite0_weights
     assert spec.data.group_by is None and "# group_by: not set" in text
     summary = init_stage.format_init(result)
     assert "class c: 6 (train 4, val 1, test 1)" in summary and "imbalance ratio: 8.3" in summary
+    # val/ holds 5, 1, 1 images: rule 1 of cross-validated selection; the spec says how to opt in
+    hint = ("the validation split will hold about 1 in class b, 1 in class c, 5 in class a (fewer than 10): it "
+            "may not rank systems; `evaluation.selection: auto` cross-validates on train + val then (5x the "
+            "member fits)")
+    assert f"  selection: {hint}" in summary
+    assert (f"# selection: {hint}; the recipe selects on validation. To cross-validate:\n"
+            "# evaluation: {selection: auto}\n") in text
+    assert spec.evaluation.selection == "validation"  # a comment only: the spec selects as the recipe says
+
+
+def test_the_selection_hint_estimates_validation_counts_from_data_split(tmp_path):
+    """One folder per class: the validation share of each class is data.split's (0.15); no hint
+    when every class will have 10 or more validation images."""
+    from medens.stages.init import selection_hint
+
+    for cls, n in {"a": 200, "b": 60, "c": 66}.items():
+        for i in range(n):
+            (tmp_path / "f" / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8), i % 250, np.uint8)).save(tmp_path / "f" / cls / f"{i}.png")
+    found = survey(tmp_path / "f")
+    assert found.val_class_counts() == {"a": 30, "b": 9, "c": 10}  # round(0.15 n)
+    spec = parse_spec(spec_data(found, image_size=32, lite0=False), source="test")
+    assert selection_hint(found, spec).startswith("the validation split will hold about 9 in class b (fewer")
+    auto = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"selection": "auto"})})
+    assert selection_hint(found, auto) is None  # auto already applies the rule
+    found_big = survey(tmp_path / "f")
+    assert found_big.val_class_counts(SplitSpec(train=0.5, val=0.3, test=0.2)) == {"a": 60, "b": 18, "c": 20}
+    assert selection_hint(found_big, parse_spec({**spec_data(found, image_size=32, lite0=False),
+                                                 "data": {**spec_data(found, image_size=32, lite0=False)["data"],
+                                                          "split": {"train": 0.5, "val": 0.3, "test": 0.2}}},
+                                                source="test")) is None
 
 
 def test_lite0_left_out_with_the_reason_when_its_weights_are_not_here(tmp_path, no_lite0_weights):

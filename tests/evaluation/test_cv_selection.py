@@ -13,6 +13,7 @@ from medens.config import parse_spec
 from medens.data.types import Split, SplitData
 from medens.stages.cv import (
     SMALL_CLASS,
+    cost_line,
     fold_assignment,
     plan_selection,
     small_validation_reason,
@@ -38,7 +39,11 @@ def test_the_rule_a_class_with_nine_validation_images_triggers_cv():
     assert small_validation_reason(np.asarray(val), ["a", "b"]) == "fewer than 10 validation images in class b (9)"
     plan = plan_selection(_spec("auto"), data)
     assert plan["mode"] == "cv" and "class b (9)" in plan["reason"]
-    assert plan_selection(_spec("validation"), data)["mode"] == "validation"  # never applies the rule
+    plain = plan_selection(_spec("validation"), data)
+    assert plain["mode"] == "validation"  # never applies the rule, but says it holds before training
+    assert cost_line(plain, 4) == ("[selection] validation: 4 fits (note: fewer than 10 validation images in class "
+                                   "b (9): the split may not rank systems; evaluation.selection auto or cv "
+                                   "cross-validates on train + val, 5x the fits)")
 
 
 def test_the_rule_ten_images_each_leaves_auto_to_the_tie_check():
@@ -47,6 +52,7 @@ def test_the_rule_ten_images_each_leaves_auto_to_the_tie_check():
     assert SMALL_CLASS == 10 and small_validation_reason(np.asarray(val), ["a", "b"]) is None
     assert plan_selection(_spec("auto"), data)["mode"] == "pending"
     assert plan_selection(_spec("cv"), data)["mode"] == "cv"  # cv always cross-validates
+    assert cost_line(plan_selection(_spec("validation"), data), 4) == "[selection] validation: 4 fits"
 
 
 def test_the_rule_a_tie_at_the_top_triggers_and_no_tie_does_not():

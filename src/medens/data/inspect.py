@@ -131,6 +131,17 @@ class Survey:
                 out[part] = {k: c.get(k, 0) for k in self.class_names}
         return out
 
+    def val_class_counts(self, split: SplitSpec | None = None) -> dict[str, int]:
+        """About how many images of each class the validation split will hold (classification): a
+        ``val/`` folder's counts, else ``data.split``'s share of each class (the split is stratified)."""
+        f = split or SplitSpec()
+        per = self.counts()
+        if "val" in per:
+            return dict(per["val"])
+        if ALL in per:
+            return {c: round(n * f.val) for c, n in per[ALL].items()}
+        return {c: round(n * f.val / (f.train + f.val)) for c, n in per.get("train", {}).items()}
+
     def class_totals(self) -> dict[str, int]:
         c = Counter(s.label for s in self.samples)
         return {k: c.get(k, 0) for k in self.class_names}

@@ -90,7 +90,9 @@ def plan_selection(spec: ExperimentSpec, data) -> dict[str, Any]:
     ev = spec.evaluation
     out = {"requested": ev.selection, "folds": ev.cv_folds, "rule": RULE}
     if ev.selection == "validation":
-        return {**out, "mode": "validation", "reason": "evaluation.selection is validation"}
+        small = small_validation_reason(data.val.labels, data.class_names) if spec.task == "classification" else None
+        return {**out, "mode": "validation", "reason": "evaluation.selection is validation",
+                **({"hint": small} if small else {})}
     if spec.task != "classification":
         if ev.selection == "cv":
             raise ValueError("evaluation.selection cv is implemented for classification only")
@@ -124,7 +126,10 @@ def cost_line(plan: dict[str, Any], n_members: int) -> str:
     if plan["mode"] == "pending":
         return (f"[selection] auto: {n_members} fits on the validation split; if systems tie at the top, "
                 f"{n_members} x {k} = {n_members * k} more fits for {k}-fold cross-validation")
-    return f"[selection] validation: {n_members} fits"
+    hint = plan.get("hint")
+    return f"[selection] validation: {n_members} fits" + (
+        f" (note: {hint}: the split may not rank systems; evaluation.selection auto or cv cross-validates on "
+        f"train + val, {k}x the fits)" if hint else "")
 
 
 # -- folds -------------------------------------------------------------------------------------

@@ -298,8 +298,25 @@ def _found_lines(found: Survey) -> list[str]:
     return lines
 
 
+def selection_hint(found: Survey, spec: ExperimentSpec) -> str | None:
+    """Why the validation split may not rank systems here (rule 1 of :mod:`medens.stages.cv` on the
+    counts the split will have), or ``None``: the spec keeps validation selection, and says how to
+    cross-validate instead."""
+    from medens.stages.cv import SMALL_CLASS
+
+    if found.task != "classification" or spec.evaluation.selection != "validation":
+        return None
+    val = found.val_class_counts(spec.data.split)
+    small = [f"{n} in class {c}" for c, n in sorted(val.items(), key=lambda kv: kv[1]) if n < SMALL_CLASS]
+    if not small:
+        return None
+    return (f"the validation split will hold about {', '.join(small)} (fewer than {SMALL_CLASS}): it may not "
+            f"rank systems; `evaluation.selection: auto` cross-validates on train + val then "
+            f"({spec.evaluation.cv_folds}x the member fits)")
+
+
 def render_spec(result_data: dict[str, Any], found: Survey, *, size_reason: str, lite0: bool, lite0_reason: str,
-                estimates: list[Estimate], out: Path) -> str:
+                estimates: list[Estimate], out: Path, selection: str | None = None) -> str:
     """The spec's YAML with comments; it loads back to exactly ``result_data``."""
     d = result_data
     data = d["data"]
@@ -358,6 +375,9 @@ def render_spec(result_data: dict[str, Any], found: Survey, *, size_reason: str,
             lines += _comment(f"- name: {LITE0}\n  weights: {IMAGENET}\n  training: {_flow(LITE0_TRAINING)}", "  ")
     lines += _comment("every model trains once with each loss (a member per pair)")
     lines.append(f"losses: {_flow(d['losses'])}")
+    if selection:
+        lines += _comment(f"selection: {selection}; the recipe selects on validation. To cross-validate:\n"
+                          "evaluation: {selection: auto}")
     if d["task"] == "segmentation":
         lines += _comment("the recipe's metrics are classification's: Dice chooses here")
         lines.append(f"training: {_flow(d['training'])}")
@@ -387,7 +407,7 @@ def init_experiment(path: str | Path, *, task: str | None = None, out: str | Pat
     spec = parse_spec(d, source="medens init")
     estimates = estimate_minutes(spec, found, steps=timing_steps) if timing_steps > 0 else []
     text = render_spec(d, found, size_reason=why, lite0=lite0, lite0_reason=lite0_reason, estimates=estimates,
-                       out=out)
+                       out=out, selection=selection_hint(found, spec))
     from medens.storage.atomic import atomic_write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -415,6 +435,9 @@ def format_init(result: InitResult) -> str:
     t = result.spec.training
     lines.append(f"  recipe: {RECIPE} (batch {t.batch_size}, {t.epochs} epochs or at least {t.min_steps} steps, "
                  f"{t.optimizer}, {t.schedule}); {len(result.spec.models) * len(result.spec.losses)} members")
+    hint = selection_hint(found, result.spec)
+    if hint:
+        lines.append(f"  selection: {hint}")
     if result.estimates:
         import torch
 
