@@ -166,6 +166,57 @@ def extract_cells(
             argument is out of range.
     """
     img = _as_float_image(smear)
+    _check_extract_args(target_size, expected_radius, cell_fraction, pad, radius_tolerance, threshold,
+                        max_hough_radius)
+    target_size = int(target_size)
+    empty = np.zeros((0, target_size, target_size, 3), dtype=np.uint8)
+
+    grey = rgb2gray(img)
+    r_exp = expected_radius if expected_radius is not None else estimate_cell_radius(img)
+    if r_exp is None:
+        return empty, []
+    target_r = target_size * cell_fraction / 2.0
+    scale = target_r / r_exp
+    det_scale = min(scale, max_hough_radius / r_exp)
+
+    acc, cx, cy, rr = _detect(grey, det_scale, r_exp * det_scale, radius_tolerance, threshold, min_cell_cover)
+    if not acc.size:
+        return empty, []
+    # Back to original coordinates (inverse of the rescale pixel mapping).
+    centres = (np.stack([cy, cx], axis=1) + 0.5) / det_scale - 0.5
+    side = target_size if pad == "context" else max(1, int(round(2 * target_r)))
+    crops = _crops(img, centres, scale, side, target_size)
+    detections = [
+        {"center": (float(c[0]), float(c[1])), "radius": float(r / det_scale), "score": float(a)}
+        for c, r, a in zip(centres, rr, acc, strict=True)
+    ]
+    return crops, detections
+
+
+def _detect(
+    grey: np.ndarray, det_scale: float, r_det: float, radius_tolerance: float, threshold: float, min_cell_cover: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cells found in ``grey`` rescaled by ``det_scale``, where a cell's radius is ``r_det``:
+    CLAHE, cell mask, circle Hough on its outline, suppression of weaker neighbours and of
+    circles off the cells. Returns ``(score, col, row, radius)`` of the kept circles, strongest
+    first, in the rescaled image's pixels."""
+    det = rescale(grey, det_scale, order=1, anti_aliasing=det_scale < 1)
+    mask = _cell_mask(equalize_adapthist(det))
+    acc, cx, cy, rr = _hough_circles(mask, r_det, radius_tolerance, threshold)
+    idx = np.asarray(_suppress(acc, cx, cy, rr, mask, r_det, min_cell_cover), dtype=np.int64)
+    return acc[idx], cx[idx], cy[idx], rr[idx]
+
+
+def _check_extract_args(
+    target_size: int,
+    expected_radius: float | None,
+    cell_fraction: float,
+    pad: str,
+    radius_tolerance: float,
+    threshold: float,
+    max_hough_radius: float,
+) -> None:
+    """Raise ValueError on an out-of-range argument of :func:`extract_cells`."""
     if isinstance(target_size, bool) or not isinstance(target_size, (int, np.integer)) or target_size < 8:
         raise ValueError(f"target_size must be an integer >= 8, got {target_size!r}")
     if not 0.0 < cell_fraction <= 1.0:
@@ -180,58 +231,52 @@ def extract_cells(
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     if max_hough_radius < 4:
         raise ValueError(f"max_hough_radius must be >= 4, got {max_hough_radius}")
-    target_size = int(target_size)
-    empty = np.zeros((0, target_size, target_size, 3), dtype=np.uint8)
 
-    grey = rgb2gray(img)
-    r_exp = expected_radius if expected_radius is not None else estimate_cell_radius(img)
-    if r_exp is None:
-        return empty, []
-    target_r = target_size * cell_fraction / 2.0
-    scale = target_r / r_exp
-    det_scale = min(scale, max_hough_radius / r_exp)
 
-    # Detection: grey -> CLAHE -> Canny -> circle Hough on the up-scaled image.
-    det = rescale(grey, det_scale, order=1, anti_aliasing=det_scale < 1)
-    eq = equalize_adapthist(det)
-    r_det = r_exp * det_scale
-    mask = _cell_mask(eq)
-    # The outline widened to a 3-pixel band, so slightly elliptical cells still fill a circle.
+def _hough_circles(
+    mask: np.ndarray, r_det: float, radius_tolerance: float, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Circle Hough peaks ``(score, col, row, radius)`` voted from the outline of the cell mask.
+
+    The outline is widened to a 3-pixel band, so slightly elliptical cells still fill a circle;
+    radii ``r_det`` times 1 -/+ ``radius_tolerance`` are searched, peaks at least half a radius
+    apart with a score (fraction of the perimeter on the band) of at least ``threshold``.
+    """
     edge_map = ndimage.binary_dilation(mask & ~ndimage.binary_erosion(mask))
     radii = np.arange(
         max(2, int(np.floor(r_det * (1 - radius_tolerance)))), int(np.ceil(r_det * (1 + radius_tolerance))) + 1
     )
     hspace = hough_circle(edge_map, radii, normalize=True, full_output=False)
     min_d = max(1, int(0.5 * r_det))
-    acc, cx, cy, rr = hough_circle_peaks(
+    return hough_circle_peaks(
         hspace, radii, min_xdistance=min_d, min_ydistance=min_d, threshold=threshold, normalize=False
     )
 
-    # Greedy non-maximum suppression in Euclidean distance, then the cell-cover check.
+
+def _suppress(
+    acc: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    rr: np.ndarray,
+    mask: np.ndarray,
+    r_det: float,
+    min_cell_cover: float,
+) -> list[int]:
+    """Indices of the circles kept, strongest first: greedy non-maximum suppression in Euclidean
+    distance (closer than 0.8 ``r_det`` to a kept circle), then the cell-cover check (at least
+    ``min_cell_cover`` of the disc of 0.9 times the circle's radius lies in ``mask``)."""
     kept: list[int] = []
     for i in np.argsort(-acc, kind="stable"):
         if any(np.hypot(cy[i] - cy[k], cx[i] - cx[k]) < 0.8 * r_det for k in kept):
             continue
-        r0, r1 = max(0, cy[i] - rr[i]), min(det.shape[0], cy[i] + rr[i] + 1)
-        c0, c1 = max(0, cx[i] - rr[i]), min(det.shape[1], cx[i] + rr[i] + 1)
+        r0, r1 = max(0, cy[i] - rr[i]), min(mask.shape[0], cy[i] + rr[i] + 1)
+        c0, c1 = max(0, cx[i] - rr[i]), min(mask.shape[1], cx[i] + rr[i] + 1)
         yy, xx = np.ogrid[r0:r1, c0:c1]
         disc = (yy - cy[i]) ** 2 + (xx - cx[i]) ** 2 <= (0.9 * rr[i]) ** 2
         if disc.sum() == 0 or mask[r0:r1, c0:c1][disc].mean() < min_cell_cover:
             continue
         kept.append(int(i))
-
-    if not kept:
-        return empty, []
-    idx = np.asarray(kept)
-    # Back to original coordinates (inverse of the rescale pixel mapping).
-    centres = (np.stack([cy[idx], cx[idx]], axis=1) + 0.5) / det_scale - 0.5
-    side = target_size if pad == "context" else max(1, int(round(2 * target_r)))
-    crops = _crops(img, centres, scale, side, target_size)
-    detections = [
-        {"center": (float(c[0]), float(c[1])), "radius": float(rr[i] / det_scale), "score": float(acc[i])}
-        for c, i in zip(centres, idx, strict=True)
-    ]
-    return crops, detections
+    return kept
 
 
 def match_detections(detections: Sequence[dict], truth: Sequence[dict], max_center_error: float = 0.2) -> dict:

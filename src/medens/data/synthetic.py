@@ -239,14 +239,7 @@ def make_cells(
         ValueError: on negative or non-integer counts, unknown class names, or ``size`` below 16.
     """
     n_per_class = _class_counts(counts)
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_CELL_SIZE:
-        raise ValueError(f"size must be an integer >= {MIN_CELL_SIZE}, got {size!r}")
-    if not 0.0 <= neighbour_prob <= 1.0:
-        raise ValueError(f"neighbour_prob must be in [0, 1], got {neighbour_prob}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be positive, got {chunk}")
-    if not 0.0 <= separation <= 1.0:
-        raise ValueError(f"separation must be in [0, 1], got {separation}")
+    _check_cells_args(size, neighbour_prob, chunk, separation)
     rng = _rng(seed)
     size = int(size)
     n = int(n_per_class.sum())
@@ -263,7 +256,42 @@ def make_cells(
     nb_dist = radius + nb_radius + rng.uniform(-0.05, 0.1, n) * r0
     nb_centre = centre + nb_dist[:, None] * np.stack([np.sin(nb_angle), np.cos(nb_angle)], axis=1)
     style = _sample_style(n, rng)
+    main = (centre, radius, morph)
+    neighbour = (has_nb, nb_centre, nb_radius, nb_morph)
+    images = _render_crops(size, chunk, r0, main, neighbour, style, rng)
+    return images, labels, _crop_meta(labels, centre, radius, morph, has_nb)
 
+
+def _check_cells_args(size: int, neighbour_prob: float, chunk: int, separation: float) -> None:
+    """Raise ValueError on a bad argument of :func:`make_cells` (the counts are checked apart)."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_CELL_SIZE:
+        raise ValueError(f"size must be an integer >= {MIN_CELL_SIZE}, got {size!r}")
+    if not 0.0 <= neighbour_prob <= 1.0:
+        raise ValueError(f"neighbour_prob must be in [0, 1], got {neighbour_prob}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    if not 0.0 <= separation <= 1.0:
+        raise ValueError(f"separation must be in [0, 1], got {separation}")
+
+
+def _render_crops(
+    size: int,
+    chunk: int,
+    r0: float,
+    main: tuple[np.ndarray, np.ndarray, Mapping[str, np.ndarray]],
+    neighbour: tuple[np.ndarray, np.ndarray, np.ndarray, Mapping[str, np.ndarray]],
+    style: Mapping[str, np.ndarray],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The crops of :func:`make_cells`, ``chunk`` at a time: the main cell, any neighbour, then
+    :func:`_compose` (which draws the noise of each chunk from ``rng``).
+
+    ``main`` is (centres, radii, morphology) of the crops' cells and ``neighbour`` is (has a
+    neighbour, centres, radii, morphology) of the neighbour cells, one entry per crop.
+    """
+    centre, radius, morph = main
+    has_nb, nb_centre, nb_radius, nb_morph = neighbour
+    n = len(radius)
     grid = np.arange(size, dtype=np.float32)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     for lo in range(0, n, chunk):
@@ -279,8 +307,14 @@ def make_cells(
             ndx = grid[None, None, :] - nb_centre[idx, 1, None, None]
             absorb[idx - lo] += _cell_absorbance(ndy, ndx, nb_radius[idx, None, None], nb)
         images[sl] = _compose(absorb, {k: v[sl] for k, v in style.items()}, r0, rng)
+    return images
 
-    meta = [
+
+def _crop_meta(
+    labels: np.ndarray, centre: np.ndarray, radius: np.ndarray, morph: Mapping[str, np.ndarray], has_nb: np.ndarray
+) -> list[dict]:
+    """One metadata dict per crop of :func:`make_cells` (keys as documented there)."""
+    return [
         {
             "class": CELL_CLASSES[labels[i]],
             "label": int(labels[i]),
@@ -296,9 +330,8 @@ def make_cells(
             "angle": float(morph["angle"][i]),
             "neighbour": bool(has_nb[i]),
         }
-        for i in range(n)
+        for i in range(len(labels))
     ]
-    return images, labels, meta
 
 
 def _place_cells(
@@ -391,6 +424,26 @@ def make_smears(
         ValueError: on a non-positive ``n``, ``cell_radius`` of 2 px or less, a field smaller than
             four cell radii, or bad ``class_fractions``/``cells_per_smear``.
     """
+    fractions, (lo_n, hi_n) = _check_smear_args(n, size, cell_radius, class_fractions, cells_per_smear)
+    rng = _rng(seed)
+    size = int(size)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    truth: list[list[dict]] = []
+    for i in range(n):
+        images[i], cells = _render_smear(size, cell_radius, (lo_n, hi_n), fractions, rng)
+        truth.append(cells)
+    return images, truth
+
+
+def _check_smear_args(
+    n: int,
+    size: int,
+    cell_radius: float,
+    class_fractions: Mapping[str, float] | Sequence[float] | None,
+    cells_per_smear: tuple[int, int] | None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Check the arguments of :func:`make_smears` (ValueError when bad); the normalised class
+    fractions and the (low, high) range of cells per field."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if not np.isfinite(cell_radius) or cell_radius <= 2:
@@ -406,39 +459,44 @@ def make_smears(
     lo_n, hi_n = cells_per_smear
     if lo_n < 0 or hi_n < lo_n:
         raise ValueError(f"cells_per_smear must be (low, high) with 0 <= low <= high, got {cells_per_smear}")
-    rng = _rng(seed)
-    size = int(size)
+    return fractions, (lo_n, hi_n)
+
+
+def _render_smear(
+    size: int, cell_radius: float, n_range: tuple[int, int], fractions: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, list[dict]]:
+    """One smear field of :func:`make_smears`: place the cells, draw their classes and morphology,
+    sum their stain densities (each on a patch about its centre) and compose the RGB image.
+
+    Returns the ``(size, size, 3)`` uint8 image and its ground-truth cell dicts.
+    """
     grid = np.arange(size, dtype=np.float32)
     half = int(np.ceil(cell_radius * (1 + _RADIUS_JITTER) * (1 + _MAX_ELLIPTICITY) + 3))
-    images = np.empty((n, size, size, 3), dtype=np.uint8)
-    truth: list[list[dict]] = []
-    for i in range(n):
-        centres, radii = _place_cells(int(rng.integers(lo_n, hi_n + 1)), size, cell_radius, rng)
-        labels = rng.choice(len(CELL_CLASSES), size=len(radii), p=fractions).astype(np.int64)
-        morph = _sample_morphology(labels, rng)
-        absorb = np.zeros((1, size, size), dtype=np.float32)
-        cells = []
-        for j, ((cy, cx), r) in enumerate(zip(centres, radii, strict=True)):
-            r0, r1 = max(0, int(cy) - half), min(size, int(cy) + half + 1)
-            c0, c1 = max(0, int(cx) - half), min(size, int(cx) + half + 1)
-            m = {k: v[j] for k, v in morph.items()}
-            absorb[0, r0:r1, c0:c1] += _cell_absorbance(
-                grid[r0:r1, None] - float(cy), grid[None, c0:c1] - float(cx), r, m
-            )
-            cells.append(
-                {
-                    "center": (float(cy), float(cx)),
-                    "radius": float(r),
-                    "label": int(labels[j]),
-                    "class": CELL_CLASSES[labels[j]],
-                    "pallor_radius": float(m["pallor"] * r),
-                    "spot_radius": float(m["spot"] * r),
-                    "spot_strength": float(m["spot_strength"]),
-                }
-            )
-        images[i] = _compose(absorb, _sample_style(1, rng), cell_radius, rng)[0]
-        truth.append(cells)
-    return images, truth
+    lo_n, hi_n = n_range
+    centres, radii = _place_cells(int(rng.integers(lo_n, hi_n + 1)), size, cell_radius, rng)
+    labels = rng.choice(len(CELL_CLASSES), size=len(radii), p=fractions).astype(np.int64)
+    morph = _sample_morphology(labels, rng)
+    absorb = np.zeros((1, size, size), dtype=np.float32)
+    cells = []
+    for j, ((cy, cx), r) in enumerate(zip(centres, radii, strict=True)):
+        r0, r1 = max(0, int(cy) - half), min(size, int(cy) + half + 1)
+        c0, c1 = max(0, int(cx) - half), min(size, int(cx) + half + 1)
+        m = {k: v[j] for k, v in morph.items()}
+        absorb[0, r0:r1, c0:c1] += _cell_absorbance(
+            grid[r0:r1, None] - float(cy), grid[None, c0:c1] - float(cx), r, m
+        )
+        cells.append(
+            {
+                "center": (float(cy), float(cx)),
+                "radius": float(r),
+                "label": int(labels[j]),
+                "class": CELL_CLASSES[labels[j]],
+                "pallor_radius": float(m["pallor"] * r),
+                "spot_radius": float(m["spot"] * r),
+                "spot_strength": float(m["spot_strength"]),
+            }
+        )
+    return _compose(absorb, _sample_style(1, rng), cell_radius, rng)[0], cells
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,69 +578,98 @@ def make_segmentation(
     images = np.empty((n, size, size, 1), dtype=np.uint8)
     masks = np.zeros((n, size, size), dtype=np.uint8)
     for i in range(n):
-        # Organ: a large soft ellipse with a wobbly outline, textured at two scales.
-        oc = (size / 2 + rng.uniform(-0.06, 0.06) * size, size / 2 + rng.uniform(-0.06, 0.06) * size)
-        oa = rng.uniform(0.36, 0.46, 2) * size
-        ang = rng.uniform(0, np.pi)
-        c, s = np.cos(ang), np.sin(ang)
-        dy, dx = yy - oc[0], xx - oc[1]
-        orho = np.sqrt(((c * dy + s * dx) / oa[0]) ** 2 + ((c * dx - s * dy) / oa[1]) ** 2)
-        orho = orho + 0.06 * _smooth_noise((size, size), size / 10, rng)
-        organ = expit((1.0 - orho) * size / 6)
-        img = 0.18 + rng.uniform(0.3, 0.4) * organ
-        img += organ * (
-            0.05 * _smooth_noise((size, size), size / 12, rng) + 0.025 * _smooth_noise((size, size), 1.2, rng)
-        )
-        img += 0.02 * _smooth_noise((size, size), size / 5, rng)
-
+        img, orho, organ = _organ(size, yy, xx, rng)
         mask = np.zeros((size, size), dtype=bool)
         n_les = int(rng.choice(4, p=probs))
         if n_les:
-            total = np.exp(rng.uniform(np.log(0.008), np.log(0.04))) * size * size
-            shares = rng.dirichlet(np.full(n_les, 2.0)) if n_les > 1 else np.ones(1)
-            for share in shares:
-                area = max(12.0, total * share)
-                for _ in range(30):
-                    aspect = rng.uniform(0.55, 1.0)
-                    a = np.sqrt(area / (0.6 * np.pi * aspect))
-                    cen = (rng.uniform(0.25, 0.75) * size, rng.uniform(0.25, 0.75) * size)
-                    ci, cj = int(cen[0]), int(cen[1])
-                    if orho[ci, cj] > 0.7:
-                        continue
-                    blob = _blob(size, cen, (a, a * aspect), rng.uniform(0, np.pi), area, rng)
-                    if not (blob & ndimage.binary_dilation(mask, iterations=2)).any():
-                        mask |= blob
-                        break
+            mask = _lesion_mask(size, n_les, orho, rng)
             contrast = rng.uniform(0.07, 0.13)
             img += contrast * ndimage.gaussian_filter(mask.astype(np.float64), 0.8)
-
-        # Distractors (not in the mask).
-        distract = np.zeros((size, size))
-        for _ in range(int(rng.integers(1, 4))):
-            kind = rng.integers(3)
-            if kind == 0:  # darker blob shaped like a lesion
-                area = np.exp(rng.uniform(np.log(0.004), np.log(0.015))) * size * size
-                a = np.sqrt(area / (0.6 * np.pi * 0.8))
-                cen = tuple(rng.uniform(0.25, 0.75, 2) * size)
-                blob = _blob(size, cen, (a, 0.8 * a), rng.uniform(0, np.pi), area, rng)
-                distract -= rng.uniform(0.07, 0.12) * ndimage.gaussian_filter(blob.astype(np.float64), 0.8)
-            elif kind == 1:  # thin bright vessel-like strand
-                t = np.linspace(0, 1, 4 * size)
-                p0 = rng.uniform(0.15, 0.85, 2) * size
-                d = rng.normal(size=2)
-                d = d / (np.linalg.norm(d) + 1e-12) * rng.uniform(0.3, 0.6) * size
-                wobble = rng.uniform(1.5, 4.0) * np.sin(2 * np.pi * rng.uniform(0.5, 1.5) * t + rng.uniform(0, 6.3))
-                py = np.clip(p0[0] + d[0] * t - d[1] / np.linalg.norm(d) * wobble, 0, size - 1)
-                px = np.clip(p0[1] + d[1] * t + d[0] / np.linalg.norm(d) * wobble, 0, size - 1)
-                line = np.zeros((size, size))
-                line[np.rint(py).astype(int), np.rint(px).astype(int)] = 1.0
-                distract += rng.uniform(0.08, 0.13) * np.minimum(ndimage.gaussian_filter(line, 0.6) * 2.5, 1.0)
-            else:  # small bright dots
-                for _ in range(int(rng.integers(2, 5))):
-                    cy, cx = rng.uniform(0.15, 0.85, 2) * size
-                    distract += rng.uniform(0.1, 0.18) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.0**2))
-        img += distract * organ
+        img += _distractors(size, yy, xx, rng) * organ
         img += rng.normal(0, 0.015, img.shape)
         images[i, :, :, 0] = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
         masks[i] = mask
     return images, masks
+
+
+def _organ(
+    size: int, yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A scan's organ: a large soft ellipse with a wobbly outline, textured at two scales.
+
+    Returns the grey image so far (float, surround and textured organ), the organ's normalised
+    radius ``orho`` (1 on the outline) and its soft membership ``organ`` in [0, 1].
+    """
+    oc = (size / 2 + rng.uniform(-0.06, 0.06) * size, size / 2 + rng.uniform(-0.06, 0.06) * size)
+    oa = rng.uniform(0.36, 0.46, 2) * size
+    ang = rng.uniform(0, np.pi)
+    c, s = np.cos(ang), np.sin(ang)
+    dy, dx = yy - oc[0], xx - oc[1]
+    orho = np.sqrt(((c * dy + s * dx) / oa[0]) ** 2 + ((c * dx - s * dy) / oa[1]) ** 2)
+    orho = orho + 0.06 * _smooth_noise((size, size), size / 10, rng)
+    organ = expit((1.0 - orho) * size / 6)
+    img = 0.18 + rng.uniform(0.3, 0.4) * organ
+    img += organ * (
+        0.05 * _smooth_noise((size, size), size / 12, rng) + 0.025 * _smooth_noise((size, size), 1.2, rng)
+    )
+    img += 0.02 * _smooth_noise((size, size), size / 5, rng)
+    return img, orho, organ
+
+
+def _lesion_mask(size: int, n_les: int, orho: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The mask of ``n_les`` >= 1 lesions: irregular blobs centred inside the organ (``orho`` <=
+    0.7), kept off the two-pixel margin of earlier lesions; a lesion that finds no place in 30
+    tries is left out. Their target total area, 0.8-4% of the scan (log-uniform), is shared out
+    by a Dirichlet draw (at least 12 pixels each)."""
+    mask = np.zeros((size, size), dtype=bool)
+    total = np.exp(rng.uniform(np.log(0.008), np.log(0.04))) * size * size
+    shares = rng.dirichlet(np.full(n_les, 2.0)) if n_les > 1 else np.ones(1)
+    for share in shares:
+        area = max(12.0, total * share)
+        for _ in range(30):
+            aspect = rng.uniform(0.55, 1.0)
+            a = np.sqrt(area / (0.6 * np.pi * aspect))
+            cen = (rng.uniform(0.25, 0.75) * size, rng.uniform(0.25, 0.75) * size)
+            ci, cj = int(cen[0]), int(cen[1])
+            if orho[ci, cj] > 0.7:
+                continue
+            blob = _blob(size, cen, (a, a * aspect), rng.uniform(0, np.pi), area, rng)
+            if not (blob & ndimage.binary_dilation(mask, iterations=2)).any():
+                mask |= blob
+                break
+    return mask
+
+
+def _distractors(size: int, yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One to three distractors (not in the mask), summed: darker lesion-shaped blobs, thin
+    bright vessel-like strands or groups of small bright dots."""
+    distract = np.zeros((size, size))
+    for _ in range(int(rng.integers(1, 4))):
+        kind = rng.integers(3)
+        if kind == 0:  # darker blob shaped like a lesion
+            area = np.exp(rng.uniform(np.log(0.004), np.log(0.015))) * size * size
+            a = np.sqrt(area / (0.6 * np.pi * 0.8))
+            cen = tuple(rng.uniform(0.25, 0.75, 2) * size)
+            blob = _blob(size, cen, (a, 0.8 * a), rng.uniform(0, np.pi), area, rng)
+            distract -= rng.uniform(0.07, 0.12) * ndimage.gaussian_filter(blob.astype(np.float64), 0.8)
+        elif kind == 1:  # thin bright vessel-like strand
+            distract += _strand(size, rng)
+        else:  # small bright dots
+            for _ in range(int(rng.integers(2, 5))):
+                cy, cx = rng.uniform(0.15, 0.85, 2) * size
+                distract += rng.uniform(0.1, 0.18) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.0**2))
+    return distract
+
+
+def _strand(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A thin bright vessel-like strand: a wobbly line segment, blurred, as a brightness change."""
+    t = np.linspace(0, 1, 4 * size)
+    p0 = rng.uniform(0.15, 0.85, 2) * size
+    d = rng.normal(size=2)
+    d = d / (np.linalg.norm(d) + 1e-12) * rng.uniform(0.3, 0.6) * size
+    wobble = rng.uniform(1.5, 4.0) * np.sin(2 * np.pi * rng.uniform(0.5, 1.5) * t + rng.uniform(0, 6.3))
+    py = np.clip(p0[0] + d[0] * t - d[1] / np.linalg.norm(d) * wobble, 0, size - 1)
+    px = np.clip(p0[1] + d[1] * t + d[0] / np.linalg.norm(d) * wobble, 0, size - 1)
+    line = np.zeros((size, size))
+    line[np.rint(py).astype(int), np.rint(px).astype(int)] = 1.0
+    return rng.uniform(0.08, 0.13) * np.minimum(ndimage.gaussian_filter(line, 0.6) * 2.5, 1.0)

@@ -36,6 +36,9 @@ from torch import nn
 from medens.storage.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
     from medens.data.transforms import InputSpec
 
 __all__ = ["gradcam_grid", "grad_cam", "normalize_maps", "overlay", "save_overlay_png"]
@@ -278,8 +281,6 @@ def gradcam_grid(
     Returns:
         The PNG path.
     """
-    from matplotlib.figure import Figure
-
     from medens.data.transforms import preprocess
 
     images = np.asarray(images)
@@ -288,50 +289,96 @@ def gradcam_grid(
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
-    k = len(class_names)
     x = torch.from_numpy(preprocess(images, input_spec))
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            probs = torch.cat([torch.softmax(model(x[s : s + batch_size].to(device)).float(), 1).cpu()
-                               for s in range(0, len(x), batch_size)]).numpy()
-    finally:
-        model.train(was_training)
-    pred = probs.argmax(1)
-    rows = _select(labels, pred, k, per_class)
+    probs = _predict_probs(model, x, batch_size)
+    rows = _select(labels, probs.argmax(1), len(class_names), per_class)
     chosen = [i for _, idx in rows for i in idx]
     cams = dict(zip(chosen, grad_cam(model, x[chosen], layer=layer, batch_size=batch_size))) if chosen else {}
-
-    cols = 2 * per_class
-    fig = Figure(figsize=(1.6 * cols, 2.1 * k + 0.4), dpi=dpi)
-    axes = fig.subplots(k, cols, squeeze=False)
-    for c, idx in rows:
-        for j in range(per_class):
-            a_img, a_cam = axes[c][2 * j], axes[c][2 * j + 1]
-            for a in (a_img, a_cam):
-                a.set_xticks([])
-                a.set_yticks([])
-                for spine in a.spines.values():
-                    spine.set_visible(False)
-            if j >= len(idx):
-                continue
-            i = idx[j]
-            img = _rgb(images[i])
-            a_img.imshow(img)
-            a_cam.imshow(overlay(img, cams[i], alpha=alpha, cmap=cmap))
-            p = int(pred[i])
-            mark = "" if p == c else " (wrong)"
-            a_img.set_title(f"true: {class_names[c]}", fontsize=7)
-            a_cam.set_title(f"pred: {class_names[p]}{mark}\np={probs[i, p]:.2f}", fontsize=7,
-                            color="black" if p == c else "red")
-        axes[c][0].set_ylabel(class_names[c], fontsize=9)
-        if not idx:
-            axes[c][0].text(0.5, 0.5, "no images", ha="center", va="center", fontsize=7,
-                            transform=axes[c][0].transAxes)
+    fig = _grid_figure(rows, images, cams, probs, class_names, per_class, alpha=alpha, cmap=cmap, dpi=dpi)
     fig.suptitle(f"Grad-CAM ({layer or getattr(model, 'cam_layer', '')})", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _predict_probs(model: nn.Module, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Softmax probabilities ``(N, K)`` of ``model`` on ``x`` in eval mode, without gradients and
+    in batches on the model's device; the model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            return torch.cat([torch.softmax(model(x[s : s + batch_size].to(device)).float(), 1).cpu()
+                              for s in range(0, len(x), batch_size)]).numpy()
+    finally:
+        model.train(was_training)
+
+
+def _grid_figure(
+    rows: list[tuple[int, list[int]]],
+    images: np.ndarray,
+    cams: dict[int, np.ndarray],
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    per_class: int,
+    *,
+    alpha: float,
+    cmap: str,
+    dpi: int,
+) -> Figure:
+    """The figure of :func:`gradcam_grid`: one row of ``2 * per_class`` bare panels per class
+    (``rows`` from :func:`_select`), each chosen image and its overlay drawn in a pair of them;
+    a class with no images says so."""
+    from matplotlib.figure import Figure
+
+    k, cols = len(class_names), 2 * per_class
+    fig = Figure(figsize=(1.6 * cols, 2.1 * k + 0.4), dpi=dpi)
+    axes = fig.subplots(k, cols, squeeze=False)
+    for c, idx in rows:
+        for j in range(per_class):
+            a_img, a_cam = axes[c][2 * j], axes[c][2 * j + 1]
+            _bare_axes(a_img, a_cam)
+            if j < len(idx):
+                i = idx[j]
+                _draw_example(a_img, a_cam, images[i], cams[i], c, probs[i], class_names, alpha=alpha, cmap=cmap)
+        axes[c][0].set_ylabel(class_names[c], fontsize=9)
+        if not idx:
+            axes[c][0].text(0.5, 0.5, "no images", ha="center", va="center", fontsize=7,
+                            transform=axes[c][0].transAxes)
+    return fig
+
+
+def _bare_axes(*axes: Axes) -> None:
+    """Hide the ticks and the frame of each matplotlib axes."""
+    for a in axes:
+        a.set_xticks([])
+        a.set_yticks([])
+        for spine in a.spines.values():
+            spine.set_visible(False)
+
+
+def _draw_example(
+    a_img: Axes,
+    a_cam: Axes,
+    image: np.ndarray,
+    cam: np.ndarray,
+    c: int,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    alpha: float,
+    cmap: str,
+) -> None:
+    """One example of :func:`gradcam_grid`: the image titled with its true class ``c``, and the
+    overlay of its Grad-CAM map titled with the predicted class and its probability (in red,
+    marked "(wrong)", when the prediction is not ``c``)."""
+    img = _rgb(image)
+    a_img.imshow(img)
+    a_cam.imshow(overlay(img, cam, alpha=alpha, cmap=cmap))
+    p = int(probs.argmax())
+    mark = "" if p == c else " (wrong)"
+    a_img.set_title(f"true: {class_names[c]}", fontsize=7)
+    a_cam.set_title(f"pred: {class_names[p]}{mark}\np={probs[p]:.2f}", fontsize=7,
+                    color="black" if p == c else "red")

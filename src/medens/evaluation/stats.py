@@ -431,11 +431,35 @@ def delong_ovr(y_true: Any, probs_a: Any, probs_b: Any, *, class_names: Sequence
     if len(names) != k:
         raise ValueError(f"class_names has {len(names)} entries but probs has K={k} columns")
 
+    per_class, tested, psi, aucs = _ovr_per_class(y, pa, pb, names)
+    adjusted = holm([per_class[names[c]]["p_value"] for c in tested]) if tested else []
+    p_holm: dict[str, float | None] = dict.fromkeys(names)
+    for c, p in zip(tested, adjusted):
+        p_holm[names[c]] = p
+
+    if not tested:
+        macro: dict[str, Any] = dict.fromkeys(("auc_a", "auc_b", "diff", "var", "se", "z", "p_value"))
+        macro["classes"] = []
+        return {"per_class": per_class, "p_values_holm": p_holm, "macro": macro}
+    macro = _macro_delong(y, psi / len(tested), aucs)
+    macro["classes"] = [names[c] for c in tested]
+    return {"per_class": per_class, "p_values_holm": p_holm, "macro": macro}
+
+
+def _ovr_per_class(
+    y: np.ndarray, pa: np.ndarray, pb: np.ndarray, names: Sequence[str]
+) -> tuple[dict[str, Any], list[int], np.ndarray, list[np.ndarray]]:
+    """The per-class part of :func:`delong_ovr`.
+
+    Returns the :func:`delong` result per class name (None for a class with fewer than 2
+    positives or 2 negatives), the tested class indices, the per-sample terms summed over the
+    tested classes (``psi`` before dividing by their number) and the (2,) AUCs of each tested class.
+    """
     per_class: dict[str, Any] = {}
     tested: list[int] = []
     psi = np.zeros(y.size)
     aucs = []
-    for c in range(k):
+    for c in range(pa.shape[1]):
         pos = y == c
         if pos.sum() < 2 or (~pos).sum() < 2:
             per_class[names[c]] = None
@@ -449,18 +473,13 @@ def delong_ovr(y_true: Any, probs_a: Any, probs_b: Any, *, class_names: Sequence
         term[pos] = ((v10[0] - auc[0]) - (v10[1] - auc[1])) / m
         term[~pos] = ((v01[0] - auc[0]) - (v01[1] - auc[1])) / n
         psi += term
+    return per_class, tested, psi, aucs
 
-    adjusted = holm([per_class[names[c]]["p_value"] for c in tested]) if tested else []
-    p_holm: dict[str, float | None] = dict.fromkeys(names)
-    for c, p in zip(tested, adjusted):
-        p_holm[names[c]] = p
 
-    if not tested:
-        macro: dict[str, Any] = dict.fromkeys(("auc_a", "auc_b", "diff", "var", "se", "z", "p_value"))
-        macro["classes"] = []
-        return {"per_class": per_class, "p_values_holm": p_holm, "macro": macro}
-    j = len(tested)
-    psi /= j
+def _macro_delong(y: np.ndarray, psi: np.ndarray, aucs: Sequence[np.ndarray]) -> dict[str, Any]:
+    """The macro test of :func:`delong_ovr` from the per-sample terms ``psi`` (averaged over the
+    tested classes) and the tested classes' AUCs: Var = sum over true classes c of n_c times the
+    ddof-1 variance of psi within c; the z-test of the difference of the mean AUCs."""
     var = 0.0
     for c in np.unique(y):
         members = psi[y == c]
@@ -469,7 +488,7 @@ def delong_ovr(y_true: Any, probs_a: Any, probs_b: Any, *, class_names: Sequence
     auc_arr = np.mean(aucs, axis=0)
     diff = float(auc_arr[0] - auc_arr[1])
     z, p = _z_test(diff, var)
-    macro = {
+    return {
         "auc_a": float(auc_arr[0]),
         "auc_b": float(auc_arr[1]),
         "diff": diff,
@@ -477,9 +496,7 @@ def delong_ovr(y_true: Any, probs_a: Any, probs_b: Any, *, class_names: Sequence
         "se": math.sqrt(var),
         "z": z,
         "p_value": p,
-        "classes": [names[c] for c in tested],
     }
-    return {"per_class": per_class, "p_values_holm": p_holm, "macro": macro}
 
 
 def holm(p_values: Sequence[float] | np.ndarray) -> list[float]:
