@@ -1,7 +1,7 @@
 """Kubeflow components of medens: thin typed wrappers, one file per stage.
 
 Each component imports medens inside its body and calls one medens function with the local
-paths of its artifacts (DESIGN section 4, "Components are thin typed wrappers"). The image is
+paths of its artifacts (docs/architecture.md section 7.7, "Components are thin typed wrappers"). The image is
 ``MEDENS_IMAGE`` at import time (see :mod:`components._image`).
 
 ==============  ======================================================================

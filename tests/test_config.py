@@ -28,7 +28,7 @@ def test_preset_facts_match_the_studies():
     assert paper.training.optimizer == "adam" and paper.training.lr == 1e-3 and paper.training.batch_size == 32
     cxr = load_spec("cxr3-multiloss")
     assert len(cxr.losses) == 12 and cxr.training.optimizer == "sgd" and cxr.training.nesterov
-    # study 1's twelve: seven base losses and the five calibrated (DCA) ones of METHODS section 3
+    # study 1's twelve: seven base losses and the five calibrated (DCA) ones of docs/methods.md section 3.2
     names = [lo.name for lo in cxr.losses]
     assert {"dca_ce", "dca_kl", "dca_focal", "dca_hinge", "dca_negative_entropy"} <= set(names)
     assert "negative_entropy_ce" not in names and len(set(names)) == 12

@@ -1,4 +1,4 @@
-"""The import rules of DESIGN.md section 1 hold, and the contracts that state them catch breaches.
+"""The import rules of docs/architecture.md section 2.2 hold, and the contracts that state them catch breaches.
 
 The contracts are pyproject.toml's ``[tool.importlinter]``; ``lint-imports`` (import-linter) checks
 them, as ``make lint`` does. A breach is planted in a copy of the package, never in the tree.

@@ -84,7 +84,7 @@ class SplitSpec(_Spec):
 
 
 class SyntheticSpec(_Spec):
-    """Generator settings for the synthetic sources (METHODS section 4)."""
+    """Generator settings for the synthetic sources (docs/methods.md section 4.5)."""
 
     counts: dict[str, int] | None = Field(
         None, description="cells per class for synthetic_cells/synthetic_smears (class name -> count)"

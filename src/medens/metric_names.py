@@ -1,7 +1,7 @@
 """Names and directions of the named metrics, at the bottom layer of medens.
 
 ``medens.config`` refuses unknown ranking and gate metrics when a spec is loaded, before any
-training; it may not import ``medens.ensemble`` or ``medens.evaluation`` (DESIGN.md section 1), so
+training; it may not import ``medens.ensemble`` or ``medens.evaluation`` (docs/architecture.md section 2.2), so
 the names live here and the implementations derive from them: ``medens.ensemble.selection`` and
 ``medens.evaluation.metrics`` take each metric's direction from these tables (a metric missing here
 fails at import), and tests check that the name sets agree.

@@ -1,4 +1,4 @@
-"""Synthetic generators (METHODS section 4): determinism, class morphology, difficulty, lesions."""
+"""Synthetic generators (docs/methods.md section 4.5): determinism, class morphology, difficulty, lesions."""
 
 import time
 
@@ -104,7 +104,7 @@ def _pallor_radius(images, meta):
 
 
 def test_cell_morphology_by_class():
-    """Central pallor per class (METHODS section 4): measured from the rendered pixels."""
+    """Central pallor per class (docs/methods.md section 4.5): measured from the rendered pixels."""
     images, labels, meta = make_cells([120, 120, 120], size=64, seed=5)
     zones = [(0.0, 0.1), (0.22, 0.4), (0.45, 0.6), (0.7, 0.85), (0.0, 0.9)]
     z = _zone_means(images, meta, zones)

@@ -1,4 +1,4 @@
-"""Model-level ensembles (METHODS section 5): the fused modules, built from member specs.
+"""Model-level ensembles (docs/methods.md section 5.3): the fused modules, built from member specs.
 
 What is checked is exact: the fused forward pass against a hand-written one, frozen members that
 stay in eval mode, and the error messages for member specs that cannot be fused. Training a fusion

@@ -1,4 +1,4 @@
-"""Training model-level ensembles (METHODS section 5): frozen members, self-contained artifacts, checks.
+"""Training model-level ensembles (docs/methods.md section 5.3): frozen members, self-contained artifacts, checks.
 
 Members are tiny compact CNNs trained for one or two epochs on 16 px synthetic images; what is
 checked is exact: member tensors bit for bit, artifact round trips, and the error messages for

@@ -176,7 +176,7 @@ def _masks_to_labels(masks: np.ndarray) -> np.ndarray:
 
 def synthetic_cells(counts: dict[str, int] | None, size: int, channels: int, seed: int,
                     class_names: list[str] | None = None, separation: float = 1.0) -> Pool:
-    """Synthetic red-blood-cell crops (METHODS section 4), any class distribution."""
+    """Synthetic red-blood-cell crops (docs/methods.md section 4.5), any class distribution."""
     from medens.data.synthetic import CELL_CLASSES, make_cells
 
     names = list(class_names or CELL_CLASSES)
@@ -235,7 +235,7 @@ def synthetic_smears(counts: dict[str, int] | None, n_images: int, smear_size: i
 
 def synthetic_segmentation(n_images: int, size: int, channels: int, seed: int,
                            class_names: list[str] | None = None) -> Pool:
-    """Synthetic grey scans with low-contrast lesions and lesion masks (METHODS section 4)."""
+    """Synthetic grey scans with low-contrast lesions and lesion masks (docs/methods.md section 4.5)."""
     from medens.data.synthetic import make_segmentation
 
     images, masks = make_segmentation(n_images, size=size, seed=seed)

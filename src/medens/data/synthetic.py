@@ -1,4 +1,4 @@
-"""Synthetic data generators (METHODS section 4): red-blood-cell crops and smears, lesion scans.
+"""Synthetic data generators (docs/methods.md section 4.5): red-blood-cell crops and smears, lesion scans.
 
 The red-blood-cell data imitate study 2 (Pasupa, Vatathanavaro, Tungjitnob: focal loss for
 red-blood-cell morphology; classes codocyte, hypochromia, normal). Cells are stained discs whose
@@ -37,7 +37,7 @@ CELL_CLASSES: tuple[str, ...] = ("codocyte", "hypochromia", "normal")
 """Class names of the cell data; the order is the label index."""
 
 CELL_FRACTION = 0.8
-"""A cell's diameter as a fraction of the crop side (METHODS section 4)."""
+"""A cell's diameter as a fraction of the crop side (docs/methods.md section 4.5)."""
 
 DEFAULT_SMEAR_FRACTIONS = (0.1, 0.1, 0.8)
 """Class distribution of smear cells: study 2's 10:10:80 (codocyte:hypochromia:normal)."""
@@ -209,7 +209,7 @@ def make_cells(
     chunk: int = 128,
     separation: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Red-blood-cell crops drawn directly, one cell per crop (METHODS section 4, study 2).
+    """Red-blood-cell crops drawn directly, one cell per crop (docs/methods.md section 4.5, study 2).
 
     Each crop shows one cell spanning about 80% of the crop (radius jittered +-8%), slightly
     elliptical and randomly rotated, its centre offset by up to 9% of the crop side, with stain,
@@ -397,7 +397,7 @@ def make_smears(
     seed: int = 0,
     cells_per_smear: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, list[list[dict]]]:
-    """Blood smear fields with ground truth for cell extraction (METHODS section 4, study 2).
+    """Blood smear fields with ground truth for cell extraction (docs/methods.md section 4.5, study 2).
 
     Cells drawn with the same renderer as :func:`make_cells` (class by central pallor, as in
     Pasupa, Vatathanavaro, Tungjitnob) are scattered over a pale plasma background with
@@ -545,7 +545,7 @@ def _blob(
 def make_segmentation(
     n: int, size: int = 64, seed: int = 0, *, lesion_probs: Sequence[float] = (0.2, 0.35, 0.3, 0.15)
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Grey lesion-segmentation scans with masks (METHODS section 4; the task of study 3).
+    """Grey lesion-segmentation scans with masks (docs/methods.md section 4.5; the task of study 3).
 
     Imitates the small-lesion tasks of Roshan et al. (Computers in Biology and Medicine 2024):
     a smooth textured organ on a darker surround; zero to three irregular lesions (smooth noise

@@ -1,4 +1,4 @@
-"""Ensembles built from saved member predictions, fitted on validation only (METHODS.md section 5).
+"""Ensembles built from saved member predictions, fitted on validation only (docs/methods.md section 5).
 
 - ``prediction``: classification ensembles ``vote``, ``mean``, ``weighted``, ``greedy`` and
   ``stacking`` (registry ``ENSEMBLES``; ``fit_ensemble(method, val_predictions)``).

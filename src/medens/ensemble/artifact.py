@@ -1,4 +1,4 @@
-"""Ensemble artifacts (DESIGN section 3): ``ensemble.json`` plus ``members/<id>/`` model artifacts.
+"""Ensemble artifacts (docs/architecture.md section 5.4): ``ensemble.json`` plus ``members/<id>/`` model artifacts.
 
 This directory is what KServe mounts at ``/mnt/models``. ``ensemble.json`` names the method,
 member ids, the fitted combiner (weights or stacking coefficients as plain numbers, no pickles),

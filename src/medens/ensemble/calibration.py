@@ -1,8 +1,8 @@
 """Post-hoc decision rules fitted on validation predictions: temperature scaling and logit adjustment.
 
 Both act on a system's probabilities through their logarithms (a softmax's logits up to a constant
-per sample, which neither rule depends on), are fitted on validation predictions only (DESIGN
-section 2, step 4) and serialise to JSON so an artifact can carry them.
+per sample, which neither rule depends on), are fitted on validation predictions only (docs/methods.md
+section 10) and serialise to JSON so an artifact can carry them.
 
 - :class:`TemperatureScaling` (Guo et al., ICML 2017): ``softmax(log p / T)`` with the one scalar
   ``T`` that minimises the validation negative log-likelihood. It never changes the argmax, so it

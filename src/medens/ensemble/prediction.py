@@ -1,4 +1,4 @@
-"""Prediction-level ensembles of classifiers (METHODS.md section 5; DESIGN.md section 2, step 5).
+"""Prediction-level ensembles of classifiers (docs/methods.md section 5.1; docs/architecture.md section 3.3).
 
 Every ensemble combines the saved class probabilities of its members and is fitted on
 VALIDATION predictions only: ``fit(val_probs, y_val)`` takes the members' validation
@@ -548,7 +548,7 @@ class StackingEnsemble(PredictionEnsemble):
     """Stacked generalisation with a multinomial logistic regression (Wolpert, Neural Networks 1992).
 
     Features: the members' probabilities concatenated member-major,
-    ``x = [p_0[0..K-1], p_1[0..K-1], ...]`` (``features="proba"``, default, as METHODS.md section 5
+    ``x = [p_0[0..K-1], p_1[0..K-1], ...]`` (``features="proba"``, default, as docs/methods.md section 5.1
     and study 1), or their logs clipped at ``LOG_EPS`` (``features="log_proba"``, which lets the
     stacker express a weighted geometric mean). The meta-model is scikit-learn's
     ``LogisticRegression`` (L2, inverse strength ``C``, lbfgs, multinomial).

@@ -1,4 +1,4 @@
-"""Segmentation ensembles of probability maps (METHODS.md section 5; study 3).
+"""Segmentation ensembles of probability maps (docs/methods.md section 5.4; study 3).
 
 Members give per-pixel class probabilities ``(N, K, H, W)`` (K = 2: background, lesion). Like the
 classification ensembles, every method is fitted on VALIDATION predictions only:
@@ -393,7 +393,7 @@ class WeightedSegEnsemble(SegmentationEnsemble):
 
 @SEG_ENSEMBLES.register("majority")
 class MajoritySegEnsemble(SegmentationEnsemble):
-    """Pixel-wise majority vote of the member masks (each member's argmax; METHODS.md section 5).
+    """Pixel-wise majority vote of the member masks (each member's argmax; docs/methods.md section 5.4).
 
     TIE RULE (``tie``): with ``"background"`` (default) a tied pixel takes the lowest tied class
     index, so for K = 2 a pixel is foreground only with a strict majority (two members: majority

@@ -1,4 +1,4 @@
-"""Member ranking and top-k selection on validation predictions (METHODS.md section 5).
+"""Member ranking and top-k selection on validation predictions (docs/methods.md section 5.2).
 
 Study 1 (Rajaraman, Zamzmi, Antani, PLoS ONE 16(12) e0261307, 2021) ranks the twelve
 loss-specific members by a validation metric and ensembles the top 3 and the top 5; MCC is the

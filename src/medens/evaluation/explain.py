@@ -1,4 +1,4 @@
-"""Grad-CAM explanations and their overlays (METHODS section 6).
+"""Grad-CAM explanations and their overlays (docs/methods.md section 11.1).
 
 Grad-CAM (Selvaraju, Cogswell, Das, Vedantam, Parikh, Batra. Grad-CAM: Visual Explanations from
 Deep Networks via Gradient-based Localization. ICCV 2017): for class c and a conv layer with

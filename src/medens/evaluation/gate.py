@@ -1,8 +1,8 @@
 """The champion gate: promote a retrained ensemble only when it beats the serving one.
 
-DESIGN section 2, step 8: retraining promotes the challenger only when it is better than the
+docs/architecture.md section 3.5: retraining promotes the challenger only when it is better than the
 champion on the gate metric *and* a paired test on the same test images says the difference is
-unlikely to be chance (METHODS section 6):
+unlikely to be chance (docs/methods.md section 9):
 
 - ``accuracy``: McNemar's test on the discordant pairs (McNemar, Psychometrika 1947), exact
   binomial when they are few (:func:`medens.evaluation.stats.mcnemar`);

@@ -1,4 +1,4 @@
-"""Classification and segmentation metrics (METHODS.md section 6).
+"""Classification and segmentation metrics (docs/methods.md section 6).
 
 Conventions follow scikit-learn: ``y_true`` first, keyword-only options, and every ``*_score`` is
 higher-better. Classification metrics take integer labels ``y_true`` (N,) and class probabilities
@@ -407,7 +407,7 @@ def classification_metrics(
     class_names: Sequence[str] | None = None,
     n_bins: int = ECE_BINS,
 ) -> dict[str, Any]:
-    """Every classification metric of METHODS.md section 6, as a JSON-ready dict.
+    """Every classification metric of docs/methods.md section 6.1, as a JSON-ready dict.
 
     Args:
         y_true: integer labels, shape (N,), in ``[0, K)``.

@@ -1,4 +1,4 @@
-"""Confidence intervals and paired tests for comparing systems on one test set (METHODS.md section 6).
+"""Confidence intervals and paired tests for comparing systems on one test set (docs/methods.md section 7).
 
 - :func:`bootstrap_ci`: stratified percentile bootstrap (Efron & Tibshirani, "An Introduction to
   the Bootstrap", 1993).

@@ -1,6 +1,6 @@
 """Scores of every system: the selection score on validation, then test metrics, CIs and paired tests.
 
-Selection (DESIGN section 2, step 6) comes first and uses validation data only: a member by
+Selection (docs/methods.md section 8) comes first and uses validation data only: a member by
 its validation predictions, a prediction-level ensemble by its cross-fitted (out-of-fold)
 validation predictions (:mod:`medens.ensemble.crossfit`; it was fitted on validation), a
 model-level ensemble by its validation predictions (it was trained on the training split). The
@@ -10,7 +10,7 @@ log-loss of the same predictions, a proper scoring rule that still sees how sure
 of the right class, and only then by name. A system whose selection predictions all fall in one
 class (:mod:`medens.training.collapse`) is ranked after every system that did not collapse, so it
 is selected only when every system collapsed (and the run then says so). Only then is
-every system scored on the test split, once, to report: metrics of METHODS section 6 with 95%
+every system scored on the test split, once, to report: metrics of docs/methods.md section 6 with 95%
 bootstrap CIs (and study 1's normal-approximation CI for accuracy) and paired tests against the
 reference (the best single member on validation), Holm-corrected across the comparisons:
 McNemar for accuracy, paired bootstrap for the MCC difference and DeLong for macro one-vs-rest

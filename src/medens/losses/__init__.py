@@ -1,4 +1,4 @@
-"""Loss library: every loss of the five studies and the imbalance literature (METHODS.md section 2).
+"""Loss library: every loss of the five studies and the imbalance literature (docs/methods.md section 3).
 
 Build a loss by name::
 
@@ -242,7 +242,7 @@ def format_table(task: str | None = None, fmt: str = "text") -> str:
             "<!-- Generated from the loss registry by `python -m medens.losses docs docs/losses.md`; do not edit. -->",
             "",
             "Build with `medens.losses.build(name, class_counts=None, task=..., **params)`; list with",
-            "`medens losses list`. Formulas use METHODS.md notation: `p = softmax(z)`, `y` one-hot",
+            "`medens losses list`. Formulas use the notation of docs/methods.md section 1: `p = softmax(z)`, `y` one-hot",
             "targets, `n_k` the training count of class k, `N = sum_k n_k`, K classes.",
             "",
             _NOTES,

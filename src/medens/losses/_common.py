@@ -1,6 +1,6 @@
 """Shared machinery of the loss library: validation, target conversion, reduction, class weights.
 
-Conventions (DESIGN.md section 4, MONAI's loss contract):
+Conventions (docs/architecture.md section 7.1, MONAI's loss contract):
 
 * Every loss is an ``nn.Module`` called as ``loss(logits, target)``; ``reduction`` is one of
   ``"mean"``, ``"sum"``, ``"none"``.
@@ -37,7 +37,7 @@ class LossInfo:
     Attributes:
         name: registry name.
         task: ``"classification"`` or ``"segmentation"``.
-        formula: the formula in plain text (METHODS.md notation).
+        formula: the formula in plain text (the notation of docs/methods.md section 1).
         source: the paper or implementation the loss comes from.
         needs_counts: given the effective parameters (defaults updated with the user's), does the
             loss need the training split's ``class_counts``?

@@ -1,4 +1,4 @@
-"""Classification losses (METHODS.md section 2).
+"""Classification losses (docs/methods.md section 3.1).
 
 Every loss is an ``nn.Module`` called as ``loss(logits, target)``:
 

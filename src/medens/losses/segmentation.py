@@ -1,4 +1,4 @@
-"""Segmentation losses (METHODS.md section 2), 2D and 3D.
+"""Segmentation losses (docs/methods.md section 3.3), 2D and 3D.
 
 Every loss is an ``nn.Module`` called as ``loss(logits, target)``:
 
@@ -333,7 +333,7 @@ class TverskyLoss(_OverlapLoss):
     """Tversky loss (Salehi, Erdogmus, Gholipour, MLMI 2017): ``1 - TI`` per image and class,
     averaged over classes, ``TI = (TP + smooth_nr) / (TP + alpha FN + beta FP + smooth_dr)``.
 
-    Note that ``alpha`` weighs false negatives here (METHODS.md, Abraham and Khan), whereas in
+    Note that ``alpha`` weighs false negatives here (docs/methods.md section 3.3, Abraham and Khan), whereas in
     ``monai.losses.TverskyLoss`` ``alpha`` weighs false positives: ours(alpha=a, beta=b) equals
     MONAI's (alpha=b, beta=a). ``alpha = beta = 0.5`` is the Dice loss (with doubled smoothing).
 

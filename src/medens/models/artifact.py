@@ -1,4 +1,4 @@
-"""Model artifacts: self-describing directories (DESIGN section 3).
+"""Model artifacts: self-describing directories (docs/architecture.md section 5.3).
 
 ``weights.pt`` (a state_dict) and ``model.json`` (architecture name and kwargs, loss, class
 names, input spec, training history, best epoch, validation metrics, the sha256 of every file,

@@ -611,7 +611,7 @@ def _embedding_head(in_features: int, embedding_dims: Sequence[int], num_classes
 
 
 class Study4CustomCNN(ClassifierModel):
-    """The small custom CNN branch of study 4 (ensemble of CNNs for pediatric pneumonia, METHODS.md).
+    """The small custom CNN branch of study 4 (ensemble of CNNs for pediatric pneumonia, docs/methods.md section 2.4).
 
     ``len(filters)`` blocks of 3x3 conv -> batch norm -> ReLU -> 2x2 max pool, then the study-4
     branch head: global average pooling -> dense 16 -> ReLU -> dense 8 -> ReLU -> linear. In the
@@ -650,7 +650,7 @@ class Study4CustomCNN(ClassifierModel):
         )
 
 
-@register(MODELS, "study4_custom_cnn", "Study 4 of METHODS.md: ensemble of pretrained CNNs for pediatric pneumonia")
+@register(MODELS, "study4_custom_cnn", "Study 4 (docs/methods.md section 2.4): ensemble of pretrained CNNs for pediatric pneumonia")
 def study4_custom_cnn(
     in_channels: int,
     num_classes: int,

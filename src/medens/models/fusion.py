@@ -1,4 +1,4 @@
-"""Model-level ensembles: frozen members fused at their feature layer (METHODS section 5).
+"""Model-level ensembles: frozen members fused at their feature layer (docs/methods.md section 5.3).
 
 Two fusions, both :class:`~medens.models.ClassifierModel` s with the uniform interface, so
 training (``medens.training.fit``), artifacts and Grad-CAM treat them like any other model:
@@ -8,7 +8,7 @@ training (``medens.training.fit``), artifacts and Grad-CAM treat them like any o
   deepest conv layer), the feature maps are brought to a common grid, concatenated on channels
   and fed to a trainable 1x1 conv (512 filters) + ReLU -> global average pooling -> linear head.
 - :class:`EmbeddingFusion` (registry name ``embedding_fusion``), study 4 (ensemble of CNNs for
-  pediatric pneumonia, METHODS section 1): every member gives one embedding vector, the vectors
+  pediatric pneumonia, docs/methods.md section 2.4): every member gives one embedding vector, the vectors
   are concatenated and a single linear layer classifies them.
 
 Members are frozen: their parameters have ``requires_grad=False`` and they stay in eval mode even
@@ -61,7 +61,7 @@ _STUDY1_REF = (
     "Rajaraman, Zamzmi, Antani. Novel loss functions for ensemble-based medical image classification. "
     "PLoS ONE 16(12) e0261307, 2021 (model-level ensembles)"
 )
-_STUDY4_REF = "Study 4 of METHODS.md: ensemble of pretrained CNNs for pediatric pneumonia (concatenated embeddings)"
+_STUDY4_REF = "Study 4 (docs/methods.md section 2.4): ensemble of pretrained CNNs for pediatric pneumonia (concatenated embeddings)"
 
 
 # ---------------------------------------------------------------- members
@@ -265,7 +265,7 @@ class FeatureFusion(_Fusion):
 class EmbeddingFusion(_Fusion):
     """Concatenated member embeddings -> one linear layer (study 4).
 
-    Study 4 (ensemble of pretrained CNNs for pediatric pneumonia, METHODS section 1) passes each
+    Study 4 (ensemble of pretrained CNNs for pediatric pneumonia, docs/methods.md section 2.4) passes each
     frozen branch through global pooling -> dense 16 -> dense 8, concatenates the nine 8-d vectors
     and classifies them with one sigmoid unit. Here the member embedding is either its globally
     average-pooled feature map (``embedding="pooled"``, ``feature_channels`` values) or the input

@@ -1,5 +1,5 @@
 """Fingerprints of a data source: what a dataset was built from, so that a cache or a registry
-entry can tell new data from old at the same URI (DESIGN section 2, step 8).
+entry can tell new data from old at the same URI (docs/architecture.md section 3.1).
 
 - a folder: every file's relative name, size and sha256 (hidden files skipped);
 - a single file: its name, size and sha256;

@@ -10,7 +10,7 @@ Every epoch is published under its own name and the older ones are deleted only 
 one's manifest is written: a kill in the middle of an upload leaves an incomplete folder the store
 does not list (no manifest) next to the previous complete checkpoint, never a half-overwritten
 one. A complete checkpoint whose files do not match their sha256 therefore means the store itself
-was damaged or changed; it is refused with the store's error naming the file (DESIGN section 3)
+was damaged or changed; it is refused with the store's error naming the file (docs/architecture.md section 5.6)
 rather than silently trained over.
 """
 

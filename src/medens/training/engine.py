@@ -1,7 +1,7 @@
 """The training engine: ``fit`` is what every caller (CLI, pipeline, studies) uses.
 
 One run trains one (model, loss) pair on a :class:`~medens.data.types.SplitData` and writes a
-model artifact directory (DESIGN section 3). Device is chosen automatically (CUDA, then CPU);
+model artifact directory (docs/architecture.md section 5.3). Device is chosen automatically (CUDA, then CPU);
 on CUDA it uses mixed precision (bf16 where supported, else fp16 with a grad scaler),
 channels_last, pinned memory and DataLoader workers. Optimisers: Adam, AdamW, SGD with
 Nesterov momentum; ReduceLROnPlateau, cosine decay with linear warm-up or one-cycle (per step);

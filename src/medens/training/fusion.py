@@ -1,4 +1,4 @@
-"""Training a model-level ensemble: frozen members, a new trained head (METHODS section 5).
+"""Training a model-level ensemble: frozen members, a new trained head (docs/methods.md section 5.3).
 
 The fused modules (:class:`~medens.models.fusion.FeatureFusion`, study 1;
 :class:`~medens.models.fusion.EmbeddingFusion`, study 4) live in ``medens.models.fusion``; this

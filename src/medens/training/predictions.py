@@ -1,4 +1,4 @@
-"""Saved predictions: what every member hands to the ensembles (DESIGN section 2, step 4).
+"""Saved predictions: what every member hands to the ensembles (docs/architecture.md section 5.3).
 
 Classification: ``probs`` (N, K) float32, ``labels`` (N,), ``ids``. Segmentation: ``probs``
 (N, K, H, W) float16 (probability maps; half precision keeps them small), ``masks`` (N, H, W).
