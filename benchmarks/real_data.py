@@ -116,8 +116,8 @@ OUTSIDE_KNOWLEDGE = ("hog_mlp",)
 pretrained weights (``pretrained`` in their ``model.json``) do too. The systems without any such
 member are reported too (``medens_selected_from_scratch``)."""
 ALPHA = 0.05
-CI_METRICS = ("mcc", "f1_macro", "balanced_accuracy")
-PAIRED_METRICS = ("mcc", "f1_macro")
+CI_METRICS = ("mcc", "macro_f1", "balanced_accuracy")
+PAIRED_METRICS = ("mcc", "macro_f1")
 HOG = {"orientations": 9, "pixels_per_cell": (8, 8), "cells_per_block": (2, 2)}
 QUICK_IMAGES = 300
 QUICK_PLAIN_EPOCHS = 2

@@ -27,7 +27,7 @@ def test_imbalanced_2d_expands_into_the_spec_fields():
         0.99, 5.0, "flips", 30, 600, None, "macro_f1")
     assert (t.batch_size, t.plateau_patience, t.class_weights, t.tta, t.calibrate) == (64, None, "none", "flips", True)
     assert e.methods == ["mean", "mean_la", "weighted", "stacking"] and e.top_k == [3, 6]
-    assert e.rank_metric == "macro_f1" and e.model_level is False and ev.gate_metric == "f1_macro"
+    assert e.rank_metric == "macro_f1" and e.model_level is False and ev.gate_metric == "macro_f1"
     # what the recipe does not set keeps the spec default
     assert ev.bootstrap == 2000 and t.flips == "both" and spec.recipe == "imbalanced-2d"
 
@@ -95,7 +95,7 @@ def test_a_runs_spec_yaml_records_the_expanded_recipe(tmp_path):
     assert (t["optimizer"], t["schedule"], t["ema_decay"], t["tta"], t["monitor"]) == (
         "adamw", "cosine", 0.99, "flips", "macro_f1")
     assert (t["epochs"], t["min_steps"]) == (1, 0)  # the spec's own values, not the recipe's 30 and 600
-    assert saved["evaluation"]["gate_metric"] == "f1_macro"
+    assert saved["evaluation"]["gate_metric"] == "macro_f1"
     manifest = yaml.safe_load((tmp_path / "run" / "members" / "compact_cnn__ce" / "model.json").read_text())
     assert manifest["training"]["optimizer"] == "adamw" and manifest["training"]["ema_decay"] == 0.99
 
@@ -124,7 +124,7 @@ def test_the_benchmark_uses_the_recipe_by_name_and_gets_its_old_spec():
     assert base["recipe"] == "imbalanced-2d" and "training" not in base and "ensemble" not in base
     spec = parse_spec(base)
     assert spec.training.min_steps == 600 and spec.ensemble.top_k == [3, 6]
-    assert spec.evaluation.gate_metric == "f1_macro" and spec.evaluation.bootstrap == 1000
+    assert spec.evaluation.gate_metric == "macro_f1" and spec.evaluation.bootstrap == 1000
 
 
 def test_default_training_length_follows_steps():

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from medens.metric_names import EVALUATION_METRICS, RANKING_METRICS, SEGMENTATION_GATE_METRICS
+from medens.metric_names import EVALUATION_METRICS, RANKING_METRICS, SEGMENTATION_GATE_METRICS, canonical_name
 from medens.registry import close_matches, unknown_name_message
 
 DataSource = Literal[
@@ -193,6 +193,12 @@ DEFAULT_MIN_STEPS = 300
 (issue 22: below that, members of a small long-tailed set collapse onto one class)."""
 
 
+def _canonical_metric(v: Any) -> Any:
+    """A metric setting under its canonical name: an old spelling (``f1_macro``) loads as
+    ``macro_f1`` with a ``FutureWarning`` (``medens.metric_names.ALIASES``)."""
+    return canonical_name(v) if isinstance(v, str) else v
+
+
 class TrainingSpec(_Spec):
     """Optimiser, schedule, stopping and imbalance handling for ``medens.training.fit``."""
 
@@ -250,6 +256,8 @@ class TrainingSpec(_Spec):
     def _augment_bool(cls, v: Any) -> Any:
         return {True: "flips", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
+    _monitor_name = field_validator("monitor", mode="before")(classmethod(lambda cls, v: _canonical_metric(v)))
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
     num_workers: int | None = Field(None, ge=0, description="DataLoader workers; null chooses by device")
@@ -264,6 +272,7 @@ class EnsembleSpec(_Spec):
     )
     top_k: list[int] = Field(default_factory=lambda: [3], description="member counts ranked by rank_metric")
     rank_metric: str = "mcc"
+    _rank_metric_name = field_validator("rank_metric", mode="before")(classmethod(lambda cls, v: _canonical_metric(v)))
     model_level: bool = Field(False, description="also train a model-level ensemble of the top-k members")
     model_level_kind: Literal["feature", "embedding"] = Field(
         "feature", description="feature: 1x1 conv + pooling + dense head on frozen members (study 1); "
@@ -286,6 +295,7 @@ class EvaluationSpec(_Spec):
     bootstrap: int = Field(2000, ge=100)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     gate_metric: str = "mcc"
+    _gate_metric_name = field_validator("gate_metric", mode="before")(classmethod(lambda cls, v: _canonical_metric(v)))
     alpha: float = Field(0.05, gt=0, lt=1)
     gradcam: bool = True
     gradcam_per_class: int = Field(4, ge=1)

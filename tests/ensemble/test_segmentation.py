@@ -15,12 +15,11 @@ from medens.ensemble.segmentation import (
     SegmentationEnsemble,
     WeightedSegEnsemble,
     build_seg_ensemble,
-    dice_per_image,
-    dice_score,
     fit_seg_ensemble,
     simplex_grid,
     study3_weights,
 )
+from medens.metrics import dice
 from medens.training.predictions import Predictions
 
 
@@ -59,8 +58,8 @@ def planted():
 def test_dice_by_hand():
     t = np.array([[[1, 1, 0], [0, 0, 0], [0, 0, 0]], [[0] * 3] * 3])
     p = np.array([[[1, 0, 0], [1, 0, 0], [0, 0, 0]], [[0] * 3] * 3])
-    np.testing.assert_allclose(dice_per_image(t, p), [[0.5], [1.0]])  # 2*1/(2+2); empty/empty = 1
-    assert dice_score(t, p) == pytest.approx(0.75)
+    np.testing.assert_allclose(dice(t, p, n_classes=2), [[0.5], [1.0]])  # 2*1/(2+2); empty/empty = 1
+    assert dice(t, p, n_classes=2).mean() == pytest.approx(0.75)
 
 
 def test_simplex_grid():
@@ -84,11 +83,11 @@ def test_weighted_finds_planted_inverse_variance_weight(planted):
     assert v["study3"]["raw_weights"] == [1.01, 1.0]
     assert v["study3"]["weights"] == pytest.approx([0.50249, 0.49751], abs=1e-5)
     by_hand = np.argmax(1.01 * val["main"].astype(np.float64) + 1.0 * val["sampling"], axis=1)
-    assert v["study3"]["dice"] == pytest.approx(dice_score(masks, by_hand), abs=1e-12)
+    assert v["study3"]["dice"] == pytest.approx(dice(masks, by_hand, n_classes=2).mean(), abs=1e-12)
     # the chosen weight is the best of the searched grid, and predict reproduces its Dice: one
     # computation (WeightedSegEnsemble.weighted_mean) behind all three, so equal to the last bit
     assert v["dice"] == ens.search_["dice"].max()
-    assert dice_score(masks, ens.predict(val)) == v["dice"]
+    assert dice(masks, ens.predict(val), n_classes=2).mean() == v["dice"]
     assert np.array_equal(ens.predict(val), np.argmax(WeightedSegEnsemble.weighted_mean(
         np.stack([val["main"], val["sampling"]]).astype(np.float32), ens.weights), axis=1))
 

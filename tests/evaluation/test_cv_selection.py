@@ -56,8 +56,8 @@ def test_the_rule_ten_images_each_leaves_auto_to_the_tie_check():
 
 
 def test_the_rule_a_tie_at_the_top_triggers_and_no_tie_does_not():
-    assert tie_reason({"a": 1.0, "b": 1.0, "c": 0.9}, metric="f1_macro").startswith(
-        "2 systems tie at the top of the validation ranking (f1_macro 1): a, b")
+    assert tie_reason({"a": 1.0, "b": 1.0, "c": 0.9}, metric="macro_f1").startswith(
+        "2 systems tie at the top of the validation ranking (macro_f1 1): a, b")
     assert tie_reason({"a": 1.0, "b": 0.99, "c": None}) is None
     assert tie_reason({"a": 1.0, "b": 1.0, "c": 0.9}, collapsed={"b"}) is None  # a collapsed system does not count
 
@@ -137,7 +137,7 @@ def cv_run(tmp_path_factory):
                        "training": {"epochs": 2, "min_steps": 24, "batch_size": 16, "patience": None},
                        "ensemble": {"methods": ["mean", "weighted", "vote"], "top_k": [2]},
                        "evaluation": {"selection": "auto", "cv_folds": 3, "bootstrap": 100, "gradcam": False,
-                                      "gate_metric": "f1_macro"}})
+                                      "gate_metric": "macro_f1"}})
     events, lines = [], []
     test_ids = set(data.test.ids)
     real_predict, real_order = training.predict_split, systems.selection_order
@@ -251,7 +251,7 @@ def test_report_and_metrics_state_the_selection_the_rule_and_the_classical_share
     mode = metrics["selection_mode"]
     assert mode["mode"] == "cv" and mode["requested"] == "auto" and mode["folds"] == 3 and mode["fits"] == 12
     assert "fewer than 10 validation images" in mode["reason"] and "tie at the top" in mode["rule"]
-    assert metrics["selection_rule"].startswith("highest f1_macro on out-of-fold (OOF) predictions of 3-fold")
+    assert metrics["selection_rule"].startswith("highest macro_f1 on out-of-fold (OOF) predictions of 3-fold")
     assert all(s["basis"] and "out-of-fold" in s["basis"] for s in metrics["selection"].values() if s["basis"])
     classical = metrics["classical_member"]
     assert classical["members"] == ["hog_mlp__ce", "hog_mlp__weighted_ce"] and 0.0 <= classical["share"] <= 1.0

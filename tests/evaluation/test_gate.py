@@ -82,7 +82,7 @@ def test_accuracy_uses_mcnemar():
     assert d["challenger"] == pytest.approx(np.mean(chal.argmax(1) == y))
 
 
-@pytest.mark.parametrize("alias,name", [("f1", "f1_macro"), ("auroc", "auroc_macro")])
+@pytest.mark.parametrize("alias,name", [("f1", "macro_f1"), ("auroc", "auroc_macro")])
 def test_metric_aliases(alias, name):
     y, champ = planted(right=0.6, seed=8)
     _, chal = planted(right=0.95, seed=9, y=y)

@@ -71,7 +71,7 @@ def test_kfp_metrics_have_the_classification_metrics_shape(run):
     roc = k["roc"]
     assert len(roc["fpr"]) == len(roc["tpr"]) == len(roc["threshold"]) >= 2
     assert all(np.isfinite(roc["threshold"]))
-    assert set(k["scalar"]) == {"accuracy", "mcc", "f1_macro", "auroc_macro"}
+    assert set(k["scalar"]) == {"accuracy", "mcc", "macro_f1", "auroc_macro"}
 
 
 def test_markdown_summary(run):

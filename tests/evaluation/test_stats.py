@@ -110,7 +110,7 @@ def test_bootstrap_is_fast_for_named_metrics() -> None:
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 600)
     p, _ = correlated_systems(rng, y, 3, 1.5, 1.5)
-    for name in ("accuracy", "mcc", "f1_macro", "auroc_macro"):
+    for name in ("accuracy", "mcc", "macro_f1", "auroc_macro"):
         start = time.perf_counter()
         bootstrap_ci(y, p, name, n_resamples=2000)
         assert time.perf_counter() - start < 1.0, name  # measured ~0.05 s (mcc) to ~0.15 s (auroc)
@@ -246,22 +246,22 @@ def test_paired_bootstrap_values() -> None:
     rng = np.random.default_rng(3)
     y = np.repeat([0, 1], [80, 40])
     pa, pb = correlated_systems(rng, y, 2, 2.0, 1.0)
-    r = paired_bootstrap(y, pa, pb, "f1_macro", n_resamples=400, seed=5)
-    assert r["diff"] == pytest.approx(METRICS["f1_macro"](y, pa) - METRICS["f1_macro"](y, pb))
-    assert r["metric_a"] == pytest.approx(METRICS["f1_macro"](y, pa))
+    r = paired_bootstrap(y, pa, pb, "macro_f1", n_resamples=400, seed=5)
+    assert r["diff"] == pytest.approx(METRICS["macro_f1"](y, pa) - METRICS["macro_f1"](y, pb))
+    assert r["metric_a"] == pytest.approx(METRICS["macro_f1"](y, pa))
     # the same resamples as the per-system bootstrap: the replicates are differences of those
-    slow = paired_bootstrap(y, pa, pb, lambda yy, pp: METRICS["f1_macro"](yy, pp), n_resamples=400, seed=5)
+    slow = paired_bootstrap(y, pa, pb, lambda yy, pp: METRICS["macro_f1"](yy, pp), n_resamples=400, seed=5)
     assert slow == pytest.approx(r)
     reps_a, reps_b = [], []
     for idx in resample_indices(y, 400, seed=5):
         for i in idx:
-            reps_a.append(METRICS["f1_macro"](y[i], pa[i]))
-            reps_b.append(METRICS["f1_macro"](y[i], pb[i]))
+            reps_a.append(METRICS["macro_f1"](y[i], pa[i]))
+            reps_b.append(METRICS["macro_f1"](y[i], pb[i]))
     d_star = np.array(reps_a) - np.array(reps_b)
     d = r["diff"]
     assert r["p_value"] == pytest.approx((1 + np.sum(np.abs(d_star - d) >= abs(d))) / 401)
     assert r["low"] == pytest.approx(np.quantile(d_star, 0.025))
-    same = paired_bootstrap(y, pa, pa, "f1_macro", n_resamples=100)
+    same = paired_bootstrap(y, pa, pa, "macro_f1", n_resamples=100)
     assert (same["diff"], same["low"], same["high"], same["p_value"]) == (0.0, 0.0, 0.0, 1.0)
     with pytest.raises(
         ValueError, match=r"probs_a and probs_b must have the same shape, got \(120, 2\) and \(120, 3\)"

@@ -32,7 +32,6 @@ from medens.ensemble.segmentation import (
     SegmentationEnsemble,
     WeightedSegEnsemble,
     build_seg_ensemble,
-    dice_score,
     fit_seg_ensemble,
     study3_weights,
 )
@@ -56,7 +55,6 @@ __all__ = [
     "build_ensemble",
     "build_seg_ensemble",
     "check_aligned",
-    "dice_score",
     "ensemble_options",
     "fit_ensemble",
     "fit_seg_ensemble",

@@ -16,9 +16,10 @@ classification ensembles, every method is fitted on VALIDATION predictions only:
 ensemble mask (``predict``): the weighted mean of probabilities for ``weighted``, vote fractions
 for ``majority`` and a unanimity-scaled vote fraction for ``intersection`` (see each class).
 
-Dice (used for the search and the reported validation scores): per image and per foreground
-class ``2 |A n B| / (|A| + |B|)``, 1 when both masks are empty, averaged over foreground classes
-and images.
+Dice (used for the search and the reported validation scores) is :func:`medens.metrics.dice`, the
+one definition the engine's epoch monitor and the evaluation report also use: per image and per
+foreground class ``2 |A n B| / (|A| + |B|)``, 1 when both masks are empty, averaged over
+foreground classes and images.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from medens import metrics as metric_defs
 from medens.ensemble._members import MemberEnsemble
 from medens.ensemble.selection import check_aligned
 from medens.registry import Registry, check_options, unknown_name_message
@@ -48,8 +50,6 @@ __all__ = [
     "SegmentationEnsemble",
     "WeightedSegEnsemble",
     "build_seg_ensemble",
-    "dice_per_image",
-    "dice_score",
     "fit_seg_ensemble",
     "seg_ensemble_options",
     "simplex_grid",
@@ -73,26 +73,6 @@ def study3_weights() -> list[float]:
     """Study 3's weights normalised to sum 1: ``[1.01 / 2.01, 1 / 2.01]`` = ``[0.50249, 0.49751]``."""
     total = sum(STUDY3_WEIGHTS)
     return [w / total for w in STUDY3_WEIGHTS]
-
-
-def dice_per_image(masks_true: np.ndarray, masks_pred: np.ndarray, *, n_classes: int = 2) -> np.ndarray:
-    """Dice ``(N, K - 1)`` per image and foreground class; 1 where both masks are empty."""
-    t = np.asarray(masks_true).reshape(len(masks_true), -1)
-    p = np.asarray(masks_pred).reshape(len(masks_pred), -1)
-    if t.shape != p.shape:
-        raise ValueError(f"masks_true {np.shape(masks_true)} and masks_pred {np.shape(masks_pred)} differ in shape")
-    out = np.empty((len(t), n_classes - 1))
-    for c in range(1, n_classes):
-        tc, pc = t == c, p == c
-        inter = np.count_nonzero(tc & pc, axis=1)
-        size = np.count_nonzero(tc, axis=1) + np.count_nonzero(pc, axis=1)
-        out[:, c - 1] = np.where(size > 0, 2.0 * inter / np.maximum(size, 1), 1.0)
-    return out
-
-
-def dice_score(masks_true: np.ndarray, masks_pred: np.ndarray, *, n_classes: int = 2) -> float:
-    """Mean Dice over images and foreground classes (see ``dice_per_image``)."""
-    return float(dice_per_image(masks_true, masks_pred, n_classes=n_classes).mean())
 
 
 def simplex_grid(n_members: int, resolution: int) -> np.ndarray:
@@ -142,8 +122,8 @@ class SegmentationEnsemble(MemberEnsemble):
         self.fitted = True
         k = self.n_classes
         self.validation_ = {
-            "dice": dice_score(masks, np.argmax(self._predict_proba(P), axis=1), n_classes=k),
-            "members": {mid: dice_score(masks, np.argmax(p, axis=1), n_classes=k) for mid, p in zip(self.member_ids, P)},
+            "dice": float(metric_defs.dice(masks, np.argmax(self._predict_proba(P), axis=1), n_classes=k).mean()),
+            "members": {mid: float(metric_defs.dice(masks, np.argmax(p, axis=1), n_classes=k).mean()) for mid, p in zip(self.member_ids, P)},
             "n": int(len(masks)),
             **self._extra_validation(),
         }
@@ -355,7 +335,7 @@ class WeightedSegEnsemble(SegmentationEnsemble):
     def _fit(self, P: np.ndarray, masks: np.ndarray) -> None:
         m, _, k = P.shape[:3]
         cands, how = self.candidates(m)
-        dice = np.array([dice_score(masks, np.argmax(self.weighted_mean(P, w), axis=1), n_classes=k)
+        dice = np.array([metric_defs.dice(masks, np.argmax(self.weighted_mean(P, w), axis=1), n_classes=k).mean()
                          for w in cands])
         tied = np.flatnonzero(dice >= dice.max() - 1e-12)
         spread = np.linalg.norm(cands[tied] - 1.0 / m, axis=1)
@@ -367,7 +347,7 @@ class WeightedSegEnsemble(SegmentationEnsemble):
             "n_candidates": len(cands),
             "best_weights": self.weights.tolist(),
             "best_search_dice": float(dice[best]),
-            "uniform_dice": float(dice_score(masks, np.argmax(P.mean(axis=0), axis=1), n_classes=k)),
+            "uniform_dice": float(metric_defs.dice(masks, np.argmax(P.mean(axis=0), axis=1), n_classes=k).mean()),
         }
         if m == 2 and self.include_study3:
             w3 = np.asarray(study3_weights())

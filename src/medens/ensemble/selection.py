@@ -4,9 +4,9 @@ Study 1 (Rajaraman, Zamzmi, Antani, PLoS ONE 16(12) e0261307, 2021) ranks the tw
 loss-specific members by a validation metric and ensembles the top 3 and the top 5; MCC is the
 default ranking metric because it stays informative on class-imbalanced data.
 
-The few metrics needed here (and by the greedy ensemble) are computed from the confusion matrix
-with numpy alone, following scikit-learn's definitions (``y_true`` first, higher-better except
-``log_loss``), so that this module does not depend on ``medens.evaluation``.
+The metrics needed here (and by the greedy ensemble) are those of :mod:`medens.metrics`, the one
+definition every stage uses, applied to the argmax predictions (``y_true`` first, higher-better
+except ``log_loss``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medens import metrics as _metrics
 from medens.metric_names import RANKING_METRICS
+from medens.metrics import confusion_matrix
 from medens.registry import unknown_name_message
 
 if TYPE_CHECKING:
@@ -44,54 +46,23 @@ LOG_EPS = 1e-15
 """Probabilities are clipped to ``[LOG_EPS, 1]`` before taking logs (log-loss, log features)."""
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int) -> np.ndarray:
-    """``C[i, j]`` = number of samples of true class ``i`` predicted as ``j`` (int64, K x K)."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+def _labels_metric(name: str, on_confusion: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray, np.ndarray], float]:
+    """``f(y_true, probs) -> float``: ``on_confusion`` (from :mod:`medens.metrics`, the one
+    definition) of the confusion matrix of the argmax predictions."""
+
+    def score(y_true: np.ndarray, probs: np.ndarray) -> float:
+        p = np.asarray(probs)
+        return float(on_confusion(confusion_matrix(y_true, p.argmax(axis=1), n_classes=p.shape[1])))
+
+    score.__name__ = score.__qualname__ = name
+    score.__doc__ = f"``medens.metrics.{on_confusion.__name__}`` of the argmax predictions of ``probs`` (N, K)."
+    return score
 
 
-def _labels_of(probs: np.ndarray) -> np.ndarray:
-    return np.argmax(probs, axis=1)
-
-
-def accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Fraction of samples whose argmax prediction equals the label."""
-    return float(np.mean(_labels_of(probs) == np.asarray(y_true)))
-
-
-def balanced_accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Mean per-class recall over the classes present in ``y_true`` (as scikit-learn)."""
-    c = confusion_matrix(y_true, _labels_of(probs), n_classes=probs.shape[1]).astype(np.float64)
-    support = c.sum(axis=1)
-    present = support > 0
-    return float(np.mean(np.diag(c)[present] / support[present]))
-
-
-def macro_f1(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Unweighted mean F1 over the classes present in ``y_true`` or the predictions (as scikit-learn)."""
-    c = confusion_matrix(y_true, _labels_of(probs), n_classes=probs.shape[1]).astype(np.float64)
-    tp = np.diag(c)
-    denom = c.sum(axis=0) + c.sum(axis=1)  # = 2 tp + fp + fn
-    present = denom > 0
-    return float(np.mean(2 * tp[present] / denom[present]))
-
-
-def mcc(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Matthews correlation coefficient, multiclass form (Gorodkin 2004), 0 when undefined.
-
-    ``(c s - t.p) / sqrt((s^2 - p.p)(s^2 - t.t))`` with ``c`` correct predictions, ``s`` samples,
-    ``t`` and ``p`` the true and predicted class counts; identical to ``sklearn.metrics.matthews_corrcoef``.
-    """
-    c = confusion_matrix(y_true, _labels_of(probs), n_classes=probs.shape[1]).astype(np.float64)
-    t, p = c.sum(axis=1), c.sum(axis=0)
-    s, correct = c.sum(), np.trace(c)
-    cov_tp = correct * s - t @ p
-    cov_pp = s * s - p @ p
-    cov_tt = s * s - t @ t
-    if cov_pp * cov_tt == 0:
-        return 0.0
-    return float(cov_tp / np.sqrt(cov_pp * cov_tt))
+accuracy = _labels_metric("accuracy", _metrics.accuracy)
+balanced_accuracy = _labels_metric("balanced_accuracy", _metrics.balanced_accuracy)
+macro_f1 = _labels_metric("macro_f1", _metrics.macro_f1)
+mcc = _labels_metric("mcc", _metrics.mcc)
 
 
 def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:

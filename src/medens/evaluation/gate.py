@@ -6,7 +6,7 @@ unlikely to be chance (docs/methods.md section 9):
 
 - ``accuracy``: McNemar's test on the discordant pairs (McNemar, Psychometrika 1947), exact
   binomial when they are few (:func:`medens.evaluation.stats.mcnemar`);
-- ``mcc``, ``f1_macro``, ``auroc_macro`` and the other named classification metrics: a paired
+- ``mcc``, ``macro_f1``, ``auroc_macro`` and the other named classification metrics: a paired
   stratified bootstrap of the metric difference (Efron & Tibshirani 1993, ch. 16;
   :func:`medens.evaluation.stats.paired_bootstrap`);
 - ``dice`` / ``iou`` (segmentation): a paired bootstrap over images of the per-image difference,
@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 
 from medens.evaluation.metrics import HIGHER_IS_BETTER, METRICS
+from medens.metric_names import canonical_name
 
-METRIC_ALIASES = {"f1": "f1_macro", "auroc": "auroc_macro", "auprc": "auprc_macro", "acc": "accuracy"}
+METRIC_ALIASES = {"f1": "macro_f1", "auroc": "auroc_macro", "auprc": "auprc_macro", "acc": "accuracy"}
 SEGMENTATION_METRICS = ("dice", "iou")
 
 
 def _metric_name(metric: str) -> str:
-    name = METRIC_ALIASES.get(metric, metric)
+    name = METRIC_ALIASES.get(metric) or canonical_name(metric)
     if name not in METRICS and name not in SEGMENTATION_METRICS:
         from medens.registry import close_matches
 
@@ -45,24 +46,14 @@ def _metric_name(metric: str) -> str:
 
 
 def per_image_overlap(masks_true: np.ndarray, probs: np.ndarray, metric: str) -> np.ndarray:
-    """Dice (or IoU = Dice / (2 - Dice)) per image, averaged over foreground classes."""
-    from medens.ensemble.segmentation import dice_per_image
+    """Dice (or IoU = Dice / (2 - Dice)) per image, averaged over foreground classes
+    (:func:`medens.metrics.dice`, the definition every stage uses)."""
+    from medens.metrics import dice
 
     p = np.asarray(probs)
-    dice = dice_per_image(masks_true, p.argmax(1), n_classes=p.shape[1])
-    values = dice if metric == "dice" else dice / (2.0 - dice)
+    per_class = dice(masks_true, p.argmax(1), n_classes=p.shape[1])
+    values = per_class if metric == "dice" else per_class / (2.0 - per_class)
     return values.mean(axis=1)
-
-
-def _paired_image_bootstrap(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> float:
-    """Two-sided p of mean(a - b) = 0 from a centred paired bootstrap over images."""
-    d = a - b
-    if d.size == 0 or np.all(d == 0):
-        return 1.0
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_resamples, d.size))
-    boot = d[idx].mean(axis=1)
-    return float((1 + np.sum(np.abs(boot - d.mean()) >= abs(d.mean()))) / (1 + n_resamples))
 
 
 def _collapse_refusal(y: np.ndarray, chal: np.ndarray, seg: bool, recorded: str | None) -> str | None:
@@ -89,7 +80,7 @@ def gate_decision(y_true: Any, champion_probs: Any | None, challenger_probs: Any
             ``(N, K, H, W)``; ``None`` when nothing is serving yet.
         challenger_probs: the new system's probabilities, same shape.
         metric: the gate metric: ``accuracy`` (McNemar), a classification metric name such as
-            ``mcc``, ``f1_macro`` / ``f1``, ``auroc_macro`` / ``auroc`` (paired bootstrap), or
+            ``mcc``, ``macro_f1`` / ``f1`` (``f1_macro``: the old spelling, with a warning), ``auroc_macro`` / ``auroc`` (paired bootstrap), or
             ``dice`` / ``iou`` (per-image paired bootstrap).
         alpha: significance level of the paired test.
         n_resamples: bootstrap resamples.
@@ -110,21 +101,9 @@ def gate_decision(y_true: Any, champion_probs: Any | None, challenger_probs: Any
     name = _metric_name(metric)
     y = np.asarray(y_true)
     chal = np.asarray(challenger_probs, dtype=np.float64)
-    seg = name in SEGMENTATION_METRICS
-    if seg != (y.ndim >= 2):
-        kind = "masks (N, H, W)" if seg else "labels (N,)"
-        raise ValueError(f"gate metric {name!r} needs {kind} as y_true, got shape {y.shape}")
-    if len(chal) != len(y):
-        raise ValueError(f"challenger_probs has {len(chal)} rows for {len(y)} samples")
+    seg = _check_shapes(name, y, chal)
     out: dict[str, Any] = {"metric": name, "alpha": float(alpha), "n": int(len(y))}
-
-    def score(probs: np.ndarray) -> tuple[float, np.ndarray | None]:
-        if seg:
-            per = per_image_overlap(y, probs, name)
-            return float(per.mean()), per
-        return float(METRICS[name](y, probs)), None
-
-    chal_value, chal_per = score(chal)
+    chal_value, chal_per = _gate_score(name, y, chal, seg)
     refusal = _collapse_refusal(y, chal, seg, challenger_collapsed)
     out["collapsed"] = refusal is not None
     if champion_probs is None:
@@ -135,38 +114,68 @@ def gate_decision(y_true: Any, champion_probs: Any | None, challenger_probs: Any
     champ = np.asarray(champion_probs, dtype=np.float64)
     if champ.shape != chal.shape:
         raise ValueError(f"champion_probs {champ.shape} and challenger_probs {chal.shape} differ in shape")
-    champ_value, champ_per = score(champ)
+    champ_value, champ_per = _gate_score(name, y, champ, seg)
     if seg:
-        test = f"paired bootstrap over images ({n_resamples} resamples)"
-        p = _paired_image_bootstrap(chal_per, champ_per, n_resamples, seed)
-    elif name == "accuracy":
+        test, p = _paired_image_test(chal_per, champ_per, n_resamples, seed)
+    else:
+        test, p = _paired_label_test(name, y, chal, champ, n_resamples, seed)
+    diff = chal_value - champ_value
+    better = diff > 0 if HIGHER_IS_BETTER.get(name, True) else diff < 0
+    promote = bool(better and p < alpha and refusal is None)
+    values = f"challenger {name} {chal_value:.4f} vs champion {champ_value:.4f}, {test} p = {p:.4g}"
+    return {**out, "promote": promote, "champion": champ_value, "challenger": chal_value, "difference": diff,
+            "p_value": float(p), "test": test, "reason": _reason(values, refusal, promote, better, alpha)}
+
+
+def _check_shapes(name: str, y: np.ndarray, chal: np.ndarray) -> bool:
+    """Whether the gate is a segmentation one; refuses truth of the wrong kind for ``name``."""
+    seg = name in SEGMENTATION_METRICS
+    if seg != (y.ndim >= 2):
+        kind = "masks (N, H, W)" if seg else "labels (N,)"
+        raise ValueError(f"gate metric {name!r} needs {kind} as y_true, got shape {y.shape}")
+    if len(chal) != len(y):
+        raise ValueError(f"challenger_probs has {len(chal)} rows for {len(y)} samples")
+    return seg
+
+
+def _gate_score(name: str, y: np.ndarray, probs: np.ndarray, seg: bool) -> tuple[float, np.ndarray | None]:
+    """The gate metric of one system, and its per-image values for a segmentation gate."""
+    if seg:
+        per = per_image_overlap(y, probs, name)
+        return float(per.mean()), per
+    return float(METRICS[name](y, probs)), None
+
+
+def _paired_image_test(chal_per: np.ndarray, champ_per: np.ndarray, n_resamples: int, seed: int) -> tuple[str, float]:
+    """Paired bootstrap over images of the per-image difference (:func:`paired_mean_bootstrap`)."""
+    from medens.evaluation.stats import paired_mean_bootstrap
+
+    p = paired_mean_bootstrap(chal_per, champ_per, n_resamples=n_resamples, seed=seed)["p_value"]
+    return f"paired bootstrap over images ({n_resamples} resamples)", p
+
+
+def _paired_label_test(name: str, y: np.ndarray, chal: np.ndarray, champ: np.ndarray, n_resamples: int,
+                       seed: int) -> tuple[str, float]:
+    """McNemar for accuracy, the paired stratified bootstrap for every other classification metric."""
+    if name == "accuracy":
         from medens.evaluation.stats import mcnemar
 
         mc = mcnemar(y, chal, champ)
-        test = "McNemar (exact)" if mc["exact"] else "McNemar (chi-square, continuity-corrected)"
-        p = mc["p_value"]
-    else:
-        from medens.evaluation.stats import paired_bootstrap
+        return ("McNemar (exact)" if mc["exact"] else "McNemar (chi-square, continuity-corrected)"), mc["p_value"]
+    from medens.evaluation.stats import paired_bootstrap
 
-        pb = paired_bootstrap(y, chal, champ, name, n_resamples=n_resamples, seed=seed)
-        test = f"paired stratified bootstrap ({n_resamples} resamples)"
-        p = 1.0 if pb["p_value"] is None else pb["p_value"]
-    higher = HIGHER_IS_BETTER.get(name, True)
-    diff = chal_value - champ_value
-    better = diff > 0 if higher else diff < 0
-    significant = p < alpha
-    promote = bool(better and significant and refusal is None)
-    values = f"challenger {name} {chal_value:.4f} vs champion {champ_value:.4f}, {test} p = {p:.4g}"
+    pb = paired_bootstrap(y, chal, champ, name, n_resamples=n_resamples, seed=seed)
+    return f"paired stratified bootstrap ({n_resamples} resamples)", 1.0 if pb["p_value"] is None else pb["p_value"]
+
+
+def _reason(values: str, refusal: str | None, promote: bool, better: bool, alpha: float) -> str:
     if refusal:
-        reason = f"champion kept: {refusal} ({values})"
-    elif promote:
-        reason = f"challenger wins: {values} < alpha {alpha:g}"
-    elif not better:
-        reason = f"champion kept: the challenger is not better ({values})"
-    else:
-        reason = f"champion kept: the improvement is not significant ({values} >= alpha {alpha:g})"
-    return {**out, "promote": promote, "champion": champ_value, "challenger": chal_value, "difference": diff,
-            "p_value": float(p), "test": test, "reason": reason}
+        return f"champion kept: {refusal} ({values})"
+    if promote:
+        return f"challenger wins: {values} < alpha {alpha:g}"
+    if not better:
+        return f"champion kept: the challenger is not better ({values})"
+    return f"champion kept: the improvement is not significant ({values} >= alpha {alpha:g})"
 
 
 def ensemble_predictions(artifact_dir: str | os.PathLike, data_dir: str | os.PathLike, split: str = "test", *,

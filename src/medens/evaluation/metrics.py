@@ -13,10 +13,14 @@ this on random inputs).
 
 Conventions for degenerate cases:
 
-- Precision, recall (= sensitivity), specificity and F1 use ``zero_division=0``: a ratio whose
-  denominator is 0 is reported as 0, and macro averages run over all K classes, as scikit-learn
-  does with ``labels=range(K), zero_division=0``. Balanced accuracy averages recall over the
-  classes present in ``y_true`` (scikit-learn's ``balanced_accuracy_score``).
+- Accuracy, balanced accuracy, macro-F1 and MCC are :mod:`medens.metrics`, the one definition
+  the training monitor, ranking, selection and the gate also use.
+- Precision, recall (= sensitivity), specificity and per-class F1 use ``zero_division=0``: a
+  ratio whose denominator is 0 is reported as 0, and the macro precision and recall run over all
+  K classes, as scikit-learn does with ``labels=range(K), zero_division=0``. Macro-F1 averages
+  F1 over the classes present in ``y_true`` or the predictions (scikit-learn's default
+  ``f1_score(average="macro")``). Balanced accuracy averages recall over the classes present in
+  ``y_true`` (scikit-learn's ``balanced_accuracy_score``).
 - MCC is 0 when undefined (scikit-learn). Cohen's kappa is undefined (None / NaN) when the
   chance agreement is 1 (scikit-learn's default ``replace_undefined_by=np.nan``).
 - One-vs-rest AUROC/AUPRC of a class without positives (absent from ``y_true``) or without
@@ -32,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from medens.metric_names import EVALUATION_METRICS
+from medens import metrics as metric_defs
+from medens.metric_names import EVALUATION_METRICS, canonical_name
 from medens.registry import unknown_name_message
 
 ROW_SUM_TOLERANCE = 1e-3
@@ -125,10 +130,7 @@ def _group_sums(w: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
     return out
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray, fill: float = 0.0) -> np.ndarray:
-    out = np.full(np.broadcast(num, den).shape, fill, dtype=np.float64)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
+_safe_div = metric_defs.safe_div
 
 
 def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
@@ -152,16 +154,6 @@ def _per_class_counts(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return tp, cm.sum(axis=2), cm.sum(axis=1), cm.sum(axis=(1, 2))
 
 
-def _cm_accuracy(cm: np.ndarray) -> np.ndarray:
-    tp, _, _, s = _per_class_counts(cm)
-    return tp.sum(1) / s
-
-
-def _cm_balanced_accuracy(cm: np.ndarray) -> np.ndarray:
-    tp, t, _, _ = _per_class_counts(cm)
-    return _nanmean(_safe_div(tp, t, fill=np.nan), axis=1)
-
-
 def _cm_precision(cm: np.ndarray) -> np.ndarray:
     tp, _, p, _ = _per_class_counts(cm)
     return _safe_div(tp, p)
@@ -170,11 +162,6 @@ def _cm_precision(cm: np.ndarray) -> np.ndarray:
 def _cm_recall(cm: np.ndarray) -> np.ndarray:
     tp, t, _, _ = _per_class_counts(cm)
     return _safe_div(tp, t)
-
-
-def _cm_f1(cm: np.ndarray) -> np.ndarray:
-    tp, t, p, _ = _per_class_counts(cm)
-    return _safe_div(2 * tp, t + p)
 
 
 def _cm_specificity(cm: np.ndarray) -> np.ndarray:
@@ -187,16 +174,6 @@ def _cm_specificity(cm: np.ndarray) -> np.ndarray:
 def _weighted_by_support(values: np.ndarray, cm: np.ndarray) -> np.ndarray:
     _, t, _, s = _per_class_counts(cm)
     return (values * t).sum(1) / s
-
-
-def _cm_mcc(cm: np.ndarray) -> np.ndarray:
-    """Multi-class MCC (Gorodkin 2004), as scikit-learn: 0 when undefined."""
-    tp, t, p, s = _per_class_counts(cm)
-    cov_tp = tp.sum(1) * s - (t * p).sum(1)
-    cov_pp = s**2 - (p * p).sum(1)
-    cov_tt = s**2 - (t * t).sum(1)
-    den = cov_pp * cov_tt
-    return _safe_div(cov_tp, np.sqrt(np.where(den > 0, den, 0.0)), fill=0.0)
 
 
 def _cm_kappa(cm: np.ndarray) -> np.ndarray:
@@ -316,15 +293,15 @@ def _from_cm(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray, np
 
 
 _EVALUATORS: dict[str, Callable[[np.ndarray, np.ndarray], Evaluator]] = {
-    "accuracy": _from_cm(_cm_accuracy),
-    "balanced_accuracy": _from_cm(_cm_balanced_accuracy),
+    "accuracy": _from_cm(metric_defs.accuracy),
+    "balanced_accuracy": _from_cm(metric_defs.balanced_accuracy),
     "precision_macro": _from_cm(lambda cm: _cm_precision(cm).mean(1)),
     "recall_macro": _from_cm(lambda cm: _cm_recall(cm).mean(1)),
-    "f1_macro": _from_cm(lambda cm: _cm_f1(cm).mean(1)),
+    "macro_f1": _from_cm(metric_defs.macro_f1),
     "precision_weighted": _from_cm(lambda cm: _weighted_by_support(_cm_precision(cm), cm)),
     "recall_weighted": _from_cm(lambda cm: _weighted_by_support(_cm_recall(cm), cm)),
-    "f1_weighted": _from_cm(lambda cm: _weighted_by_support(_cm_f1(cm), cm)),
-    "mcc": _from_cm(_cm_mcc),
+    "f1_weighted": _from_cm(lambda cm: _weighted_by_support(metric_defs.f1_per_class(cm), cm)),
+    "mcc": _from_cm(metric_defs.mcc),
     "kappa": _from_cm(_cm_kappa),
     "auroc_micro": lambda y, p: _micro(y, p, _auroc_evaluator),
     "auroc_macro": lambda y, p: _macro(y, p, _auroc_evaluator),
@@ -354,6 +331,7 @@ def metric_evaluator(name: str, y_true: Any, probs: Any) -> Evaluator:
     Raises:
         ValueError: for an unknown name (with close matches) or invalid inputs.
     """
+    name = canonical_name(name)
     if name not in _EVALUATORS:
         raise _unknown(name)
     y, p = check_classification_inputs(y_true, probs)
@@ -385,7 +363,7 @@ def metric_fn(name: str) -> Callable[[Any, Any], float]:
         ValueError: for an unknown name, suggesting the closest known names.
     """
     try:
-        return METRICS[name]
+        return METRICS[canonical_name(name)]
     except KeyError:
         raise _unknown(name) from None
 
@@ -398,6 +376,65 @@ def metric_fn(name: str) -> Callable[[Any, Any], float]:
 def _json_float(x: float) -> float | None:
     x = float(x)
     return None if math.isnan(x) else x
+
+
+def _confusion_metrics(cm: np.ndarray) -> dict[str, float | None]:
+    """The metrics of one confusion matrix (1, K, K): accuracy, balanced accuracy, MCC, kappa and
+    the macro and support-weighted precision, recall and F1."""
+    precision, recall, f1 = _cm_precision(cm), _cm_recall(cm), metric_defs.f1_per_class(cm)
+    return {
+        "accuracy": _json_float(metric_defs.accuracy(cm)[0]),
+        "balanced_accuracy": _json_float(metric_defs.balanced_accuracy(cm)[0]),
+        "precision_macro": _json_float(precision.mean()),
+        "recall_macro": _json_float(recall.mean()),
+        "macro_f1": _json_float(metric_defs.macro_f1(cm)[0]),
+        "precision_weighted": _json_float(_weighted_by_support(precision, cm)[0]),
+        "recall_weighted": _json_float(_weighted_by_support(recall, cm)[0]),
+        "f1_weighted": _json_float(_weighted_by_support(f1, cm)[0]),
+        "mcc": _json_float(metric_defs.mcc(cm)[0]),
+        "kappa": _json_float(_cm_kappa(cm)[0]),
+    }
+
+
+def _score_metrics(y: np.ndarray, p: np.ndarray, n_bins: int) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
+    """The metrics of the probabilities themselves: micro/macro AUROC and AUPRC, ECE and Brier;
+    and the per-class AUROC and AUPRC (NaN where undefined)."""
+    ones = np.ones((1, y.size))
+    auroc = np.array([f(ones)[0] for f in _per_class_evaluators(y, p, _auroc_evaluator)])
+    auprc = np.array([f(ones)[0] for f in _per_class_evaluators(y, p, _ap_evaluator)])
+    out = {
+        "auroc_micro": _json_float(_micro(y, p, _auroc_evaluator)(ones)[0]),
+        "auroc_macro": _json_float(_nanmean(auroc, axis=0)),
+        "auprc_micro": _json_float(_micro(y, p, _ap_evaluator)(ones)[0]),
+        "auprc_macro": _json_float(_nanmean(auprc, axis=0)),
+        "ece": _json_float(_ece_evaluator(y, p, n_bins)(ones)[0]),
+        "brier": _json_float(_brier_evaluator(y, p)(ones)[0]),
+    }
+    return out, auroc, auprc
+
+
+def _per_class(names: list[str], cm: np.ndarray, auroc: np.ndarray, auprc: np.ndarray) -> dict[str, Any]:
+    """``sensitivity`` and ``specificity`` lists and the ``per_class`` table of the report."""
+    precision, recall, f1 = _cm_precision(cm)[0], _cm_recall(cm)[0], metric_defs.f1_per_class(cm)[0]
+    specificity = _cm_specificity(cm)[0]
+    support = cm[0].sum(axis=1).astype(int)
+    return {
+        "sensitivity": [_json_float(v) for v in recall],
+        "specificity": [_json_float(v) for v in specificity],
+        "per_class": {
+            name: {
+                "precision": _json_float(precision[c]),
+                "recall": _json_float(recall[c]),
+                "f1": _json_float(f1[c]),
+                "sensitivity": _json_float(recall[c]),
+                "specificity": _json_float(specificity[c]),
+                "auroc": _json_float(auroc[c]),
+                "auprc": _json_float(auprc[c]),
+                "support": int(support[c]),
+            }
+            for c, name in enumerate(names)
+        },
+    }
 
 
 def classification_metrics(
@@ -417,15 +454,18 @@ def classification_metrics(
             "On Calibration of Modern Neural Networks", ICML 2017).
 
     Returns:
-        ``accuracy``, ``balanced_accuracy``, ``precision/recall/f1`` ``_macro`` and ``_weighted``,
-        ``mcc`` (Matthews 1975; multi-class form of Gorodkin 2004), ``kappa`` (Cohen 1960),
-        ``auroc_micro/macro`` and ``auprc_micro/macro`` (one-vs-rest; AUPRC is average precision),
-        ``ece``, ``brier`` (Brier 1950, multi-class: mean over samples of sum_k (p_k - y_k)^2),
-        ``sensitivity`` and ``specificity`` (lists, one per class), ``per_class`` (name ->
-        precision, recall, f1, sensitivity, specificity, auroc, auprc, support),
-        ``confusion_matrix`` (K x K, rows true, columns predicted), ``n`` and ``class_names``.
-        Undefined values (see the module docstring) are None, so the dict is valid JSON; the macro
-        AUROC/AUPRC average the classes where the metric is defined.
+        ``accuracy``, ``balanced_accuracy``, ``precision/recall`` ``_macro`` and ``_weighted``,
+        ``macro_f1`` and ``f1_weighted``, ``mcc`` (Matthews 1975; multi-class form of Gorodkin
+        2004), ``kappa`` (Cohen 1960), ``auroc_micro/macro`` and ``auprc_micro/macro``
+        (one-vs-rest; AUPRC is average precision), ``ece``, ``brier`` (Brier 1950, multi-class:
+        mean over samples of sum_k (p_k - y_k)^2), ``sensitivity`` and ``specificity`` (lists, one
+        per class), ``per_class`` (name -> precision, recall, f1, sensitivity, specificity, auroc,
+        auprc, support), ``confusion_matrix`` (K x K, rows true, columns predicted), ``n`` and
+        ``class_names``. Accuracy, balanced accuracy, macro-F1 and MCC are those of
+        :mod:`medens.metrics`. Undefined values (see the module docstring) are None, so the dict
+        is valid JSON; the macro AUROC/AUPRC average the classes where the metric is defined.
+        (Reports written before macro-F1 had one name call it ``f1_macro``;
+        :func:`medens.metric_names.metric_value` reads either.)
 
     Raises:
         ValueError: for invalid inputs (see :func:`check_classification_inputs`) or class names.
@@ -435,54 +475,16 @@ def classification_metrics(
     names = _check_class_names(class_names, k)
     if not isinstance(n_bins, int | np.integer) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-    ones = np.ones((1, n))
-
-    cm = _confusion_evaluator(y, p)(ones)
-    precision = _cm_precision(cm)
-    recall = _cm_recall(cm)
-    f1 = _cm_f1(cm)
-    specificity = _cm_specificity(cm)
-    auroc = np.array([f(ones)[0] for f in _per_class_evaluators(y, p, _auroc_evaluator)])
-    auprc = np.array([f(ones)[0] for f in _per_class_evaluators(y, p, _ap_evaluator)])
-    support = cm[0].sum(axis=1).astype(int)
-
-    out: dict[str, Any] = {
+    cm = _confusion_evaluator(y, p)(np.ones((1, n)))
+    scores, auroc, auprc = _score_metrics(y, p, n_bins)
+    return {
         "n": int(n),
         "class_names": names,
-        "accuracy": _json_float(_cm_accuracy(cm)[0]),
-        "balanced_accuracy": _json_float(_cm_balanced_accuracy(cm)[0]),
-        "precision_macro": _json_float(precision.mean()),
-        "recall_macro": _json_float(recall.mean()),
-        "f1_macro": _json_float(f1.mean()),
-        "precision_weighted": _json_float(_weighted_by_support(precision, cm)[0]),
-        "recall_weighted": _json_float(_weighted_by_support(recall, cm)[0]),
-        "f1_weighted": _json_float(_weighted_by_support(f1, cm)[0]),
-        "mcc": _json_float(_cm_mcc(cm)[0]),
-        "kappa": _json_float(_cm_kappa(cm)[0]),
-        "auroc_micro": _json_float(_micro(y, p, _auroc_evaluator)(ones)[0]),
-        "auroc_macro": _json_float(_nanmean(auroc, axis=0)),
-        "auprc_micro": _json_float(_micro(y, p, _ap_evaluator)(ones)[0]),
-        "auprc_macro": _json_float(_nanmean(auprc, axis=0)),
-        "ece": _json_float(_ece_evaluator(y, p, n_bins)(ones)[0]),
-        "brier": _json_float(_brier_evaluator(y, p)(ones)[0]),
-        "sensitivity": [_json_float(v) for v in recall[0]],
-        "specificity": [_json_float(v) for v in specificity[0]],
-        "per_class": {
-            name: {
-                "precision": _json_float(precision[0, c]),
-                "recall": _json_float(recall[0, c]),
-                "f1": _json_float(f1[0, c]),
-                "sensitivity": _json_float(recall[0, c]),
-                "specificity": _json_float(specificity[0, c]),
-                "auroc": _json_float(auroc[c]),
-                "auprc": _json_float(auprc[c]),
-                "support": int(support[c]),
-            }
-            for c, name in enumerate(names)
-        },
+        **_confusion_metrics(cm),
+        **scores,
+        **_per_class(names, cm, auroc, auprc),
         "confusion_matrix": cm[0].astype(int).tolist(),
     }
-    return out
 
 
 def kfp_classification_metrics(
@@ -582,43 +584,117 @@ def _summary(values: list[float | None]) -> tuple[float | None, float | None]:
     return float(defined.mean()), float(np.median(defined))
 
 
+_SEG_KEYS = ("dice", "iou", "hd95", "sensitivity", "precision")
+
+
+def _binary_image(t: np.ndarray, p: np.ndarray, overlap: float, sp: np.ndarray) -> dict[str, Any]:
+    """Overlap and boundary metrics of one image's binary masks (conventions: segmentation_metrics);
+    ``overlap`` is their Dice, from :func:`medens.metrics.dice`."""
+    nt, npred = int(t.sum()), int(p.sum())
+    tp = int(np.logical_and(t, p).sum())
+    if nt == 0 and npred == 0:
+        iou, hd95 = 1.0, 0.0
+    elif nt == 0 or npred == 0:
+        iou, hd95 = 0.0, None
+    else:
+        iou, hd95 = tp / (nt + npred - tp), _hd95(t, p, sp)
+    return {
+        "dice": overlap,
+        "iou": iou,
+        "hd95": hd95,
+        "sensitivity": tp / nt if nt else None,
+        "precision": tp / npred if npred else None,
+        "true_pixels": nt,
+        "pred_pixels": npred,
+    }
+
+
+def _aggregate(per_image: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means and medians over the images' defined values, and how many images have no HD95."""
+    out: dict[str, Any] = {}
+    for key in _SEG_KEYS:
+        out[key], out[f"{key}_median"] = _summary([r[key] for r in per_image])
+    out["hd95_undefined"] = sum(r["hd95"] is None for r in per_image)
+    return out
+
+
+def _mean_over_classes(rows: list[dict[str, Any]], overlap: float) -> dict[str, Any]:
+    """One image's metrics over its foreground classes: ``overlap`` (the Dice, the mean of the
+    classes' Dice, given), and the mean of each other metric over the classes where it is defined."""
+    out: dict[str, Any] = {"dice": overlap}
+    for key in _SEG_KEYS[1:]:
+        defined = [r[key] for r in rows if r[key] is not None]
+        out[key] = float(np.mean(defined)) if defined else None
+    out["true_pixels"] = sum(r["true_pixels"] for r in rows)
+    out["pred_pixels"] = sum(r["pred_pixels"] for r in rows)
+    return out
+
+
+def _label_maps(t_arr: np.ndarray, p_arr: np.ndarray, class_index: int | None,
+                n_classes: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Label maps and C (background included) to score: ``class_index`` -> that class against the
+    rest as a binary mask; bool masks -> binary; integer maps -> classes ``0 .. C-1``."""
+    if class_index is not None:
+        return _foreground(t_arr, class_index, "masks_true"), _foreground(p_arr, class_index, "masks_pred"), 2
+    _foreground(t_arr, 1, "masks_true"), _foreground(p_arr, 1, "masks_pred")  # validates the encoding
+    t, p = t_arr.astype(np.int64), p_arr.astype(np.int64)
+    if t.min() < 0 or p.min() < 0:
+        raise ValueError(f"label maps must be non-negative, got minimum {min(t.min(), p.min())}")
+    seen = int(max(t.max(), p.max())) + 1
+    if n_classes is None:
+        return t, p, max(2, seen)
+    if seen > n_classes:
+        raise ValueError(f"label maps hold class {seen - 1} but n_classes is {n_classes}")
+    return t, p, int(n_classes)
+
+
 def segmentation_metrics(
     masks_true: Any,
     masks_pred: Any,
     *,
     spacing: float | Sequence[float] | None = None,
-    class_index: int = 1,
+    class_index: int | None = None,
+    n_classes: int | None = None,
 ) -> dict[str, Any]:
-    """Per-image and aggregated overlap and boundary metrics of binary segmentations.
+    """Per-image, per-class and aggregated overlap and boundary metrics of segmentations.
 
-    Dice (Dice 1945), IoU (Jaccard), HD95 (95th-percentile symmetric Hausdorff distance, as in
-    MONAI's ``compute_hausdorff_distance(percentile=95)``; Huttenlocher et al., IEEE TPAMI 1993),
-    pixel sensitivity TP/(TP+FN) and precision TP/(TP+FP).
+    Dice (Dice 1945; :func:`medens.metrics.dice`, the definition the engine's epoch monitor and
+    ensemble selection use), IoU (Jaccard), HD95 (95th-percentile symmetric Hausdorff distance,
+    as in MONAI's ``compute_hausdorff_distance(percentile=95)``; Huttenlocher et al., IEEE TPAMI
+    1993), pixel sensitivity TP/(TP+FN) and precision TP/(TP+FP), for each foreground class
+    ``c = 1 .. C-1`` of each image. An image's value is the mean over its foreground classes (over
+    the classes where the metric is defined, for HD95, sensitivity and precision); with one
+    foreground class (binary masks) that is the class's value.
 
-    Empty-mask conventions (MONAI-compatible where MONAI defines a value):
+    Empty-mask conventions per image and class (MONAI-compatible where MONAI defines a value):
 
-    - both masks empty: dice 1, iou 1 (MONAI ``DiceMetric``/``compute_iou`` with
+    - class absent from both masks: dice 1, iou 1 (MONAI ``DiceMetric``/``compute_iou`` with
       ``ignore_empty=False``), hd95 0 (perfect agreement; MONAI returns NaN here);
-    - exactly one mask empty: dice 0, iou 0, hd95 undefined -> None (MONAI returns NaN/inf),
-      left out of the hd95 mean and median and counted in ``hd95_undefined``;
+    - class absent from exactly one mask: dice 0, iou 0, hd95 undefined -> None (MONAI returns
+      NaN/inf), left out of the means and medians and counted in ``hd95_undefined``;
     - sensitivity is None when the true mask is empty and precision is None when the predicted
       mask is empty (0/0); aggregates run over the defined values.
 
     Args:
-        masks_true: ground truth, shape (N, H, W) or (N, H, W, D); bool masks, or integer label
-            maps whose foreground is ``== class_index``.
+        masks_true: ground truth, shape (N, H, W) or (N, H, W, D); bool masks (foreground True) or
+            integer label maps (0 background, 1 .. C-1 foreground classes).
         masks_pred: predictions, same shape and encoding.
         spacing: pixel/voxel size, a number or one per spatial axis; HD95 is in these units
             (pixels when None).
-        class_index: foreground label for non-boolean masks.
+        class_index: score only this class, against all others as background (a binary view).
+        n_classes: C, background included (the probability maps' K); default: the largest label
+            in either mask + 1, at least 2.
 
     Returns:
         ``{"per_image": [{"dice", "iou", "hd95", "sensitivity", "precision", "true_pixels",
         "pred_pixels"}, ...], "dice", "iou", "hd95", "sensitivity", "precision" (means over
-        defined values), the same with a ``_median`` suffix, "hd95_undefined", "n"}``.
+        defined values), the same with a ``_median`` suffix, "hd95_undefined", "per_class"
+        (foreground class "1" .. "C-1" -> the same aggregates of that class alone), "n"}``.
+        ``dice`` is the mean over images of each image's mean over foreground classes.
 
     Raises:
-        ValueError: for mismatched shapes, wrong dimensionality, non-integer masks or bad spacing.
+        ValueError: for mismatched shapes, wrong dimensionality, non-integer or negative masks,
+            labels >= ``n_classes``, or bad spacing.
     """
     t_arr = np.asarray(masks_true)
     p_arr = np.asarray(masks_pred)
@@ -628,36 +704,17 @@ def segmentation_metrics(
         raise ValueError(f"masks must have shape (N, H, W) or (N, H, W, D), got {t_arr.shape}")
     if t_arr.shape[0] == 0:
         raise ValueError(f"empty input: masks have shape {t_arr.shape}")
-    true = _foreground(t_arr, class_index, "masks_true")
-    pred = _foreground(p_arr, class_index, "masks_pred")
+    true, pred, c = _label_maps(t_arr, p_arr, class_index, n_classes)
     sp = _spacing(spacing, t_arr.ndim - 1)
-
-    per_image: list[dict[str, Any]] = []
-    for t, p in zip(true, pred):
-        nt, npred = int(t.sum()), int(p.sum())
-        tp = int(np.logical_and(t, p).sum())
-        union = nt + npred - tp
-        if nt == 0 and npred == 0:
-            dice, iou, hd95 = 1.0, 1.0, 0.0
-        elif nt == 0 or npred == 0:
-            dice, iou, hd95 = 0.0, 0.0, None
-        else:
-            dice, iou, hd95 = 2.0 * tp / (nt + npred), tp / union, _hd95(t, p, sp)
-        per_image.append(
-            {
-                "dice": dice,
-                "iou": iou,
-                "hd95": hd95,
-                "sensitivity": tp / nt if nt else None,
-                "precision": tp / npred if npred else None,
-                "true_pixels": nt,
-                "pred_pixels": npred,
-            }
-        )
-
-    out: dict[str, Any] = {"per_image": per_image}
-    for key in ("dice", "iou", "hd95", "sensitivity", "precision"):
-        out[key], out[f"{key}_median"] = _summary([r[key] for r in per_image])
-    out["hd95_undefined"] = sum(r["hd95"] is None for r in per_image)
+    dice = metric_defs.dice(true, pred, n_classes=c)
+    by_class = {k: [_binary_image(t == k, p == k, float(dice[i, k - 1]), sp) for i, (t, p) in enumerate(zip(true, pred))]
+                for k in range(1, c)}
+    if c == 2:
+        per_image = by_class[1]
+    else:
+        per_image = [_mean_over_classes([by_class[k][i] for k in by_class], float(dice[i].mean()))
+                     for i in range(len(true))]
+    out: dict[str, Any] = {"per_image": per_image, **_aggregate(per_image)}
+    out["per_class"] = {str(k): _aggregate(rows) for k, rows in by_class.items()}
     out["n"] = len(per_image)
     return out

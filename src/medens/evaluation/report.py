@@ -21,6 +21,7 @@ import numpy as np
 
 from medens.config import ExperimentSpec
 from medens.data.duplicates import duplicate_notes
+from medens.metric_names import metric_value
 from medens.storage.atomic import atomic_write_text
 
 MAX_CURVES = 8
@@ -177,14 +178,16 @@ def table_rows(result: dict[str, Any], order: list[str], task: str) -> tuple[lis
     ref = result["reference"]
     sel_head = f"selection: val {result.get('gate_metric', '')}".rstrip()
     if task == "segmentation":
-        head = ["#", "system", "kind", sel_head, "Dice [95% CI]", "IoU", "HD95", "p vs best member (Holm)"]
+        head = ["#", "system", "kind", sel_head, "Dice [95% CI]", "Dice per class", "IoU", "HD95",
+                "p vs best member (Holm)"]
         rows = []
         for i, n in enumerate(order, 1):
             s = result["systems"][n]
             m, ci = s["metrics"], s["ci"]["dice"]
             p = "reference" if n == ref else _p_text(s["vs_reference"].get("p_holm"))
+            per_class = ", ".join(f"{c}: {_fmt(v.get('dice'))}" for c, v in (m.get("per_class") or {}).items())
             rows.append([str(i), n, s["kind"], _selection_text(result, n), f"{m['dice']:.3f} {_ci_text(ci)}",
-                         _fmt(m.get("iou")), _fmt(m.get("hd95"), 2), p])
+                         per_class or "n/a", _fmt(m.get("iou")), _fmt(m.get("hd95"), 2), p])
         return head, rows
     head = ["#", "system", "kind", sel_head, "accuracy [95% CI]", "MCC [95% CI]", "F1 macro [95% CI]",
             "AUROC macro [95% CI]", "McNemar p (Holm)", "ΔMCC p (Holm)", "DeLong p (Holm)"]
@@ -198,7 +201,7 @@ def table_rows(result: dict[str, Any], order: list[str], task: str) -> tuple[lis
             v = s["vs_reference"]
             ps = [_p_text(v.get("mcnemar_p_holm")), _p_text(v.get("mcc_p_holm")), _p_text(v.get("auroc_p_holm"))]
         rows.append([str(i), n, s["kind"], _selection_text(result, n), f"{m['accuracy']:.3f} {_ci_text(ci['accuracy'])}",
-                     f"{m['mcc']:.3f} {_ci_text(ci['mcc'])}", f"{m['f1_macro']:.3f} {_ci_text(ci['f1_macro'])}",
+                     f"{m['mcc']:.3f} {_ci_text(ci['mcc'])}", f"{metric_value(m, 'macro_f1'):.3f} {_ci_text(metric_value(ci, 'macro_f1'))}",
                      f"{_fmt(m['auroc_macro'])} {_ci_text(ci['auroc_macro'])}", *ps])
     return head, rows
 

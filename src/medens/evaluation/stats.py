@@ -4,7 +4,9 @@
   the Bootstrap", 1993).
 - :func:`normal_ci`: the normal-approximation interval m +- z sqrt(m (1 - m) / n) of study 1.
 - :func:`mcnemar`: McNemar's test for paired accuracies (McNemar, Psychometrika 1947).
-- :func:`paired_bootstrap`: paired bootstrap test of a metric difference.
+- :func:`paired_bootstrap`: paired bootstrap test of a metric difference;
+  :func:`paired_mean_bootstrap` the same test of a difference of per-item means (per-image Dice),
+  and :func:`bootstrap_mean_ci` the interval of a per-item mean.
 - :func:`delong` / :func:`delong_ovr`: DeLong's test for correlated AUROCs (DeLong, DeLong &
   Clarke-Pearson, Biometrics 1988), with the fast midrank algorithm of Sun & Xu (IEEE Signal
   Processing Letters 2014).
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from medens.evaluation.metrics import METRICS, check_classification_inputs, metric_evaluator
+from medens.metric_names import canonical_name
 
 MetricArg = str | Callable[[np.ndarray, np.ndarray], float]
 
@@ -76,6 +79,7 @@ def _multiplicities(idx: np.ndarray, n: int) -> np.ndarray:
 
 def _resolve(metric: MetricArg) -> tuple[str | None, Callable[[Any, Any], float]]:
     if isinstance(metric, str):
+        metric = canonical_name(metric)
         if metric not in METRICS:
             metric_evaluator(metric, [0], [[1.0, 0.0]])  # raises the "did you mean" error
         return metric, METRICS[metric]
@@ -280,8 +284,13 @@ def paired_bootstrap(
         raise ValueError(f"probs_a and probs_b must have the same shape, got {pa.shape} and {pb.shape}")
     _check_resampling(n_resamples, confidence)
     (ma, mb), (va, vb) = _bootstrap_values(y, [pa, pb], metric, int(n_resamples), seed, stratified)
-    d = ma - mb
-    reps = va - vb
+    return _paired_result(ma, mb, ma - mb, va - vb, confidence, n_resamples)
+
+
+def _paired_result(ma: float, mb: float, d: float, reps: np.ndarray, confidence: float,
+                   n_resamples: int) -> dict[str, Any]:
+    """The paired bootstrap's interval and centred two-sided p from the replicates ``reps`` of
+    the difference ``d`` (non-finite replicates left out)."""
     reps = reps[np.isfinite(reps)]
     low, high, _ = _percentile_interval(reps, confidence)
     if not math.isfinite(d) or reps.size == 0:
@@ -298,6 +307,52 @@ def paired_bootstrap(
         "n_resamples": int(n_resamples),
         "n_valid": int(reps.size),
     }
+
+
+def _per_item(values: Any, what: str) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"{what} must be a non-empty 1-D array of per-item values, got shape {v.shape}")
+    return v
+
+
+def _mean_replicates(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap replicates of the mean of per-item ``values``: N draws from all N items."""
+    return np.concatenate([values[idx].mean(axis=1) for idx in
+                           resample_indices(np.zeros(values.size), n_resamples, seed=seed, stratified=False)])
+
+
+def paired_mean_bootstrap(
+    values_a: Any, values_b: Any, *, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """Paired bootstrap test of ``mean(a) - mean(b)`` over items (e.g. two systems' per-image Dice).
+
+    The same test as :func:`paired_bootstrap` (same resampler and the same centred p-value), on
+    the per-item differences ``a_i - b_i`` with unstratified resamples of the N items.
+
+    Returns:
+        ``{"metric_a", "metric_b", "diff", "low", "high", "p_value", "n_resamples", "n_valid"}``.
+
+    Raises:
+        ValueError: values that are not non-empty 1-D arrays of one length, or bad resampling options.
+    """
+    a, b = _per_item(values_a, "values_a"), _per_item(values_b, "values_b")
+    if a.shape != b.shape:
+        raise ValueError(f"values_a and values_b must have the same shape, got {a.shape} and {b.shape}")
+    _check_resampling(n_resamples, confidence)
+    d = a - b
+    reps = _mean_replicates(d, int(n_resamples), seed)
+    return _paired_result(float(a.mean()), float(b.mean()), float(d.mean()), reps, confidence, n_resamples)
+
+
+def bootstrap_mean_ci(values: Any, *, n_resamples: int = 2000, confidence: float = 0.95,
+                      seed: int = 0) -> dict[str, float | None]:
+    """Percentile bootstrap interval of the mean of per-item ``values`` (resamples as
+    :func:`paired_mean_bootstrap`): ``{"point", "low", "high"}``."""
+    v = _per_item(values, "values")
+    _check_resampling(n_resamples, confidence)
+    low, high, _ = _percentile_interval(_mean_replicates(v, int(n_resamples), seed), confidence)
+    return {"point": _json(v.mean()), "low": low, "high": high}
 
 
 # ---------------------------------------------------------------------------------------------

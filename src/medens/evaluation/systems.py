@@ -25,9 +25,18 @@ from typing import Any
 import numpy as np
 
 from medens.evaluation.metrics import METRICS, classification_metrics, segmentation_metrics
-from medens.evaluation.stats import bootstrap_ci, delong_ovr, holm, mcnemar, normal_ci, paired_bootstrap
+from medens.evaluation.stats import (
+    bootstrap_ci,
+    bootstrap_mean_ci,
+    delong_ovr,
+    holm,
+    mcnemar,
+    normal_ci,
+    paired_bootstrap,
+    paired_mean_bootstrap,
+)
 
-CI_METRICS = ("accuracy", "mcc", "f1_macro", "auroc_macro")
+CI_METRICS = ("accuracy", "mcc", "macro_f1", "auroc_macro")
 SELECTION_RULE = ("highest validation {metric}: members on their validation predictions, prediction-level "
                   "ensembles on {folds}-fold cross-fitted (out-of-fold) validation predictions, model-level "
                   "ensembles on their validation predictions; ties by the validation log-loss of the same "
@@ -111,14 +120,6 @@ def evaluate_classification(y_true: np.ndarray, systems: dict[str, tuple[str, np
     return out
 
 
-def _bootstrap_mean(values: np.ndarray, n: int, confidence: float, seed: int) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n, len(values)))
-    means = values[idx].mean(axis=1)
-    a = (1 - confidence) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
-
-
 def evaluate_segmentation(masks_true: np.ndarray, systems: dict[str, tuple[str, np.ndarray]], *, reference: str,
                           n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """Dice/IoU/HD95 per system with a bootstrap CI of the mean Dice over images, and a paired
@@ -126,24 +127,20 @@ def evaluate_segmentation(masks_true: np.ndarray, systems: dict[str, tuple[str, 
     out: dict[str, Any] = {"reference": reference, "systems": {}}
     per_image = {}
     for name, (kind, probs) in systems.items():
-        m = segmentation_metrics(masks_true, probs.argmax(1))
+        m = segmentation_metrics(masks_true, probs.argmax(1), n_classes=probs.shape[1])
         dice = np.array([r["dice"] for r in m["per_image"]], dtype=float)
         per_image[name] = dice
-        lo, hi = _bootstrap_mean(dice, n_resamples, confidence, seed)
+        ci = bootstrap_mean_ci(dice, n_resamples=n_resamples, confidence=confidence, seed=seed)
         out["systems"][name] = {"kind": kind, "metrics": {k: v for k, v in m.items() if k != "per_image"},
-                                "ci": {"dice": {"point": float(dice.mean()), "low": lo, "high": hi}}}
+                                "ci": {"dice": {"point": float(dice.mean()), "low": ci["low"], "high": ci["high"]}}}
     ref = per_image[reference]
     ps = {}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(ref), size=(n_resamples, len(ref)))
     for name, dice in per_image.items():
         if name == reference:
             continue
-        d = dice - ref
-        boot = d[idx].mean(axis=1)
-        p = (1 + np.sum(np.abs(boot - d.mean()) >= abs(d.mean()))) / (1 + n_resamples)
-        out["systems"][name]["vs_reference"] = {"dice_difference": float(d.mean()), "p_value": float(p)}
-        ps[name] = float(p)
+        pb = paired_mean_bootstrap(dice, ref, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        out["systems"][name]["vs_reference"] = {"dice_difference": pb["diff"], "p_value": pb["p_value"]}
+        ps[name] = pb["p_value"]
     for n, adj in zip(ps, holm(list(ps.values()))):
         out["systems"][n]["vs_reference"]["p_holm"] = adj
     return out

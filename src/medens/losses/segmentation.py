@@ -76,7 +76,7 @@ def _overlap_channels(batch: Batch, include_background: bool = True) -> tuple[Te
     return p, y
 
 
-def _dice_per_class(p: Tensor, y: Tensor, smooth_nr: float, smooth_dr: float) -> Tensor:
+def _soft_dice_per_class(p: Tensor, y: Tensor, smooth_nr: float, smooth_dr: float) -> Tensor:
     """``1 - (2 TP + s_nr) / (sum p + sum y + s_dr)`` per image and class (B, K)."""
     dims = _spatial(p)
     intersection = (p * y).sum(dims)
@@ -165,7 +165,7 @@ class DiceLoss(_OverlapLoss):
 
     def compute(self, batch: Batch) -> Tensor:
         p, y = _overlap_channels(batch, self.include_background)
-        return _dice_per_class(p, y, self.smooth_nr, self.smooth_dr).mean(1)
+        return _soft_dice_per_class(p, y, self.smooth_nr, self.smooth_dr).mean(1)
 
 
 class GeneralizedDiceLoss(_OverlapLoss):

@@ -147,7 +147,7 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     if spec.task == "classification":
         kfp = kfp_classification_metrics(data.test.labels, systems[selected][1], data.class_names)
         kfp["scalar"] = {k: result["systems"][selected]["metrics"][k]
-                         for k in ("accuracy", "mcc", "f1_macro", "auroc_macro")}
+                         for k in ("accuracy", "mcc", "macro_f1", "auroc_macro")}
         atomic_write_text(out / "kfp_metrics.json", json.dumps(kfp, indent=2))
     rendered = write_report(spec, result, data, members, {n: p for n, (_, p) in systems.items()}, out)
     best = result["systems"][selected]["metrics"]

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medens import metrics as metric_defs
 from medens.config import ComponentSpec, TrainingSpec
 from medens.data.decode import PREPROCESSING
 from medens.data.drift import intensity_reference
@@ -215,23 +216,19 @@ def build_loss(loss: ComponentSpec, task: str, class_counts: list[int], class_we
 
 
 def quick_metrics(task: str, probs: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """The few validation metrics the engine monitors (full evaluation lives in medens.evaluation)."""
-    if task == "classification":
-        from sklearn.metrics import balanced_accuracy_score, f1_score, matthews_corrcoef
+    """The few validation metrics the engine monitors, from :mod:`medens.metrics` (the definitions
+    ranking, selection, the gate and the report use; full evaluation lives in medens.evaluation).
 
-        pred = probs.argmax(1)
-        return {
-            "accuracy": float((pred == target).mean()),
-            "balanced_accuracy": float(balanced_accuracy_score(target, pred)),
-            "macro_f1": float(f1_score(target, pred, average="macro", zero_division=0)),
-            "mcc": float(matthews_corrcoef(target, pred)),
-        }
+    Classification: accuracy, balanced accuracy, macro-F1 and MCC of the argmax predictions.
+    Segmentation: Dice, the mean over foreground classes per image averaged over images.
+    """
+    k = probs.shape[1]
     pred = probs.argmax(1)
-    fg_true, fg_pred = target > 0, pred > 0
-    inter = (fg_true & fg_pred).reshape(len(target), -1).sum(1)
-    denom = fg_true.reshape(len(target), -1).sum(1) + fg_pred.reshape(len(target), -1).sum(1)
-    dice = np.where(denom == 0, 1.0, 2 * inter / np.maximum(denom, 1))
-    return {"dice": float(dice.mean())}
+    if task == "classification":
+        cm = metric_defs.confusion_matrix(target, pred, n_classes=k)
+        return {name: float(getattr(metric_defs, name)(cm))
+                for name in ("accuracy", "balanced_accuracy", "macro_f1", "mcc")}
+    return {"dice": float(metric_defs.dice(target, pred, n_classes=k).mean())}
 
 
 # ---------------------------------------------------------------- the loop
