@@ -551,7 +551,8 @@ def _setup_run(model_spec: ComponentSpec, loss_spec: ComponentSpec, data: SplitD
               else pixel_counts(train_split.masks, k)).tolist()
     criterion = build_loss(loss_spec, task, counts, spec.class_weights).to(precision.device)
     optimizer = _optimizer(parameter_groups(net, spec), spec)
-    scaler = torch.amp.GradScaler("cuda") if precision.use_scaler else None
+    # loss scaling only for fp16 (CUDA's choice without bf16): bf16 has float32's exponent range
+    scaler = torch.amp.GradScaler(precision.device.type) if precision.use_scaler else None
     gens = {"sampler": torch.Generator().manual_seed(seed), "augment": torch.Generator().manual_seed(seed + 1)}
     train_loader, val_loader = _loaders(data, train_split, spec, precision, gens["sampler"])
     transform = DeviceTransform(input_spec, precision, augment=spec.augment, flips=spec.flips, task=task)
