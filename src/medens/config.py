@@ -259,7 +259,10 @@ class TrainingSpec(_Spec):
     _monitor_name = field_validator("monitor", mode="before")(classmethod(lambda cls, v: _canonical_metric(v)))
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(True, description="mixed precision on CUDA (bf16 where supported, else fp16)")
+    amp: bool | Literal["bf16"] = Field(
+        True, description="true: mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler), "
+                          "float32 on CPU; bf16: bf16 autocast on any device, CPU included (no loss scaling); "
+                          "false: float32 (medens.training.device.select_precision)")
     num_workers: int | None = Field(None, ge=0, description="DataLoader workers; null chooses by device")
     seed: int | None = Field(None, description="defaults to the experiment seed")
 
