@@ -179,7 +179,7 @@ def test_models_list_shows_where_weights_are(capsys, monkeypatch):
 def test_member_ids_are_short_and_never_collide():
     from medens.stages import training_grid
 
-    ids = [g["id"] for g in training_grid(_spec(
+    ids = [g.id for g in training_grid(_spec(
         ["compact_cnn", "timm_efficientnet_lite0@imagenet", "timm_efficientnet_lite0",
          {"name": "compact_cnn", "params": {"dropout": 0.2}},
          {"name": "timm_efficientnet_lite0", "params": {"weights_path": "/w/a.pth", "weights_strict": False}},
