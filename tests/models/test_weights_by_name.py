@@ -67,8 +67,9 @@ def test_a_member_with_imagenet_weights_trains_and_records_file_and_sha256(tmp_p
                      "min_steps": 0, "batch_size": 64, "patience": None, "ema_decay": None, "augment": "none",
                      "tta": "none", "calibrate": False, "device": "cpu", "num_workers": 0}})
     [member] = training_grid(spec)
-    assert member["id"] == "lite0-in1k__focal"
-    assert member["model"] == {"name": "timm_efficientnet_lite0", "weights": "imagenet", "params": {}}
+    assert member.id == "lite0-in1k__focal"
+    assert json.loads(member.model_dump_json())["model"] == {"name": "timm_efficientnet_lite0", "weights": "imagenet",
+                                                             "params": {}}
     out = train_member(spec, tmp_path / "data", member, tmp_path / "m", progress=False)
 
     manifest = json.loads((out / "model.json").read_text())
