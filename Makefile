@@ -41,7 +41,7 @@ help:
 	@echo "make submit [PRESET=..] [KFP_HOST=http://localhost:8080]   one run on a Kubeflow cluster"
 	@echo "make schedule [PRESET=..] [KFP_HOST=..] [CRON='0 0 2 * * *'] scheduled retraining on the cluster"
 	@echo "make test                    install everything needed and run the test suite"
-	@echo "make lint                    ruff and the import-layering contracts (import-linter)"
+	@echo "make lint                    ruff, the import-layering contracts (import-linter) and mypy on src against mypy-baseline.txt"
 	@echo "make lock                    re-resolve every dependency in a clean venv and rewrite requirements.lock"
 	@echo "make bench                   run benchmarks/*.py (JSON into benchmarks/results/; installs the Debian data they read when root)"
 	@echo "make clean                   remove .venv, runs/ and caches"
@@ -109,6 +109,7 @@ test: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src components pipelines tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(PY) scripts/mypy_baseline.py check
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src components pipelines tests benchmarks
@@ -132,5 +133,5 @@ bench: $(STAMP) bench-deps
 	for f in "$${files[@]}"; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache .import_linter_cache build src/*.egg-info
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .import_linter_cache .mypy_cache build src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

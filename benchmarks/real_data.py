@@ -346,7 +346,7 @@ def run_medens(spec: Any, data_dir: Path, work: Path, log=print) -> dict[str, An
     outside = {n: any(m in from_outside for m in _member_ids(n, d)) for n, d in dirs.items()}
     scratch = selection_order({n: (metrics["selection"].get(n) or {}).get("score") for n in dirs if not outside[n]},
                               {n: (metrics["selection"].get(n) or {}).get("log_loss") for n in dirs})
-    return {"selected": metrics["selected"], "summary_best": summary["best"], "gate_metric": gate,
+    return {"selected": metrics["selected"], "summary_best": summary.selected, "gate_metric": gate,
             "selection_rule": metrics["selection_rule"], "selection": metrics["selection"],
             "leaderboard": leaderboard, "skipped": metrics.get("skipped", {}),
             "best_on_test_by_gate_metric": metrics.get("best_on_test"), "best_member_on_test": best_member,

@@ -34,17 +34,17 @@ def evaluate(spec: str, dataset: Input[Dataset], members: Input[list[Model]], en
 
     summary = evaluate_systems(spec_from_text(spec), dataset.path, [m.path for m in members], ensembles.path,
                                evaluation.path, best.path)
-    for name, value in summary["best_metrics"].items():
+    for name, value in summary.best_metrics.items():
         metrics.log_metric(name, value)
     kfp_path = os.path.join(evaluation.path, "kfp_metrics.json")
     if os.path.isfile(kfp_path):
         kfp = json.load(open(kfp_path))
         classification_metrics.log_confusion_matrix(**kfp["confusion_matrix"])
         classification_metrics.log_roc_curve(**kfp["roc"])
-    best.metadata.update({"system": summary["best"], "gate_metric": summary["gate_metric"]})
-    print(f"selected: {summary['best']} (validation {summary['gate_metric']} {summary['selection_score']:.4f}); "
-          f"reference: {summary['reference']}")
-    return summary["best"]
+    best.metadata.update({"system": summary.selected, "gate_metric": summary.gate_metric})
+    print(f"selected: {summary.selected} (validation {summary.gate_metric} {summary.selection_score:.4f}); "
+          f"reference: {summary.reference}")
+    return summary.selected
 
 
 @dsl.component(**COMPONENT_OPTIONS)
@@ -69,9 +69,9 @@ def evaluate_segmentation(spec: str, dataset: Input[Dataset], members: Input[lis
 
     summary = evaluate_systems(spec_from_text(spec), dataset.path, [m.path for m in members], ensembles.path,
                                evaluation.path, best.path)
-    for name, value in summary["best_metrics"].items():
+    for name, value in summary.best_metrics.items():
         metrics.log_metric(name, value)
-    best.metadata.update({"system": summary["best"], "gate_metric": summary["gate_metric"]})
-    print(f"selected: {summary['best']} (validation {summary['gate_metric']} {summary['selection_score']:.4f}); "
-          f"reference: {summary['reference']}")
-    return summary["best"]
+    best.metadata.update({"system": summary.selected, "gate_metric": summary.gate_metric})
+    print(f"selected: {summary.selected} (validation {summary.gate_metric} {summary.selection_score:.4f}); "
+          f"reference: {summary.reference}")
+    return summary.selected

@@ -33,10 +33,11 @@ def gate(spec: str, challenger: Input[Model], dataset: Input[Dataset], decision:
 
     d = champion_gate(spec_from_text(spec), challenger.path, dataset.path, store_uri=store_uri, name=model_name,
                       endpoint=store_endpoint or None, version=version or run_id)
-    for key in ("champion", "challenger", "difference", "p_value"):
-        if d[key] is not None:
-            decision.log_metric(key, float(d[key]))
-    decision.metadata.update({"promote": d["promote"], "reason": d["reason"], "metric": d["metric"],
-                              "test": d["test"] or "", "champion_version": d["champion_version"] or ""})
-    print(d["reason"])
-    return bool(d["promote"])
+    for key, value in (("champion", d.champion), ("challenger", d.challenger), ("difference", d.difference),
+                       ("p_value", d.p_value)):
+        if value is not None:
+            decision.log_metric(key, float(value))
+    decision.metadata.update({"promote": d.promote, "reason": d.reason, "metric": d.metric,
+                              "test": d.test or "", "champion_version": d.champion_version or ""})
+    print(d.reason)
+    return d.promote

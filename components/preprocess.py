@@ -24,8 +24,6 @@ def preprocess(spec: str, dataset: Output[Dataset], data_uri: str = "", store_en
     Returns:
         One JSON string per member to train (``medens.stages.training_grid``).
     """
-    import json
-
     from medens.stages import prepare_data, spec_from_text, training_grid
 
     s = spec_from_text(spec)
@@ -37,4 +35,4 @@ def preprocess(spec: str, dataset: Output[Dataset], data_uri: str = "", store_en
                              "n": {k: v["n"] for k, v in summary["splits"].items()},
                              "source_fingerprint": summary["source"]["sha256"]})
     print(f"{s.name}: " + ", ".join(f"{k} {v['n']}" for k, v in summary["splits"].items()))
-    return [json.dumps(m) for m in training_grid(s)]
+    return [m.model_dump_json() for m in training_grid(s)]

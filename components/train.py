@@ -29,9 +29,8 @@ def train(spec: str, dataset: Input[Dataset], member: str, model: Output[Model],
             this nor ``run_id`` only the local checkpoint is written.
         checkpoint_every: publish every ``N`` epochs or ``Ms`` seconds (default: every epoch).
     """
-    import json
-
     from medens.stages import spec_from_text, train_member
+    from medens.stages.results import MemberResult
     from medens.stages.train import checkpoint_location
 
     s = spec_from_text(spec)
@@ -39,7 +38,7 @@ def train(spec: str, dataset: Input[Dataset], member: str, model: Output[Model],
                               run_id=run_id)
     path = train_member(s, dataset.path, member, model.path, checkpoint_uri=uri, store_endpoint=store_endpoint,
                         checkpoint_every=checkpoint_every)
-    manifest = json.loads((path / "model.json").read_text())
-    model.metadata.update({"member_id": manifest["member_id"], "best_epoch": manifest["best_epoch"],
-                           **{k: v for k, v in manifest["val_metrics"].items() if isinstance(v, int | float)}})
-    print(f"{manifest['member_id']}: best epoch {manifest['best_epoch']}, validation {manifest['val_metrics']}")
+    result = MemberResult.load(path)
+    model.metadata.update({"member_id": result.member_id, "best_epoch": result.best_epoch,
+                           **{k: v for k, v in result.val_metrics.items() if isinstance(v, int | float)}})
+    print(f"{result.member_id}: best epoch {result.best_epoch}, validation {result.val_metrics}")

@@ -197,6 +197,7 @@ def run_local(spec: ExperimentSpec, *, out: str | os.PathLike = "runs", run_id: 
     from kfp import compiler, local
     from kfp.local import logging_utils, subprocess_task_handler
 
+    from medens.stages.results import EvaluationSummary
     from pipelines import pipeline_for
 
     terminal = terminal or sys.stdout
@@ -240,7 +241,7 @@ def run_local(spec: ExperimentSpec, *, out: str | os.PathLike = "runs", run_id: 
     seconds = round(time.perf_counter() - t0, 1)
     outputs = dict(task.outputs)
     layout = run_layout(run_dir, outputs)
-    summary = json.loads((run_dir / "evaluation" / "summary.json").read_text())
+    summary = EvaluationSummary.read(run_dir / "evaluation" / "summary.json").model_dump()
     promoted = outputs.get("promoted")
     uri = outputs.get("uri")
     if uri is None:  # retraining registers inside dsl.If, so the store says whether it did
@@ -264,7 +265,7 @@ def format_result(summary: dict[str, Any]) -> str:
         shown = run_dir
     lines = ["", f"Leaderboard (ordered by validation {summary['gate_metric']}, the selection score; test metrics "
                  "beside it):", leaderboard_text(summary), "",
-             f"selected: {summary['best']} ({summary['selection_rule']})",
+             f"selected: {summary['selected']} ({summary['selection_rule']})",
              f"reference (best member on validation): {summary['reference']}",
              *[f"skipped: {name}: {reason}" for name, reason in summary.get("skipped", {}).items()],
              f"report: {shown / 'evaluation' / 'report.html'}"]

@@ -9,6 +9,8 @@ import yaml
 
 from medens.config import load_spec, parse_spec
 from medens.stages import (
+    EvaluationSummary,
+    GridEntry,
     build_ensembles,
     champion_gate,
     evaluate_systems,
@@ -55,22 +57,24 @@ def test_spec_from_text_round_trip_and_errors():
 
 def test_training_grid_classification():
     grid = training_grid(parse_spec(TINY))
-    assert [g["id"] for g in grid] == ["compact_cnn__ce", "compact_cnn__focal-gamma=2.0"]
-    assert grid[1] == {"id": "compact_cnn__focal-gamma=2.0", "model": {"name": "compact_cnn", "params": {}},
-                       "loss": {"name": "focal", "params": {"gamma": 2.0}}, "train_on": "train"}
-    assert all(json.loads(json.dumps(g)) == g for g in grid)  # JSON-ready for the ParallelFor
+    assert [g.id for g in grid] == ["compact_cnn__ce", "compact_cnn__focal-gamma=2.0"]
+    # the JSON a train task receives through the ParallelFor, in the shape earlier runs passed
+    assert json.loads(grid[1].model_dump_json()) == {
+        "id": "compact_cnn__focal-gamma=2.0", "model": {"name": "compact_cnn", "params": {}},
+        "loss": {"name": "focal", "params": {"gamma": 2.0}}, "train_on": "train"}
+    assert all(GridEntry.parse(g.model_dump_json()) == g for g in grid)
 
 
 def test_training_grid_segmentation_sampling_method():
     spec = load_spec("seg-demo")
     grid = training_grid(spec)
     # study 3: every (model, loss) pair has a sampling-method partner with the same loss
-    assert [(g["id"], g["train_on"]) for g in grid] == [
+    assert [(g.id, g.train_on) for g in grid] == [
         ("basic_unet__exponential", "train"), ("basic_unet__exponential__sampling", "train_crops"),
         ("basic_unet__dice_ce", "train"), ("basic_unet__dice_ce__sampling", "train_crops")]
-    assert grid[1]["loss"] == grid[0]["loss"] and grid[3]["loss"] == grid[2]["loss"]
+    assert grid[1].loss == grid[0].loss and grid[3].loss == grid[2].loss
     no_sampling = spec.model_copy(update={"data": spec.data.model_copy(update={"sampling_method": False})})
-    assert [g["train_on"] for g in training_grid(no_sampling)] == ["train", "train"]
+    assert [g.train_on for g in training_grid(no_sampling)] == ["train", "train"]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +87,7 @@ def stages(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf")
     spec = parse_spec(TINY)
     summary = prepare_data(spec, root / "data")
-    paths = [train_member(spec, root / "data", json.dumps(m), root / "m" / str(i))
+    paths = [train_member(spec, root / "data", m.model_dump_json(), root / "m" / str(i))
              for i, m in enumerate(training_grid(spec))]
     made = build_ensembles(spec, root / "data", paths, root / "ens")
     ev = evaluate_systems(spec, root / "data", paths, root / "ens", root / "eval", root / "best")
@@ -102,10 +106,13 @@ def test_stages_write_their_artifacts(stages):
         assert (d / "predictions" / "val.npz").is_file() and (d / "predictions" / "test.npz").is_file()
     assert sorted(stages["ensembles"]) == ["mean-top2", "weighted-top2"]
     s = stages["summary"]
-    assert s["members"] == list(members) and s["ensembles"] == ["mean-top2", "weighted-top2"]
-    assert {r["system"] for r in s["leaderboard"]} == set(members) | {"mean-top2", "weighted-top2"}
-    assert s["best_metrics"]["mcc"] == pytest.approx(
-        json.loads((root / "eval" / "metrics.json").read_text())["systems"][s["best"]]["metrics"]["mcc"])
+    assert s.members == list(members) and s.ensembles == ["mean-top2", "weighted-top2"]
+    assert {r["system"] for r in s.leaderboard} == set(members) | {"mean-top2", "weighted-top2"}
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    assert s.best_metrics["mcc"] == pytest.approx(metrics["systems"][s.selected]["metrics"]["mcc"])
+    # one name for the selected system: "best" is no longer written beside "selected"
+    assert metrics["selected"] == s.selected and "best" not in metrics
+    assert EvaluationSummary.read(root / "eval" / "summary.json") == s
     for f in ("metrics.json", "kfp_metrics.json", "report.html", "report.md", "summary.json"):
         assert (root / "eval" / f).is_file(), f
     assert spec.name == "wf"
@@ -119,7 +126,7 @@ def test_member_dirs_refuses_duplicates(stages):
 def test_best_is_a_servable_ensemble(stages):
     from medens.ensemble.artifact import load_ensemble
 
-    root, best = stages["root"], stages["summary"]["best"]
+    root, best = stages["root"], stages["summary"].selected
     ens = load_ensemble(root / "best")  # checksums verified
     assert ens.manifest["evaluation"]["system"] == best
     assert ens.manifest["evaluation"]["gate_metric"] == "mcc"
@@ -153,7 +160,7 @@ def test_export_report(stages, tmp_path):
     text = export_report(stages["root"] / "eval", tmp_path / "h" / "report.html", tmp_path / "r.md")
     assert (tmp_path / "h" / "report.html").read_bytes() == (stages["root"] / "eval" / "report.html").read_bytes()
     assert (tmp_path / "r.md").read_text().startswith("# medens report: wf")
-    assert text.splitlines()[0].startswith("#  system") and stages["summary"]["best"] in text
+    assert text.splitlines()[0].startswith("#  system") and stages["summary"].selected in text
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -176,7 +183,7 @@ def test_register_fetch_and_champion_gate(stages, store_uri, tmp_path):
     assert registered_uri(store_uri, "wf", "v1") is None
     # nothing serves yet: the challenger is promoted
     first = champion_gate(spec, root / "best", root / "data", store_uri=store_uri)
-    assert first["promote"] is True and first["champion_version"] is None
+    assert first.promote is True and first.champion_version is None
     out = register_artifact(root / "best", store_uri, "wf", version="v1")
     assert out["uri"].endswith("wf/versions/v1") and out["version"] == "v1"
     assert registered_uri(store_uri, "wf", "v1") == out["uri"]
@@ -185,7 +192,7 @@ def test_register_fetch_and_champion_gate(stages, store_uri, tmp_path):
     assert (tmp_path / "champ" / "ensemble.json").read_bytes() == (root / "best" / "ensemble.json").read_bytes()
     # the same system again is not better: the champion stays
     again = champion_gate(spec, root / "best", root / "data", store_uri=store_uri)
-    assert again["promote"] is False and again["champion_version"] == "v1" and again["difference"] == 0
+    assert again.promote is False and again.champion_version == "v1" and again.difference == 0
     # a useless champion (the best member with weights scrambled) loses to the real one
     bad_member = tmp_path / "bad"
     src = member_dirs(stages["paths"])["compact_cnn__ce"]
@@ -194,20 +201,21 @@ def test_register_fetch_and_champion_gate(stages, store_uri, tmp_path):
     register_artifact(tmp_path / "bad-ens", store_uri, "wf", version="v2")
     assert fetch_champion(store_uri, "wf", tmp_path / "c2")["version"] == "v2"
     won = champion_gate(spec, root / "best", root / "data", store_uri=store_uri)
-    assert won["champion_version"] == "v2"
-    assert won["challenger"] > won["champion"]
-    assert won["promote"] is True, won["reason"]
+    assert won.champion_version == "v2"
+    assert won.challenger > won.champion
+    assert won.promote is True, won.reason
     names = ArtifactStore.from_uri(store_uri).list("wf/")
     assert {n for n in names if not n.startswith("wf/history/")} == {"wf/champion", "wf/versions/v1", "wf/versions/v2"}
     # the audit trail: every gate decision, oldest first, with what an operator needs to answer "why this version"
     history = registry_history(store_uri, "wf")
-    assert [h["promote"] for h in history] == [True, False, True]
-    assert [h["champion_version"] for h in history] == [None, "v1", "v2"]
+    assert history[2] == won  # what the history reads back is the decision the gate returned
+    assert [h.promote for h in history] == [True, False, True]
+    assert [h.champion_version for h in history] == [None, "v1", "v2"]
     fingerprint = json.loads((root / "data" / "dataset.json").read_text())["info"]["source"]["sha256"]
     for h in history:
-        assert h["data_fingerprint"] == fingerprint and h["metric"] == "mcc" and h["time"].endswith("Z")
-        assert h["challenger_system"] == stages["summary"]["best"]
-    assert history[2]["p_value"] < 0.05 and history[2]["decision"] == "promote"
+        assert h.data_fingerprint == fingerprint and h.metric == "mcc" and h.time.endswith("Z")
+        assert h.challenger_system == stages["summary"].selected
+    assert history[2].p_value < 0.05 and history[2].decision == "promote"
     assert champ["data_fingerprint"] == fingerprint  # the registry entry names the data it was trained on
 
 
@@ -303,7 +311,7 @@ def test_a_tie_on_validation_goes_to_the_lower_validation_log_loss(stages, tmp_p
     sel = json.loads((tmp_path / "eval" / "metrics.json").read_text())["selection"]
     assert sel["a_unsure"]["score"] == sel["b_sure"]["score"]
     assert sel["b_sure"]["log_loss"] < sel["a_unsure"]["log_loss"]
-    assert s["best"] == "b_sure"  # by name alone it would be a_unsure
+    assert s.selected == "b_sure"  # by name alone it would be a_unsure
 
 
 def test_a_system_best_on_test_but_not_on_validation_is_not_selected(stages, tmp_path):
@@ -316,7 +324,7 @@ def test_a_system_best_on_test_but_not_on_validation_is_not_selected(stages, tmp
     sel, systems = metrics["selection"], metrics["systems"]
     assert sel["val_winner"]["score"] > sel["test_winner"]["score"]
     assert systems["test_winner"]["metrics"]["mcc"] > systems["val_winner"]["metrics"]["mcc"]
-    assert s["best"] == metrics["selected"] == "val_winner" and s["best_on_test"] == "test_winner"
+    assert s.selected == metrics["selected"] == "val_winner" and s.best_on_test == "test_winner"
     assert metrics["leaderboard"] == ["val_winner", "test_winner"]  # ordered by the selection score
     from medens.ensemble.artifact import read_ensemble_manifest
 
@@ -371,14 +379,14 @@ def test_a_validation_split_that_cannot_support_stacking_degrades_not_aborts(tmp
     s = run_experiment(spec, tmp_path / "run", log=lambda *a: None)
     data = json.loads((tmp_path / "run" / "data" / "dataset.json").read_text())
     assert data["info"]["source"]["kind"] == "generated:synthetic_cells"
-    assert list(s["skipped"]) == ["stacking-top2"]
-    assert "validation samples of every class" in s["skipped"]["stacking-top2"]
-    assert sorted(s["ensembles"]) == ["mean-top2"]
+    assert list(s.skipped) == ["stacking-top2"]
+    assert "validation samples of every class" in s.skipped["stacking-top2"]
+    assert sorted(s.ensembles) == ["mean-top2"]
     systems = json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())["systems"]
     assert set(systems) == {"compact_cnn__ce", "compact_cnn__weighted_ce", "mean-top2"}
     md = (tmp_path / "run" / "evaluation" / "report.md").read_text()
     assert "Skipped: stacking-top2: " in md and "validation samples of every class" in md
-    assert s["uri"] and (tmp_path / "run" / "registry" / "tail" / "versions" / "run" / "ensemble.json").is_file()
+    assert s.uri and (tmp_path / "run" / "registry" / "tail" / "versions" / "run" / "ensemble.json").is_file()
 
 
 def test_embedding_fusion_is_chosen_from_the_spec(stages, tmp_path):
@@ -395,7 +403,7 @@ def test_embedding_fusion_is_chosen_from_the_spec(stages, tmp_path):
     fused = json.loads((next((made["embedding-fusion-top2"] / "members").iterdir()) / "model.json").read_text())
     assert fused["fusion"]["kind"] == "embedding"
     assert sorted(ens.manifest["fused_members"]) == sorted(member_dirs(stages["paths"]))  # top-2 by rank order
-    assert read_index(tmp_path / "ens")["selection"]["embedding-fusion-top2"]["basis"].startswith("validation")
+    assert read_index(tmp_path / "ens").selection["embedding-fusion-top2"].basis.startswith("validation")
 
 
 def test_a_models_training_overrides_apply_to_its_members_only(stages, tmp_path):
@@ -406,8 +414,8 @@ def test_a_models_training_overrides_apply_to_its_members_only(stages, tmp_path)
     assert spec.models[0].key == "compact_cnn" and spec.to_dict()["models"][0]["training"] == {"epochs": 2, "lr": 1e-3}
     assert "training" not in parse_spec(TINY).to_dict()["models"][0]  # nothing written when there are none
     entry = training_grid(spec)[0]
-    assert entry["id"] == "compact_cnn__ce"
-    path = train_member(spec, root / "data", json.dumps(entry), tmp_path / "m")
+    assert entry.id == "compact_cnn__ce"
+    path = train_member(spec, root / "data", entry.model_dump_json(), tmp_path / "m")
     manifest = json.loads((path / "model.json").read_text())
     assert len(manifest["history"]) == 2 and manifest["training"]["lr"] == 1e-3 and manifest["training"]["epochs"] == 2
     first = json.loads((stages["paths"][0] / "model.json").read_text())

@@ -9,8 +9,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from medens import __version__
+
+if TYPE_CHECKING:
+    from medens.stages.results import EvaluationSummary
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -218,7 +222,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_leaderboard(summary: dict, limit: int = 12) -> None:
+def print_leaderboard(summary: EvaluationSummary, limit: int = 12) -> None:
     from medens.stages import leaderboard_text
 
     print(leaderboard_text(summary, limit))
@@ -236,14 +240,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_experiment(spec, run)
     print()
     print_leaderboard(summary)
-    print(f"\nselected: {summary['best']} ({summary['selection_rule']})")
-    for name, cls in (summary.get("collapsed") or {}).items():
+    print(f"\nselected: {summary.selected} ({summary.selection_rule})")
+    for name, cls in summary.collapsed.items():
         print(f"WARNING: {name} has collapsed: it predicts only class {cls!r} on validation")
-    if summary.get("quality") == "failed":
-        print(f"RUN FAILED ON QUALITY: {summary['quality_reason']}")
-    for name, reason in summary["skipped"].items():
+    if summary.quality == "failed":
+        print(f"RUN FAILED ON QUALITY: {summary.quality_reason}")
+    for name, reason in summary.skipped.items():
         print(f"skipped: {name}: {reason}")
-    print(f"report: {summary['report']}   registered: {summary.get('uri')}   ({summary['seconds']} s)")
+    print(f"report: {summary.report}   registered: {summary.uri}   ({summary.seconds} s)")
     return 0
 
 
@@ -262,7 +266,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run / "evaluation"
     summary = evaluate_systems(spec, run / "data", members, run / "ensembles", out)
     print_leaderboard(summary)
-    print(f"\nselected: {summary['best']}   report: {out / summary['report']}")
+    print(f"\nselected: {summary.selected}   report: {out / summary.report}")
     return 0
 
 
@@ -321,10 +325,18 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``medens`` command line: one function adds each group of subcommands."""
     parser = argparse.ArgumentParser(prog="medens", description="Medical image ensembles on imbalanced data.")
     parser.add_argument("--version", action="version", version=f"medens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_setup_commands, _add_data_commands, _add_training_commands, _add_experiment_commands,
+                _add_serving_commands, _add_library_commands):
+        add(sub)
+    return parser
 
+
+def _add_setup_commands(sub: Any) -> None:
+    """``presets``, ``recipes``, ``init``."""
     sub.add_parser("presets", help="list the packaged presets").set_defaults(func=cmd_presets)
     rc = sub.add_parser("recipes", help="list the packaged recipes (`recipe: NAME` in a spec), or show one")
     rc.add_argument("name", nargs="?", help="a recipe to show field by field")
@@ -341,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     ini.add_argument("--force", action="store_true", help="replace --out when it exists")
     ini.set_defaults(func=cmd_init)
 
+
+def _add_data_commands(sub: Any) -> None:
+    """``data summary``, ``data make-synthetic``."""
     data = sub.add_parser("data", help="data stage: summaries and synthetic data")
     dsub = data.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("summary", help="run the data stage of a spec and print a summary")
@@ -357,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_make_synthetic)
 
+
+def _add_training_commands(sub: Any) -> None:
+    """``train`` (one member), ``search`` (cross-validated grid search)."""
     t = sub.add_parser("train", help="train one (model, loss) pair into a model artifact")
     _add_spec_args(t)
     t.add_argument("--model", help="model name or key from the spec (default: the spec's first)")
@@ -384,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--write-spec", help="write the spec with the best setting applied to this YAML file")
     se.set_defaults(func=cmd_search)
 
+
+def _add_experiment_commands(sub: Any) -> None:
+    """``run`` (a whole experiment), ``report`` (re-evaluate a run)."""
     r = sub.add_parser("run", help="run a whole experiment on this machine: data, members, ensembles, report")
     _add_spec_args(r)
     r.add_argument("--out", help="run directory (default <store.uri>/<name>-<time>)")
@@ -395,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output folder (default <run>/evaluation)")
     rep.set_defaults(func=cmd_report)
 
+
+def _add_serving_commands(sub: Any) -> None:
+    """``serve`` (KServe), ``probe`` (check a running endpoint)."""
     sv = sub.add_parser("serve", help="serve an ensemble artifact with KServe (v1 and v2 REST, /metrics)")
     sv.add_argument("--model-dir", required=True,
                     help="ensemble artifact: a directory (a run directory serves its best/), /mnt/models, or "
@@ -420,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for readiness (default 30)")
     pr.set_defaults(func=cmd_probe)
 
+
+def _add_library_commands(sub: Any) -> None:
+    """``losses list``, ``models list``."""
     losses = sub.add_parser("losses", help="the loss library")
     lsub = losses.add_subparsers(dest="losses_command", required=True)
     ll = lsub.add_parser("list", help="table of every loss: formula, parameters, source")
@@ -434,7 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--task", choices=["classification", "segmentation"], default=None)
     ml.add_argument("--format", choices=["text", "json"], default="text")
     ml.set_defaults(func=cmd_models_list)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,8 +67,9 @@ def test_a_member_with_imagenet_weights_trains_and_records_file_and_sha256(tmp_p
                      "min_steps": 0, "batch_size": 64, "patience": None, "ema_decay": None, "augment": "none",
                      "tta": "none", "calibrate": False, "device": "cpu", "num_workers": 0}})
     [member] = training_grid(spec)
-    assert member["id"] == "lite0-in1k__focal"
-    assert member["model"] == {"name": "timm_efficientnet_lite0", "weights": "imagenet", "params": {}}
+    assert member.id == "lite0-in1k__focal"
+    assert json.loads(member.model_dump_json())["model"] == {"name": "timm_efficientnet_lite0", "weights": "imagenet",
+                                                             "params": {}}
     out = train_member(spec, tmp_path / "data", member, tmp_path / "m", progress=False)
 
     manifest = json.loads((out / "model.json").read_text())
@@ -179,7 +180,7 @@ def test_models_list_shows_where_weights_are(capsys, monkeypatch):
 def test_member_ids_are_short_and_never_collide():
     from medens.stages import training_grid
 
-    ids = [g["id"] for g in training_grid(_spec(
+    ids = [g.id for g in training_grid(_spec(
         ["compact_cnn", "timm_efficientnet_lite0@imagenet", "timm_efficientnet_lite0",
          {"name": "compact_cnn", "params": {"dropout": 0.2}},
          {"name": "timm_efficientnet_lite0", "params": {"weights_path": "/w/a.pth", "weights_strict": False}},

@@ -73,11 +73,11 @@ def test_registered_artifact_loads(classification_run):
     registered = run / "registry" / "tiny" / "versions" / "t1"
     assert summary["uri"] == str(registered)
     ens = load_ensemble(registered)  # every checksum verified
-    assert ens.manifest["evaluation"]["system"] == summary["best"]
+    assert ens.manifest["evaluation"]["system"] == summary["selected"]
     champion = json.loads((run / "registry" / "tiny" / "champion" / "champion.json").read_text())
     assert champion["version"] == "t1" and champion["artifact"] == "tiny/versions/t1"
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
-    assert metrics["best"] == summary["best"] and metrics["n_test"] == 60
+    assert metrics["selected"] == summary["selected"] and metrics["n_test"] == 60
     assert set(metrics["systems"]) == {"compact_cnn__ce", "compact_cnn__focal", "fusion-top2", "mean-top2",
                                        "weighted-top2"}
 
@@ -89,7 +89,7 @@ def test_progress_and_leaderboard_printed(classification_run):
     assert "Got executor_input" not in stdout and '"parameterValues"' not in stdout  # kfp internals stay in run.log
     board = stdout[stdout.index("Leaderboard (ordered by validation mcc, the selection score; test metrics beside it):"):]
     summary = json.loads((out / "t1" / "summary.json").read_text())
-    assert f"selected: {summary['best']} (highest validation mcc" in board
+    assert f"selected: {summary['selected']} (highest validation mcc" in board
     for system in ("compact_cnn__ce", "compact_cnn__focal", "fusion-top2", "mean-top2", "weighted-top2"):
         assert system in board
     assert f"medens serve --model-dir {out / 't1' / 'registry' / 'tiny' / 'versions' / 't1'}" in stdout

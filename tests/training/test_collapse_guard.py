@@ -136,7 +136,7 @@ def test_a_planted_collapsed_member_is_flagged_and_not_selected(tmp_path):
 
     made = build_ensembles(spec, data, members, tmp_path / "ensembles")
     index = read_index(tmp_path / "ensembles")
-    assert list(made) == ["mean-top2"] and index["collapsed_members"] == {"a_collapsed": "normal"}
+    assert list(made) == ["mean-top2"] and index.collapsed_members == {"a_collapsed": "normal"}
     ensemble = json.loads((made["mean-top2"] / "ensemble.json").read_text())
     assert "a_collapsed" not in json.dumps(ensemble.get("members", ensemble))  # not among the top-k members
 
@@ -144,9 +144,9 @@ def test_a_planted_collapsed_member_is_flagged_and_not_selected(tmp_path):
                                tmp_path / "best")
     metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert metrics["selection"]["a_collapsed"]["score"] == pytest.approx(0.6)  # the highest score ...
-    assert summary["best"] != "a_collapsed" and summary["reference"] == "b_good"  # ... and not selected
+    assert summary.selected != "a_collapsed" and summary.reference == "b_good"  # ... and not selected
     assert metrics["leaderboard"][-1] == "a_collapsed"
-    assert summary["collapsed"] == {"a_collapsed": "normal"} and summary["quality"] == "ok"
+    assert summary.collapsed == {"a_collapsed": "normal"} and summary.quality == "ok"
     report = (tmp_path / "evaluation" / "report.md").read_text()
     assert "## Warnings: class collapse" in report
     assert "member a_collapsed has collapsed: every validation image is predicted as class 'normal'" in report
@@ -165,8 +165,8 @@ def test_when_every_system_collapsed_the_run_fails_on_quality(tmp_path):
     build_ensembles(spec, data, members, tmp_path / "ensembles")
     summary = evaluate_systems(spec, data, members, tmp_path / "ensembles", tmp_path / "evaluation",
                                tmp_path / "best")
-    assert summary["best"] == "a"  # by the rule (accuracy 0.60 against 0.20) ...
-    assert summary["quality"] == "failed" and "every system predicts one class" in summary["quality_reason"]
+    assert summary.selected == "a"  # by the rule (accuracy 0.60 against 0.20) ...
+    assert summary.quality == "failed" and "every system predicts one class" in summary.quality_reason
     assert "RUN FAILED ON QUALITY" in (tmp_path / "evaluation" / "report.md").read_text()
     best = json.loads((tmp_path / "best" / "ensemble.json").read_text())["evaluation"]
     assert best["collapsed"] is True and best["quality"] == "failed"

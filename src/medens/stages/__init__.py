@@ -18,6 +18,10 @@ evaluate               :func:`evaluate_systems`: select on validation, score on 
 register / gate        :func:`register_artifact`, :func:`champion_gate` (recorded by
                        :func:`record_decision`; read back with :func:`registry_history`)
 =====================  =====================================================================
+
+What the stages hand each other is typed (``medens.stages.results``): :class:`GridEntry`,
+:class:`MemberResult`, :class:`EnsembleIndex`, :class:`EvaluationResult`,
+:class:`EvaluationSummary`, :class:`GateDecision`, each written to and read from JSON.
 """
 
 from medens.stages.data import (
@@ -39,10 +43,19 @@ from medens.stages.registry import (
     registered_uri,
     registry_history,
 )
+from medens.stages.results import (
+    EnsembleIndex,
+    EvaluationResult,
+    EvaluationSummary,
+    GateDecision,
+    GridEntry,
+    MemberResult,
+)
 from medens.stages.run import run_experiment, train_grid
 from medens.stages.train import member_dirs, train_member
 
 __all__ = [
+    "EnsembleIndex", "EvaluationResult", "EvaluationSummary", "GateDecision", "GridEntry", "MemberResult",
     "SAMPLING_SUFFIX", "build_ensembles", "champion_gate", "dataset_lineage", "ensemble_dirs", "evaluate_systems",
     "export_report", "fetch_champion", "gate_metric", "leaderboard_text", "member_dirs", "member_id",
     "package_best", "prepare_data", "read_index", "record_decision", "register_artifact", "registered_uri",

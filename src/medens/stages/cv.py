@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from medens.config import ComponentSpec, ExperimentSpec, ModelSpec
+from medens.stages.results import GridEntry
 
 SMALL_CLASS = 10
 CLASSICAL_MODEL = "hog_mlp"
@@ -202,7 +203,7 @@ def _pool(data):
     return Split.concat([data.train, data.val])
 
 
-def train_cv_member(spec: ExperimentSpec, data_dir: str | os.PathLike, member: dict[str, Any],
+def train_cv_member(spec: ExperimentSpec, data_dir: str | os.PathLike, member: GridEntry | dict[str, Any] | str,
                     out_dir: str | os.PathLike, plan: dict[str, Any], *, progress: bool | None = None) -> Path:
     """Train the ``k`` fold models of one grid member and write its CV member directory (module
     docstring): fold 0's artifact with ``cv`` in ``model.json`` and the OOF predictions as
@@ -220,7 +221,8 @@ def train_cv_member(spec: ExperimentSpec, data_dir: str | os.PathLike, member: d
     fold_of = fold_assignment(pool.labels, pool.ids, k, seed=spec.seed, groups=_spec_groups(spec, pool.ids))
     out = Path(out_dir)
     folds_dir = out.with_name(out.name + ".folds")
-    model = ModelSpec.model_validate(member["model"])
+    member = GridEntry.parse(member)
+    model = member.model
     lineage = dataset_lineage(data_dir)
     oof = None
     fold_names = []
@@ -228,12 +230,12 @@ def train_cv_member(spec: ExperimentSpec, data_dir: str | os.PathLike, member: d
         held, kept = np.flatnonzero(fold_of == f), np.flatnonzero(fold_of != f)
         fold = SplitData(task=data.task, class_names=data.class_names, train=pool.subset(kept),
                          val=pool.subset(held), test=data.test.subset([]), info=data.info)
-        fid = f"{member['id']}__fold{f}"
-        res = fit(ComponentSpec(name=model.name, params=model.params), ComponentSpec.model_validate(member["loss"]),
+        fid = f"{member.id}__fold{f}"
+        res = fit(ComponentSpec(name=model.name, params=model.params), member.loss,
                   fold, model.training_for(spec.training), folds_dir / f"fold{f}", seed=spec.seed, resume=True,
                   normalize=spec.data.normalize, progress=progress,
                   extra_manifest={"member_id": fid, "lineage": lineage,
-                                  "cv_fold": {"member": member["id"], "fold": f, "folds": k,
+                                  "cv_fold": {"member": member.id, "fold": f, "folds": k,
                                               "held_out": len(held), "trained_on": len(kept)}})
         p = Predictions.load(res.path / "predictions" / "val.npz")
         if list(p.ids) != [pool.ids[i] for i in held]:
@@ -253,7 +255,7 @@ def train_cv_member(spec: ExperimentSpec, data_dir: str | os.PathLike, member: d
                 class_names=data.class_names).save(out / "predictions" / "val.npz")
     manifest = read_manifest(first)
     manifest.pop("files", None)
-    manifest.update({"member_id": member["id"], **collapse_entry(oof, pool.labels, data.class_names),
+    manifest.update({"member_id": member.id, **collapse_entry(oof, pool.labels, data.class_names),
                      "cv": {"folds": k, "fold_dirs": [str(folds_dir / n) for n in fold_names],
                             "fold_of": {i: int(f) for i, f in zip(pool.ids, fold_of)},
                             "mode": plan["mode"], "requested": plan["requested"], "reason": plan["reason"],

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from medens.config import ComponentSpec, ExperimentSpec, parse_spec
+from medens.stages.results import GridEntry
 
 SAMPLING_SUFFIX = "__sampling"
 
@@ -28,8 +29,9 @@ def member_id(model: ComponentSpec, loss: ComponentSpec) -> str:
     return f"{model.key}__{loss.key}"
 
 
-def training_grid(spec: ExperimentSpec) -> list[dict[str, Any]]:
-    """Every member to train, one JSON-ready entry ``{"id", "model", "loss", "train_on"}`` each.
+def training_grid(spec: ExperimentSpec) -> list[GridEntry]:
+    """Every member to train, one :class:`~medens.stages.results.GridEntry` each (as JSON
+    ``{"id", "model", "loss", "train_on"}``: ``entry.model_dump_json()``).
 
     Every (model, loss) pair trains on ``train``. With ``data.sampling_method`` (study 3,
     Roshan et al. 2024: a main network on the images and a second one with the same loss on
@@ -42,8 +44,7 @@ def training_grid(spec: ExperimentSpec) -> list[dict[str, Any]]:
     for model, loss in spec.pairs():
         for train_on in ("train", "train_crops") if sampling else ("train",):
             suffix = SAMPLING_SUFFIX if train_on == "train_crops" else ""
-            out.append({"id": member_id(model, loss) + suffix, "model": model.model_dump(mode="json"),
-                        "loss": loss.model_dump(mode="json"), "train_on": train_on})
+            out.append(GridEntry(id=member_id(model, loss) + suffix, model=model, loss=loss, train_on=train_on))
     return out
 
 

@@ -10,8 +10,10 @@ precondition, too few members) is skipped with its reason; the rest go on.
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,8 @@ import numpy as np
 from medens.config import ExperimentSpec
 from medens.data.types import SplitData
 from medens.stages.data import dataset_lineage
+from medens.stages.results import EnsembleIndex, MemberResult, SelectionBasis
 from medens.stages.train import member_dirs
-from medens.storage.atomic import atomic_write_text
 from medens.training.predictions import Predictions
 
 INDEX = "ensembles.json"
@@ -36,10 +38,14 @@ def ensemble_dirs(directory: str | os.PathLike) -> dict[str, Path]:
     return {p.name: p for p in sorted(d.iterdir()) if (p / "ensemble.json").is_file()}
 
 
-def read_index(directory: str | os.PathLike) -> dict[str, Any]:
-    """``{"made": [...], "skipped": {name: reason}, "selection": {name: {...}}}`` of an ensembles directory."""
+def read_index(directory: str | os.PathLike) -> EnsembleIndex:
+    """The :class:`EnsembleIndex` (``ensembles.json``) of an ensembles directory; empty when there is none."""
     p = Path(directory) / INDEX
-    return json.loads(p.read_text()) if p.is_file() else {"made": [], "skipped": {}, "selection": {}}
+    return EnsembleIndex.read(p) if p.is_file() else EnsembleIndex()
+
+
+def _class_name(names: list[str] | None, c: int) -> str | int:
+    return names[c] if names else c
 
 
 def _load(members: dict[str, Path], split: str) -> dict[str, Predictions]:
@@ -50,93 +56,144 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
 
 
-def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_paths: list[str | os.PathLike],
+def build_ensembles(spec: ExperimentSpec, data_dir: str | os.PathLike, member_paths: Sequence[str | os.PathLike],
                     out_dir: str | os.PathLike, *, progress: bool | None = None) -> dict[str, Path]:
     """Fit every ensemble of the spec into ``out_dir/<name>/`` and write ``out_dir/ensembles.json``.
 
     Classification: for each ``top_k`` (capped at the number of members) and each method, the
     members ranked by ``ensemble.rank_metric`` on validation; with ``ensemble.model_level``, a
     feature-fusion model of the top-k members too. Segmentation: each of ``seg_methods`` over
-    all members (study 3: main and sampling-method networks). ``ensembles.json`` lists what was
-    made, what was skipped and why, and how each ensemble's selection score is to be computed.
+    all members (study 3: main and sampling-method networks). ``ensembles.json`` (an
+    :class:`EnsembleIndex`) lists what was made, what was skipped and why, and how each
+    ensemble's selection score is to be computed.
     """
-    from medens.ensemble import fit_ensemble, fit_seg_ensemble, rank_members
-    from medens.ensemble.crossfit import DEFAULT_FOLDS, crossfit_predictions
-    from medens.ensemble.selection import collapsed_members
+    run = _EnsembleRun.start(spec, data_dir, member_paths, out_dir, progress)
+    if len(run.members) < 2 or len(run.eligible) < 2:
+        run.too_few()
+    elif spec.task == "segmentation":
+        run.segmentation()
+    else:
+        run.classification()
+    return run.finish()
 
-    members = member_dirs(member_paths)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # cross-validated members (medens.stages.cv): val.npz holds out-of-fold predictions over
-    # train + val, and the test split is predicted only after selection
-    cv = any(json.loads((d / "model.json").read_text()).get("cv") for d in members.values())
-    val = _load(members, "val")
-    test = {} if cv else _load(members, "test")
-    basis = "out-of-fold" if cv else "validation"
-    lineage = dataset_lineage(data_dir)
-    made: dict[str, Path] = {}
-    skipped: dict[str, str] = {}
-    selection: dict[str, dict[str, Any]] = {}
-    collapsed = {} if spec.task == "segmentation" else collapsed_members(val)
-    # members that collapsed onto one class never enter a top-k while enough others are left
-    eligible = [m for m in val if m not in collapsed] or list(val)
 
-    def prediction_level(name: str, method: str, ids: list[str], fit, top_k: int | None, **extra) -> None:
+@dataclass
+class _EnsembleRun:
+    """One run of the ensemble stage: the members' saved predictions, and what is made or skipped."""
+
+    spec: ExperimentSpec
+    data_dir: Path
+    out: Path
+    members: dict[str, Path]
+    val: dict[str, Predictions]
+    test: dict[str, Predictions]
+    cv: bool
+    lineage: dict[str, Any]
+    collapsed: dict[str, int]
+    eligible: list[str]
+    progress: bool | None = None
+    made: dict[str, Path] = field(default_factory=dict)
+    index: EnsembleIndex = field(default_factory=EnsembleIndex)
+
+    @classmethod
+    def start(cls, spec: ExperimentSpec, data_dir: str | os.PathLike, member_paths: Sequence[str | os.PathLike],
+              out_dir: str | os.PathLike, progress: bool | None) -> _EnsembleRun:
+        from medens.ensemble.selection import collapsed_members
+
+        members = member_dirs(member_paths)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        # cross-validated members (medens.stages.cv): val.npz holds out-of-fold predictions over
+        # train + val, and the test split is predicted only after selection
+        cv = any(MemberResult.load(d).cv for d in members.values())
+        val = _load(members, "val")
+        collapsed = {} if spec.task == "segmentation" else collapsed_members(val)
+        # members that collapsed onto one class never enter a top-k while enough others are left
+        eligible = [m for m in val if m not in collapsed] or list(val)
+        return cls(spec, Path(data_dir), out, members, val, {} if cv else _load(members, "test"), cv,
+                   dataset_lineage(data_dir), collapsed, eligible, progress)
+
+    def too_few(self) -> None:
+        names = self.spec.ensemble.seg_methods if self.spec.task == "segmentation" else self.spec.ensemble.methods
+        n = len(self.members)
+        for method in names:
+            self.index.skipped[method] = (
+                f"needs at least 2 members, this run has {n}" if n < 2 else
+                f"needs at least 2 members that did not collapse onto one class; only "
+                f"{', '.join(self.eligible)} did not")
+
+    def segmentation(self) -> None:
+        from medens.ensemble import fit_seg_ensemble
+
+        ids = list(self.members)
+        for method in self.spec.ensemble.seg_methods:
+            self.prediction_level(method, method, ids, partial(fit_seg_ensemble, method, {i: self.val[i] for i in ids}),
+                                  None)
+
+    def classification(self) -> None:
+        from medens.ensemble import fit_ensemble, rank_members
+
+        ens = self.spec.ensemble
+        ranking = [mid for mid, _ in rank_members({m: self.val[m] for m in self.eligible}, metric=ens.rank_metric)]
+        ks = sorted({min(k, len(ranking)) for k in ens.top_k if min(k, len(ranking)) >= 2})
+        for k in ks:
+            ids = ranking[:k]
+            for method in ens.methods:
+                self.prediction_level(
+                    f"{method}-top{k}", method, ids,
+                    partial(fit_ensemble, method, {i: self.val[i] for i in ids}, member_ids=ids), k,
+                    member_ranking=ranking)
+            if ens.model_level:
+                self.model_level(k, ids)
+
+    def prediction_level(self, name: str, method: str, ids: list[str], fit: Callable[[], Any], top_k: int | None,
+                         **extra: Any) -> None:
+        """Fit one prediction-level ensemble, save it, and its cross-fitted validation predictions."""
+        from medens.ensemble.crossfit import DEFAULT_FOLDS, crossfit_predictions
+
         try:
             ens = fit()
         except (ValueError, RuntimeError) as e:
-            skipped[name] = _reason(e)
+            self.index.skipped[name] = _reason(e)
             return
-        made[name] = _save(out / name, name, ens, {m: members[m] for m in ids}, val, test, lineage, extra)
+        path = self.made[name] = _save(self.out / name, name, ens, {m: self.members[m] for m in ids}, self.val,
+                                       self.test, self.lineage, extra)
         try:
-            oof = crossfit_predictions(method, {m: val[m] for m in (ids if top_k is None else eligible)}, top_k=top_k,
-                                       rank_metric=spec.ensemble.rank_metric, seed=spec.seed)
+            oof = crossfit_predictions(method, {m: self.val[m] for m in (ids if top_k is None else self.eligible)},
+                                       top_k=top_k, rank_metric=self.spec.ensemble.rank_metric, seed=self.spec.seed)
         except (ValueError, RuntimeError) as e:
-            selection[name] = {"basis": None, "reason": f"cross-fitting failed: {_reason(e)}"}
+            self.index.selection[name] = SelectionBasis(basis=None, reason=f"cross-fitting failed: {_reason(e)}")
             return
-        first = val[ids[0]]
+        first = self.val[ids[0]]
         Predictions(probs=oof, ids=first.ids, labels=first.labels, masks=first.masks,
-                    class_names=first.class_names).save(made[name] / "predictions" / OOF)
-        selection[name] = {"basis": f"{DEFAULT_FOLDS}-fold cross-fitted {basis} predictions", "folds": DEFAULT_FOLDS}
+                    class_names=first.class_names).save(path / "predictions" / OOF)
+        basis = "out-of-fold" if self.cv else "validation"
+        self.index.selection[name] = SelectionBasis(basis=f"{DEFAULT_FOLDS}-fold cross-fitted {basis} predictions",
+                                                    folds=DEFAULT_FOLDS)
 
-    if len(members) < 2 or len(eligible) < 2:
-        names = spec.ensemble.seg_methods if spec.task == "segmentation" else spec.ensemble.methods
-        for method in names:
-            skipped[method] = (f"needs at least 2 members, this run has {len(members)}" if len(members) < 2 else
-                               f"needs at least 2 members that did not collapse onto one class; only "
-                               f"{', '.join(eligible)} did not")
-    elif spec.task == "segmentation":
-        ids = list(members)
-        for method in spec.ensemble.seg_methods:
-            prediction_level(method, method, ids, lambda m=method: fit_seg_ensemble(m, {i: val[i] for i in ids}), None)
-    else:
-        ranking = [mid for mid, _ in rank_members({m: val[m] for m in eligible}, metric=spec.ensemble.rank_metric)]
-        ks = sorted({min(k, len(ranking)) for k in spec.ensemble.top_k if min(k, len(ranking)) >= 2})
-        for k in ks:
-            ids = ranking[:k]
-            for method in spec.ensemble.methods:
-                prediction_level(f"{method}-top{k}", method, ids,
-                                 lambda m=method, ids=ids: fit_ensemble(m, {i: val[i] for i in ids}, member_ids=ids),
-                                 k, member_ranking=ranking)
-            if spec.ensemble.model_level and cv:
-                kind = spec.ensemble.model_level_kind
-                skipped[f"fusion-top{k}" if kind == "feature" else f"{kind}-fusion-top{k}"] = (
-                    "model-level ensembles are not built under cross-validated selection (their head trains on "
-                    "the training split, which the fold models share)")
-            elif spec.ensemble.model_level:
-                kind = spec.ensemble.model_level_kind
-                name = f"fusion-top{k}" if kind == "feature" else f"{kind}-fusion-top{k}"
-                try:
-                    made[name] = _fusion(spec, data_dir, {m: members[m] for m in ids}, out / name, lineage, progress,
-                                         kind)
-                    selection[name] = {"basis": "validation predictions (trained on the training split)"}
-                except (ValueError, RuntimeError) as e:
-                    skipped[name] = _reason(e)
-    atomic_write_text(out / INDEX, json.dumps({"made": sorted(made), "skipped": skipped, "selection": selection,
-                                               "collapsed_members": {m: val[m].class_names[c] if val[m].class_names
-                                                                     else c for m, c in collapsed.items()}},
-                                              indent=2))
-    return made
+    def model_level(self, k: int, ids: list[str]) -> None:
+        """The model-level ensemble of the top ``k`` (not under cross-validated selection)."""
+        kind = self.spec.ensemble.model_level_kind
+        name = f"fusion-top{k}" if kind == "feature" else f"{kind}-fusion-top{k}"
+        if self.cv:
+            self.index.skipped[name] = (
+                "model-level ensembles are not built under cross-validated selection (their head trains on "
+                "the training split, which the fold models share)")
+            return
+        try:
+            self.made[name] = _fusion(self.spec, self.data_dir, {m: self.members[m] for m in ids}, self.out / name,
+                                      self.lineage, self.progress, kind)
+            self.index.selection[name] = SelectionBasis(
+                basis="validation predictions (trained on the training split)")
+        except (ValueError, RuntimeError) as e:
+            self.index.skipped[name] = _reason(e)
+
+    def finish(self) -> dict[str, Path]:
+        """Write ``ensembles.json``; return what was made."""
+        self.index.made = sorted(self.made)
+        self.index.collapsed_members = {m: _class_name(self.val[m].class_names, c) for m, c in self.collapsed.items()}
+        self.index.write(self.out / INDEX)
+        return self.made
 
 
 def _fusion(spec: ExperimentSpec, data_dir, members: dict[str, Path], path: Path, lineage: dict,

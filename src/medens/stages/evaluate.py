@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import numpy as np
 from medens.config import ExperimentSpec
 from medens.stages.data import lineage
 from medens.stages.ensemble import OOF, ensemble_dirs, read_index
+from medens.stages.results import EnsembleIndex, EvaluationResult, EvaluationSummary, SelectionBasis
 from medens.stages.train import member_dirs
 from medens.storage.atomic import atomic_write_text
 
@@ -27,7 +30,7 @@ def gate_metric(spec: ExperimentSpec) -> str:
 
 
 def _selection(metric: str, members: dict[str, Path], ensembles: dict[str, Path],
-               index: dict[str, Any], member_basis: str = "validation predictions") -> dict[str, dict[str, Any]]:
+               index: EnsembleIndex, member_basis: str = "validation predictions") -> dict[str, dict[str, Any]]:
     """Each system's selection score on validation data that neither trained nor fitted it, and the
     validation log-loss of the same predictions that breaks ties (classification)."""
     from medens.evaluation.systems import selection_log_loss, selection_score
@@ -45,44 +48,35 @@ def _selection(metric: str, members: dict[str, Path], ensembles: dict[str, Path]
     for name, d in members.items():
         out[name] = {**score(d / "predictions" / "val.npz"), "basis": member_basis}
     for name, d in ensembles.items():
-        info = dict(index.get("selection", {}).get(name) or {})
-        if info.get("basis") is None:
-            out[name] = {"score": None, "basis": None,
-                         "reason": info.get("reason") or "no cross-fitted validation predictions"}
+        info = index.selection.get(name) or SelectionBasis()
+        if info.basis is None:
+            out[name] = {"score": None, "basis": None, "reason": info.reason or "no cross-fitted validation predictions"}
             continue
         oof = d / "predictions" / OOF
-        out[name] = {**info, **score(oof if oof.is_file() else d / "predictions" / "val.npz")}
-    for info in out.values():
-        if info["score"] is None and info.get("basis") is not None:
-            info["reason"] = f"validation {metric} is undefined"
+        out[name] = {**info.model_dump(exclude_none=True), **score(oof if oof.is_file() else d / "predictions" / "val.npz")}
+    for entry in out.values():
+        if entry["score"] is None and entry.get("basis") is not None:
+            entry["reason"] = f"validation {metric} is undefined"
     return out
 
 
-def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_paths: list[str | os.PathLike],
+def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_paths: Sequence[str | os.PathLike],
                      ensembles_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                     best_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                     best_dir: str | os.PathLike | None = None) -> EvaluationSummary:
     """Select a system on validation, score every system on test, write the report, package the selection.
 
-    Writes ``metrics.json`` (every system's selection score and test metrics, the selection
-    and its rule, skipped systems), ``kfp_metrics.json`` (classification), ``report.html``,
-    ``report.md`` and ``summary.json`` into ``out_dir``; with ``best_dir``, the selected system
-    as a servable ensemble artifact there.
+    Writes ``metrics.json`` (an :class:`EvaluationResult`: every system's selection score and
+    test metrics, the selection and its rule, skipped systems), ``kfp_metrics.json``
+    (classification), ``report.html``, ``report.md`` and ``summary.json`` (the returned
+    :class:`EvaluationSummary`) into ``out_dir``; with ``best_dir``, the selected system as a
+    servable ensemble artifact there.
 
     Raises:
         ValueError: when no system has a selection score (nothing can be served).
     """
     from medens.data.types import SplitData
-    from medens.ensemble.crossfit import DEFAULT_FOLDS
-    from medens.evaluation.metrics import kfp_classification_metrics
     from medens.evaluation.report import write_report
-    from medens.evaluation.systems import (
-        SELECTION_RULE,
-        SELECTION_RULE_CV,
-        evaluate_classification,
-        evaluate_segmentation,
-        selection_order,
-    )
-    from medens.training.predictions import Predictions
+    from medens.stages.cv import complete_test_predictions, cv_info
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,10 +85,45 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     if not members:
         raise ValueError("no trained members to evaluate")
     index = read_index(ensembles_dir)
-    metric = gate_metric(spec)
-    from medens.stages.cv import classical_share, complete_test_predictions, cv_info
-
     cv = cv_info(members)
+    chosen = _choose(gate_metric(spec), members, ensembles, index, cv)
+    # the test split, once, to report
+    data = SplitData.load(data_dir)
+    if cv:  # cross-validated members: their fold models predict the test split only now
+        complete_test_predictions(data, members, ensembles)
+    systems = _test_probabilities(members, ensembles)
+    result = _evaluation_result(spec, data, systems, chosen, members, ensembles, index, cv)
+    # the report and kfp read the full dict (the statistical comparisons too)
+    metrics = result.model_dump()
+    result.write(out / "metrics.json")
+    if spec.task == "classification":
+        _write_kfp_metrics(out / "kfp_metrics.json", data, systems[chosen.selected][1], result)
+    rendered = write_report(spec, metrics, data, members, {n: p for n, (_, p) in systems.items()}, out)
+    summary = _summary(result, chosen, rendered["leaderboard"], members, ensembles)
+    summary.write(out / "summary.json")
+    if best_dir is not None:
+        package_best(out, members, ensembles, best_dir)
+    return summary
+
+
+@dataclass
+class _Choice:
+    """The selection on validation: every system's entry, their order, the selected one and the reference."""
+
+    metric: str
+    selection: dict[str, dict[str, Any]]
+    collapsed: dict[str, Any]
+    order: list[str]
+    selected: str
+    reference: str
+    quality: dict[str, str]
+
+
+def _choose(metric: str, members: dict[str, Path], ensembles: dict[str, Path], index: EnsembleIndex,
+            cv: dict[str, Any] | None) -> _Choice:
+    """Score every system on validation and apply the selection rule (collapsed systems last)."""
+    from medens.evaluation.systems import selection_order
+
     selection = _selection(metric, members, ensembles, index,
                            f"out-of-fold predictions of {cv['folds']}-fold cross-validation on train + val"
                            if cv else "validation predictions")
@@ -112,58 +141,82 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
             f"every system predicts one class on validation; {selected} was selected by the rule but "
             f"predicts only {collapsed[selected]!r}: do not serve it (train longer: training.min_steps, or "
             "with class weights)")}
+    return _Choice(metric, selection, collapsed, order, selected, reference, quality)
 
-    # the test split, once, to report
-    data = SplitData.load(data_dir)
-    if cv:  # cross-validated members: their fold models predict the test split only now
-        complete_test_predictions(data, members, ensembles)
-    ev = spec.evaluation
+
+def _test_probabilities(members: dict[str, Path], ensembles: dict[str, Path]) -> dict[str, tuple[str, np.ndarray]]:
+    """``name -> (kind, test probabilities)`` of every system."""
+    from medens.training.predictions import Predictions
+
     systems = {}
     for kind, group in (("member", members), ("ensemble", ensembles)):
         for name, d in group.items():
             systems[name] = (kind, Predictions.load(d / "predictions" / "test.npz").probs.astype(np.float64))
+    return systems
+
+
+def _evaluation_result(spec: ExperimentSpec, data: Any, systems: dict[str, tuple[str, np.ndarray]], chosen: _Choice,
+                       members: dict[str, Path], ensembles: dict[str, Path], index: EnsembleIndex,
+                       cv: dict[str, Any] | None) -> EvaluationResult:
+    """Every system scored on the test split, with the selection and its rule (``metrics.json``)."""
+    from medens.ensemble.crossfit import DEFAULT_FOLDS
+    from medens.evaluation.systems import (
+        SELECTION_RULE,
+        SELECTION_RULE_CV,
+        evaluate_classification,
+        evaluate_segmentation,
+    )
+    from medens.stages.cv import classical_share
+
+    ev, metric, selected = spec.evaluation, chosen.metric, chosen.selected
     if spec.task == "segmentation":
-        result = evaluate_segmentation(data.test.masks, systems, reference=reference, n_resamples=ev.bootstrap,
+        result = evaluate_segmentation(data.test.masks, systems, reference=chosen.reference, n_resamples=ev.bootstrap,
                                        confidence=ev.confidence, seed=spec.seed)
     else:
-        result = evaluate_classification(data.test.labels, systems, reference=reference, class_names=data.class_names,
-                                         n_resamples=ev.bootstrap, confidence=ev.confidence, seed=spec.seed)
+        result = evaluate_classification(data.test.labels, systems, reference=chosen.reference,
+                                         class_names=data.class_names, n_resamples=ev.bootstrap,
+                                         confidence=ev.confidence, seed=spec.seed)
     test_values = {n: result["systems"][n]["metrics"].get(metric) for n in systems}
     finite = {n: v for n, v in test_values.items() if v is not None and v == v}
-    result.update({
-        "experiment": spec.name, "task": spec.task, "gate_metric": metric,
+    return EvaluationResult.model_validate({
+        **result, "experiment": spec.name, "task": spec.task, "gate_metric": metric,
         "selection_rule": (SELECTION_RULE_CV.format(metric=metric, folds=DEFAULT_FOLDS, k=cv["folds"]) if cv
                            else SELECTION_RULE.format(metric=metric, folds=DEFAULT_FOLDS)),
         "selection_mode": _selection_mode(spec, cv, members),
         "classical_member": classical_share(selected, members, ensembles),
-        "selection": selection, "selected": selected, "leaderboard": order, "best": selected,
+        "selection": chosen.selection, "selected": selected, "leaderboard": chosen.order,
         "best_kind": result["systems"][selected]["kind"], "best_path": str((members | ensembles)[selected]),
         # reported only, never used to choose: how far the selection is from the test optimum
         "best_on_test": max(finite, key=lambda n: (finite[n], n)) if finite else None,
-        "skipped": dict(index.get("skipped", {})), "n_test": len(data.test),
-        "data_source": data.info.get("source"), "collapsed": collapsed, **quality,
+        "skipped": dict(index.skipped), "n_test": len(data.test),
+        "data_source": data.info.get("source"), "collapsed": chosen.collapsed, **chosen.quality,
     })
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=float))
-    if spec.task == "classification":
-        kfp = kfp_classification_metrics(data.test.labels, systems[selected][1], data.class_names)
-        kfp["scalar"] = {k: result["systems"][selected]["metrics"][k]
-                         for k in ("accuracy", "mcc", "macro_f1", "auroc_macro")}
-        atomic_write_text(out / "kfp_metrics.json", json.dumps(kfp, indent=2))
-    rendered = write_report(spec, result, data, members, {n: p for n, (_, p) in systems.items()}, out)
-    best = result["systems"][selected]["metrics"]
-    summary = {"best": selected, "best_path": result["best_path"], "gate_metric": metric, "reference": reference,
-               "selection_rule": result["selection_rule"], "selection_score": selection[selected]["score"],
-               "selection_mode": result["selection_mode"], "classical_member": result["classical_member"],
-               "best_on_test": result["best_on_test"], "skipped": result["skipped"],
-               "leaderboard": rendered["leaderboard"], "report": "report.html", "members": list(members),
-               "ensembles": list(ensembles), "data_source": result["data_source"], "collapsed": collapsed,
-               **quality,
-               "best_metrics": {k: float(v) for k, v in best.items()
-                                if isinstance(v, int | float) and not isinstance(v, bool) and v == v}}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
-    if best_dir is not None:
-        package_best(out, members, ensembles, best_dir)
-    return summary
+
+
+def _write_kfp_metrics(path: Path, data: Any, probs: np.ndarray, result: EvaluationResult) -> None:
+    """The selected system's confusion matrix, ROC curve and scalars in KFP's shapes."""
+    from medens.evaluation.metrics import kfp_classification_metrics
+
+    kfp = kfp_classification_metrics(data.test.labels, probs, data.class_names)
+    kfp["scalar"] = {k: result.systems[result.selected]["metrics"][k]
+                     for k in ("accuracy", "mcc", "macro_f1", "auroc_macro")}
+    atomic_write_text(path, json.dumps(kfp, indent=2))
+
+
+def _summary(result: EvaluationResult, chosen: _Choice, leaderboard: list[dict[str, Any]], members: dict[str, Path],
+             ensembles: dict[str, Path]) -> EvaluationSummary:
+    """``summary.json``: the selection, where it is, its test metrics and the rendered leaderboard."""
+    best = result.systems[chosen.selected]["metrics"]
+    return EvaluationSummary.model_validate({
+        "selected": chosen.selected, "best_path": result.best_path, "gate_metric": chosen.metric,
+        "reference": chosen.reference, "selection_rule": result.selection_rule,
+        "selection_score": chosen.selection[chosen.selected]["score"], "selection_mode": result.selection_mode,
+        "classical_member": result.classical_member, "best_on_test": result.best_on_test, "skipped": result.skipped,
+        "leaderboard": leaderboard, "report": "report.html", "members": list(members),
+        "ensembles": list(ensembles), "data_source": result.data_source, "collapsed": chosen.collapsed,
+        **chosen.quality,
+        "best_metrics": {k: float(v) for k, v in best.items()
+                         if isinstance(v, int | float) and not isinstance(v, bool) and v == v}})
 
 
 def _selection_mode(spec: ExperimentSpec, cv: dict[str, Any] | None, members: dict[str, Path]) -> dict[str, Any]:
@@ -192,22 +245,22 @@ def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], en
     """
     from medens.ensemble.artifact import ENSEMBLE_MANIFEST, write_ensemble
 
-    metrics = json.loads((Path(evaluation_dir) / "metrics.json").read_text())
-    best = metrics["selected"]
+    metrics = EvaluationResult.read(Path(evaluation_dir) / "metrics.json")
+    best = metrics.selected
     if best not in ensembles and best not in members:
         raise ValueError(f"selected system {best!r} is neither a member nor an ensemble of this run")
-    entry = metrics["systems"][best]
+    entry = metrics.systems[best]
     test_metrics = {k: v for k, v in entry["metrics"].items() if isinstance(v, int | float) or v is None}
-    data_lineage = lineage(metrics.get("data_source"))
-    evaluation = {"experiment": metrics.get("experiment"), "system": best, "kind": entry["kind"],
-                  "gate_metric": metrics.get("gate_metric"), "selection_rule": metrics.get("selection_rule"),
-                  "selection_score": metrics["selection"][best]["score"], "test_metrics": test_metrics,
-                  "n_test": metrics.get("n_test"), "collapsed": bool(metrics["selection"][best].get("collapsed")),
-                  "quality": metrics.get("quality", "ok")}
+    data_lineage = lineage(metrics.data_source)
+    evaluation = {"experiment": metrics.experiment, "system": best, "kind": entry["kind"],
+                  "gate_metric": metrics.gate_metric, "selection_rule": metrics.selection_rule,
+                  "selection_score": metrics.selection[best]["score"], "test_metrics": test_metrics,
+                  "n_test": metrics.n_test, "collapsed": bool(metrics.selection[best].get("collapsed")),
+                  "quality": metrics.quality}
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
-    if (metrics.get("selection_mode") or {}).get("mode") == "cv":
+    if (metrics.selection_mode or {}).get("mode") == "cv":
         from medens.stages.cv import package_cv
 
         return package_cv(best, members, ensembles, out, {"evaluation": evaluation, "lineage": data_lineage},
@@ -223,9 +276,9 @@ def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], en
     return out
 
 
-def leaderboard_text(summary: dict[str, Any], limit: int = 15) -> str:
-    """The leaderboard of :func:`evaluate_systems`'s summary as aligned text columns."""
-    rows = summary.get("leaderboard", [])[:limit]
+def leaderboard_text(summary: EvaluationSummary | dict[str, Any], limit: int = 15) -> str:
+    """The leaderboard of :func:`evaluate_systems`'s summary (or its dict) as aligned text columns."""
+    rows = (summary.leaderboard if isinstance(summary, EvaluationSummary) else summary.get("leaderboard", []))[:limit]
     if not rows:
         return "(no systems)"
     keys = list(rows[0])
@@ -247,4 +300,4 @@ def export_report(evaluation_dir: str | os.PathLike, html_path: str | os.PathLik
         if dest is not None:
             Path(dest).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(d / src, dest)
-    return leaderboard_text(json.loads((d / "summary.json").read_text()))
+    return leaderboard_text(EvaluationSummary.read(d / "summary.json"))

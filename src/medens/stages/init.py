@@ -273,7 +273,7 @@ def _found_lines(found: Survey) -> list[str]:
         for c in found.class_names:
             split = "" if found.parts == [ALL] else " (" + ", ".join(f"{p} {per[p][c]}" for p in found.parts) + ")"
             lines.append(f"class {c}: {totals[c]}{split}")
-        big, small = max(totals, key=totals.get), min(totals, key=totals.get)
+        big, small = max(totals, key=totals.__getitem__), min(totals, key=totals.__getitem__)
         lines.append(f"imbalance ratio: {found.imbalance_ratio:.1f} " + (
             f"(max/min: {big} {totals[big]} / {small} {totals[small]})" if totals[big] > totals[small]
             else f"(balanced: {totals[big]} each)"))
@@ -438,14 +438,15 @@ def format_init(result: InitResult) -> str:
     hint = selection_hint(found, result.spec)
     if hint:
         lines.append(f"  selection: {hint}")
-    if result.estimates:
+    total = result.total_minutes
+    if total is not None:  # estimates were made
         import torch
 
         for e in result.estimates:
             lines.append(f"  estimate {e.model}: {_minutes(e.minutes)} min a member x {e.members} "
                          f"({e.steps} steps of batch {e.batch_size} at {e.seconds_per_step:.2f} s on {e.device}"
                          + (f", {torch.get_num_threads()} threads" if e.device == "cpu" else "") + ")")
-        lines.append(f"  estimate total: about {_minutes(result.total_minutes)} min for the members (then ensembles "
+        lines.append(f"  estimate total: about {_minutes(total)} min for the members (then ensembles "
                      "and the report)")
     lines.append(f"wrote {result.out}")
     lines.append(f"run it: {result.command}")

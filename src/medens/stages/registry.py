@@ -19,6 +19,7 @@ from typing import Any
 from medens.config import ExperimentSpec
 from medens.stages.data import _store, dataset_lineage
 from medens.stages.evaluate import gate_metric
+from medens.stages.results import GateDecision
 from medens.storage.atomic import atomic_write_text
 
 CHAMPION = "champion"
@@ -86,28 +87,32 @@ def fetch_champion(store_uri: str, name: str, dest: str | os.PathLike, *,
     return {**pointer, "path": str(path)}
 
 
-def record_decision(store_uri: str, name: str, decision: dict[str, Any], *, endpoint: str | None = None) -> str:
+def record_decision(store_uri: str, name: str, decision: GateDecision | dict[str, Any], *,
+                    endpoint: str | None = None) -> str:
     """Append one gate decision to ``<name>/history/`` (a new artifact each time; nothing is rewritten)."""
+    decision = GateDecision.model_validate(decision) if isinstance(decision, dict) else decision
     store = _store(store_uri, endpoint)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time_ns() % 1_000_000_000:09d}"
-    version = str(decision.get("challenger_version") or "unversioned").replace("/", "_")
-    return _publish_json(store, f"{name}/{HISTORY}/{stamp}-{version}", DECISION_FILE, decision)
+    version = str(decision.challenger_version or "unversioned").replace("/", "_")
+    with tempfile.TemporaryDirectory(prefix="medens-registry-") as tmp:
+        decision.write(Path(tmp) / DECISION_FILE)
+        return store.publish(tmp, f"{name}/{HISTORY}/{stamp}-{version}")
 
 
-def registry_history(store_uri: str, name: str, *, endpoint: str | None = None) -> list[dict[str, Any]]:
+def registry_history(store_uri: str, name: str, *, endpoint: str | None = None) -> list[GateDecision]:
     """Every gate decision recorded for ``name``, oldest first."""
     store = _store(store_uri, endpoint)
     out = []
     with tempfile.TemporaryDirectory(prefix="medens-history-") as tmp:
         for i, entry in enumerate(store.list(f"{name}/{HISTORY}/")):
             d = store.download(entry, Path(tmp) / str(i))
-            out.append(json.loads((d / DECISION_FILE).read_text()))
+            out.append(GateDecision.read(d / DECISION_FILE))
     return out
 
 
 def champion_gate(spec: ExperimentSpec, challenger_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
                   store_uri: str = "", name: str = "", endpoint: str | None = None, split: str = "test",
-                  version: str = "") -> dict[str, Any]:
+                  version: str = "") -> GateDecision:
     """Compare the challenger with the champion registered under ``name`` on the same images, and
     append the decision to the model's history.
 
@@ -118,7 +123,8 @@ def champion_gate(spec: ExperimentSpec, challenger_dir: str | os.PathLike, data_
 
     Returns:
         :func:`medens.evaluation.gate.compare_ensembles`'s decision plus ``champion_version``,
-        ``challenger_version``, ``data_fingerprint`` and ``time`` (what the history records).
+        ``challenger_version``, ``data_fingerprint`` and ``time`` (what the history records), as a
+        :class:`~medens.stages.results.GateDecision`.
     """
     from medens.ensemble.artifact import read_ensemble_manifest
     from medens.evaluation.gate import compare_ensembles
@@ -131,8 +137,9 @@ def champion_gate(spec: ExperimentSpec, challenger_dir: str | os.PathLike, data_
         out = compare_ensembles(champ["path"] if champ else None, challenger_dir, data_dir, split,
                                 metric=gate_metric(spec), alpha=ev.alpha, n_resamples=ev.bootstrap, seed=spec.seed)
     evaluation = read_ensemble_manifest(challenger_dir).get("evaluation") or {}
-    out.update({"champion_version": champ["version"] if champ else None, "challenger_version": version or None,
-                "challenger_system": evaluation.get("system"), "time": _now(),
-                "decision": "promote" if out["promote"] else "keep champion", **dataset_lineage(data_dir)})
-    record_decision(store_uri, name, out, endpoint=endpoint)
-    return out
+    decision = GateDecision.model_validate({
+        **out, "champion_version": champ["version"] if champ else None, "challenger_version": version or None,
+        "challenger_system": evaluation.get("system"), "time": _now(),
+        "decision": "promote" if out["promote"] else "keep champion", **dataset_lineage(data_dir)})
+    record_decision(store_uri, name, decision, endpoint=endpoint)
+    return decision

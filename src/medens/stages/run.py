@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,11 @@ from medens.stages.data import prepare_data
 from medens.stages.ensemble import build_ensembles
 from medens.stages.evaluate import evaluate_systems
 from medens.stages.registry import register_artifact
-from medens.storage.atomic import atomic_write_text
+from medens.stages.results import EvaluationSummary, MemberResult
 
 
 def run_experiment(spec: ExperimentSpec, run_dir: str | os.PathLike, *, progress: bool | None = None,
-                   log=print, register: bool = True) -> dict[str, Any]:
+                   log: Callable[[str], object] = print, register: bool = True) -> EvaluationSummary:
     """The same stages as the pipelines, in turn on this machine, into one run directory::
 
         <run>/spec.yaml, <run>/data/, <run>/members/<id>/, <run>/ensembles/<name>/,
@@ -36,21 +36,21 @@ def run_experiment(spec: ExperimentSpec, run_dir: str | os.PathLike, *, progress
     made = build_ensembles(spec, run / "data", paths, run / "ensembles", progress=progress)
     log(f"[ensemble] {', '.join(made) or 'none'}")
     summary = evaluate_systems(spec, run / "data", paths, run / "ensembles", run / "evaluation", run / "best")
-    if summary.get("quality") == "failed":
-        log(f"[evaluate] RUN FAILED ON QUALITY: {summary['quality_reason']}")
-    summary["report"] = str(run / "evaluation" / "report.html")
-    if register and summary.get("quality") == "failed":
+    if summary.quality == "failed":
+        log(f"[evaluate] RUN FAILED ON QUALITY: {summary.quality_reason}")
+    summary.report = str(run / "evaluation" / "report.html")
+    if register and summary.quality == "failed":
         log("[register] not registered: a system that predicts one class is never made the champion")
     elif register:
         reg = register_artifact(run / "best", str(run / "registry"), spec.name, version=run.name)
-        summary["uri"] = reg["uri"]
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    atomic_write_text(run / "summary.json", json.dumps(summary, indent=2, default=str))
+        summary.uri = reg["uri"]
+    summary.seconds = round(time.perf_counter() - t0, 1)
+    summary.write(run / "summary.json")
     return summary
 
 
 def train_grid(spec: ExperimentSpec, data_dir: str | os.PathLike, members_root: str | os.PathLike, *,
-               progress: bool | None = None, log=print) -> tuple[list[Path], dict[str, Any], ExperimentSpec]:
+               progress: bool | None = None, log: Callable[[str], object] = print) -> tuple[list[Path], dict[str, Any], ExperimentSpec]:
     """Train the grid the selection mode needs: ``(member paths, plan, spec used)``.
 
     Prints the cost before training. ``validation``: :func:`~medens.stages.train_member` per grid
@@ -76,15 +76,15 @@ def train_grid(spec: ExperimentSpec, data_dir: str | os.PathLike, members_root: 
         for i, member in enumerate(grid, 1):
             t = time.perf_counter()
             if cv:
-                paths.append(train_cv_member(use, data_dir, member, into / member["id"], plan, progress=progress))
+                paths.append(train_cv_member(use, data_dir, member, into / member.id, plan, progress=progress))
             else:
-                paths.append(train_member(use, data_dir, member, into / member["id"], progress=progress))
+                paths.append(train_member(use, data_dir, member, into / member.id, progress=progress))
             folds = f" ({plan['folds']} folds)" if cv else ""
-            log(f"[train {i}/{len(grid)}] {member['id']}{folds} "
+            log(f"[train {i}/{len(grid)}] {member.id}{folds} "
                 f"({time.perf_counter() - t:.0f} s)")
-            manifest = json.loads((paths[-1] / "model.json").read_text())
-            if manifest.get("collapsed"):
-                log(f"[train {i}/{len(grid)}] {collapse_warning(member['id'], manifest)}")
+            result = MemberResult.load(paths[-1])
+            if result.collapsed:
+                log(f"[train {i}/{len(grid)}] {collapse_warning(member.id, result.model_dump())}")
         return paths
 
     if plan["mode"] == "cv":

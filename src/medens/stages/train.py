@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medens.config import ComponentSpec, ExperimentSpec, ModelSpec
+from medens.config import ComponentSpec, ExperimentSpec
 from medens.stages.data import dataset_lineage
+from medens.stages.results import GridEntry
 
 
 def checkpoint_location(spec: ExperimentSpec, *, checkpoint_uri: str = "", store_uri: str = "",
@@ -29,10 +30,11 @@ def checkpoint_location(spec: ExperimentSpec, *, checkpoint_uri: str = "", store
     return f"{(store_uri or spec.store.uri).rstrip('/')}/{model_name or spec.name}/checkpoints/{run_id}"
 
 
-def train_member(spec: ExperimentSpec, data_dir: str | os.PathLike, member: dict[str, Any] | str,
+def train_member(spec: ExperimentSpec, data_dir: str | os.PathLike, member: GridEntry | dict[str, Any] | str,
                  out_dir: str | os.PathLike, *, progress: bool | None = None, checkpoint_uri: str = "",
                  store_endpoint: str | None = None, checkpoint_every: str | int | None = None) -> Path:
-    """Train one entry of :func:`~medens.stages.training_grid`; save validation and test predictions.
+    """Train one entry of :func:`~medens.stages.training_grid` (a :class:`GridEntry`, its dict or its
+    JSON); save validation and test predictions.
 
     Resumes from ``out_dir/checkpoint.pt`` when present. With ``checkpoint_uri`` (a local folder
     or ``s3://``, see :func:`checkpoint_location`) the checkpoint is also published to
@@ -48,18 +50,17 @@ def train_member(spec: ExperimentSpec, data_dir: str | os.PathLike, member: dict
     from medens.training import fit, predict_split
     from medens.training.checkpoints import StoreCheckpoints, parse_frequency
 
-    m = json.loads(member) if isinstance(member, str) else dict(member)
+    m = GridEntry.parse(member)
     data = SplitData.load(data_dir)
-    model = ModelSpec.model_validate(m["model"])
+    model = m.model
     store = None
     if checkpoint_uri:
         every_epochs, every_seconds = parse_frequency(checkpoint_every)
-        store = StoreCheckpoints(checkpoint_uri, m["id"], endpoint=store_endpoint or spec.store.endpoint,
+        store = StoreCheckpoints(checkpoint_uri, m.id, endpoint=store_endpoint or spec.store.endpoint,
                                  every_epochs=every_epochs, every_seconds=every_seconds)
-    res = fit(ComponentSpec(name=model.name, params=model.params), ComponentSpec.model_validate(m["loss"]), data,
-              model.training_for(spec.training),
-              out_dir, seed=spec.seed, resume=True, normalize=spec.data.normalize, train_on=m.get("train_on", "train"),
-              progress=progress, extra_manifest={"member_id": m["id"], "lineage": dataset_lineage(data_dir)},
+    res = fit(ComponentSpec(name=model.name, params=model.params), m.loss, data, model.training_for(spec.training),
+              out_dir, seed=spec.seed, resume=True, normalize=spec.data.normalize, train_on=m.train_on,
+              progress=progress, extra_manifest={"member_id": m.id, "lineage": dataset_lineage(data_dir)},
               checkpoint_store=store)
     test_path = res.path / "predictions" / "test.npz"
     if not test_path.is_file():
@@ -67,7 +68,7 @@ def train_member(spec: ExperimentSpec, data_dir: str | os.PathLike, member: dict
     return res.path
 
 
-def member_dirs(paths: list[str | os.PathLike]) -> dict[str, Path]:
+def member_dirs(paths: Sequence[str | os.PathLike]) -> dict[str, Path]:
     """``member id -> directory`` for model artifacts (id from ``model.json``, else the folder name)."""
     from medens.models.artifact import read_manifest
 
