@@ -16,8 +16,9 @@ Measured in one run, on the same images and with the same torch thread count:
   connections, one base64-PNG image per v1 request) at each concurrency, with micro-batching
   (``--max-batch 32`` and each ``--max-wait-ms``: 50, the server's default, and 0, greedy) and without
   (``--max-batch 1``): images/s, p50/p99 latency, from ``/metrics`` the mean batch and the fraction
-  of the window the forward thread was busy (and its images/s while busy), and the CPU time per
-  image of the server process and of the clients.
+  of the window the forward thread was busy (and its images/s while busy), the CPU time per
+  image of the server process and of the clients, and the latency of a readiness GET every
+  0.25 s while the clients run (health checks must not queue behind the forward).
 
 Goals, judged at the first ``--max-wait-ms`` (the server's default): ``endpoint_c8_batched /
 raw_batched >= 0.85`` and ``batched / unbatched >= 2.0`` at concurrency 8. Beside them, like-for-like
@@ -198,7 +199,25 @@ def endpoint_run(server: ServerProcess, bodies: list[bytes], concurrency: int, s
         finally:
             conn.close()
 
+    health: list[tuple[float, float]] = []
+
+    def check_health() -> None:
+        """The readiness GET every 0.25 s under load (formerly a 1 s limit in tests/serving/test_load.py)."""
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                status, _, _ = http("GET", f"{server.url}/v1/models/{NAME}", timeout=30)
+            except OSError as e:
+                errors.append(f"health: {type(e).__name__}: {e}")
+            else:
+                if status == 200:
+                    health.append((start, time.perf_counter()))
+                else:
+                    errors.append(f"health: HTTP {status}")
+            stop.wait(0.25)
+
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
+    threads.append(threading.Thread(target=check_health, daemon=True))
     for t in threads:
         t.start()
     time.sleep(warmup)
@@ -214,6 +233,7 @@ def endpoint_run(server: ServerProcess, bodies: list[bytes], concurrency: int, s
         t.join(timeout=180)
     window = [(s, e) for r in results for s, e in r if t0 <= e <= t1]
     lat = np.array(sorted(e - s for s, e in window)) * 1000.0
+    health_ms = np.array([e - s for s, e in health if t0 <= e <= t1]) * 1000.0
     d = {k: after[k] - before[k] for k in after}
     forwards = d["batch_size_count"]
     return {
@@ -223,6 +243,9 @@ def endpoint_run(server: ServerProcess, bodies: list[bytes], concurrency: int, s
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
         "mean_ms": round(float(lat.mean()), 1) if len(lat) else None,
+        "health_checks": len(health_ms),
+        "health_p50_ms": round(float(np.percentile(health_ms, 50)), 1) if len(health_ms) else None,
+        "health_max_ms": round(float(health_ms.max()), 1) if len(health_ms) else None,
         "errors": len(errors),
         "error_examples": errors[:3],
         "mean_batch": round(d["batch_size_sum"] / forwards, 2) if forwards else None,
@@ -250,7 +273,8 @@ def serve_runs(artifact: Path, bodies: list[bytes], expected: np.ndarray, *, mod
         for c in concurrency:
             r = endpoint_run(server, bodies, c, seconds, warmup)
             print(f"  {mode} c={c}: {r['images_per_s']} images/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-                  f"mean batch {r['mean_batch']}, forward busy {r['forward_busy_fraction']}, errors {r['errors']}",
+                  f"mean batch {r['mean_batch']}, forward busy {r['forward_busy_fraction']}, "
+                  f"health p50 {r['health_p50_ms']} ms max {r['health_max_ms']} ms, errors {r['errors']}",
                   flush=True)
             runs.append(r)
         rss = server.rss_bytes()

@@ -1,14 +1,57 @@
+import ast
+
+import pytest
+
 from medens.cli import main
 
 
+def _markdown_rows(out: str) -> dict[str, dict[str, list[str]]]:
+    """The loss tables of ``medens losses list --format markdown``: section -> name -> cells."""
+    tables: dict[str, dict[str, list[str]]] = {}
+    section = None
+    for line in out.splitlines():
+        if line.startswith("## "):
+            section = line.split("task=")[1].split('"')[1]
+            tables[section] = {}
+        elif section and line.startswith("| `"):
+            cells = [c.strip() for c in line.strip().strip("|").replace("\\|", "/").split("|")]
+            tables[section][cells[0].strip("`")] = cells[1:]
+    return tables
+
+
 def test_losses_list_prints_the_registry_table(capsys):
-    from medens.losses import format_table, names
+    from medens.losses import default_params, names, needs_class_counts
 
     assert main(["losses", "list", "--format", "markdown"]) == 0
-    out = capsys.readouterr().out
-    assert out.strip() == format_table(fmt="markdown").strip()
-    for name in names("classification") + names("segmentation"):
-        assert name in out
+    tables = _markdown_rows(capsys.readouterr().out)
+    assert list(tables) == ["classification", "segmentation"]
+    for task, rows in tables.items():
+        assert sorted(rows) == sorted(names(task)) and len(rows) == len(names(task))
+        for name, (_formula, params, counts, _source) in rows.items():
+            # every option with its default, as the factory's signature has it (floats to 6 digits)
+            shown = dict(kv.split("=", 1) for kv in params.strip("`").split(", "))
+            defaults = default_params(name, task)
+            assert list(shown) == list(defaults), (task, name)
+            for key, value in defaults.items():
+                got = ast.literal_eval(shown[key])
+                assert got == (pytest.approx(value, rel=1e-5) if isinstance(value, float) else value), (name, key)
+            if counts.startswith("if "):  # needed only with that option, e.g. "if weight='balanced'"
+                key, value = counts[3:].split("=")
+                assert needs_class_counts(name, task, **{key: value.strip("'")}), (task, name, counts)
+                assert not needs_class_counts(name, task, **{key: None}), (task, name, counts)
+            else:
+                assert counts in ("yes", "no") and (counts == "yes") == needs_class_counts(name, task), (name, counts)
+    # facts of the literature, written here, not read from the registry
+    assert tables["classification"]["focal"][0] == "-sum_k alpha_k y_k (1 - p_k)^gamma log p_k"
+    assert tables["classification"]["focal"][3] == "Lin et al., ICCV 2017"
+    assert tables["classification"]["ldam"][2] == "yes" and tables["classification"]["ce"][2] == "if weight='balanced'"
+    assert tables["segmentation"]["dice"][1].startswith("`include_background=True, smooth_nr=1e-05")
+    # --task keeps one table, and the default format is not markdown
+    assert main(["losses", "list", "--task", "segmentation", "--format", "markdown"]) == 0
+    assert list(_markdown_rows(capsys.readouterr().out)) == ["segmentation"]
+    assert main(["losses", "list"]) == 0
+    text = capsys.readouterr().out
+    assert "| `focal` |" not in text and "    source:       Lin et al., ICCV 2017" in text
 
 
 def test_unknown_preset_is_a_clean_error(capsys):

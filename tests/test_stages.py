@@ -96,7 +96,7 @@ def stages(tmp_path_factory):
 
 
 def test_stages_write_their_artifacts(stages):
-    root, spec = stages["root"], stages["spec"]
+    root = stages["root"]
     assert stages["data_summary"]["splits"]["train"]["n"] > 0
     assert (root / "data" / "dataset.json").is_file() and (root / "data" / "spec.yaml").is_file()
     assert yaml.safe_load((root / "data" / "spec.yaml").read_text())["name"] == "wf"
@@ -115,7 +115,23 @@ def test_stages_write_their_artifacts(stages):
     assert EvaluationSummary.read(root / "eval" / "summary.json") == s
     for f in ("metrics.json", "kfp_metrics.json", "report.html", "report.md", "summary.json"):
         assert (root / "eval" / f).is_file(), f
-    assert spec.name == "wf"
+    # the reported test metrics of the best system, recomputed by scikit-learn from its saved test
+    # predictions and the saved test labels
+    from pathlib import Path
+
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    from medens.data.types import SplitData
+    from medens.training.predictions import Predictions
+
+    labels = SplitData.load(root / "data").test.labels
+    probs = Predictions.load(Path(s["best_path"]) / "predictions" / "test.npz").probs
+    assert probs.shape == (len(labels), 3)
+    predicted = probs.argmax(1)
+    assert s["best_metrics"]["mcc"] == pytest.approx(matthews_corrcoef(labels, predicted), abs=1e-9)
+    assert s["best_metrics"]["f1_macro"] == pytest.approx(f1_score(labels, predicted, average="macro"), abs=1e-9)
+    assert s["best_metrics"]["accuracy"] == pytest.approx(float(np.mean(predicted == labels)), abs=1e-12)
+    assert s["best"] in {*members, "mean-top2", "weighted-top2"}
 
 
 def test_member_dirs_refuses_duplicates(stages):

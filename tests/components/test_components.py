@@ -21,11 +21,18 @@ def test_one_file_per_stage():
     assert {c.name for c in components.ALL} == {*STAGES, "evaluate-segmentation"}
 
 
-def test_default_image_is_the_package_version():
-    from medens import __version__
+def test_default_image_is_the_package_version(monkeypatch):
+    import tomllib
 
-    assert DEFAULT_IMAGE == f"medens:{__version__}"
-    assert image_from_env() == (os.environ.get("MEDENS_IMAGE", "").strip() or DEFAULT_IMAGE)
+    # the version pyproject.toml releases, read from the file, not from medens
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert DEFAULT_IMAGE == f"medens:{version}"
+    monkeypatch.delenv("MEDENS_IMAGE", raising=False)
+    assert image_from_env() == f"medens:{version}"
+    monkeypatch.setenv("MEDENS_IMAGE", " registry.example:5000/medens:ci-7 \n")
+    assert image_from_env() == "registry.example:5000/medens:ci-7"  # stripped
+    monkeypatch.setenv("MEDENS_IMAGE", "   ")
+    assert image_from_env() == f"medens:{version}"  # blank counts as unset
 
 
 @pytest.mark.parametrize("comp", components.ALL, ids=lambda c: c.name)

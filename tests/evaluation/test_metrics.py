@@ -7,8 +7,11 @@ import subprocess
 import sys
 import warnings
 
+import monai.metrics as mm
 import numpy as np
 import pytest
+import torch
+from kfp import dsl
 from scipy import ndimage
 from sklearn import metrics as skm
 
@@ -309,7 +312,6 @@ def test_kfp_classification_metrics_thinned_and_accepted_by_kfp() -> None:
     assert np.all(np.diff(roc["fpr"]) >= 0) and np.all(np.diff(roc["tpr"]) >= 0)
     assert np.all(np.diff(roc["threshold"]) <= 0) and np.all(np.isfinite(roc["threshold"]))
     json.dumps(out, allow_nan=False)
-    dsl = pytest.importorskip("kfp.dsl")
     artifact = dsl.ClassificationMetrics(name="metrics")
     artifact.log_roc_curve(**roc)
     artifact.log_confusion_matrix(**out["confusion_matrix"])
@@ -338,8 +340,6 @@ def random_pairs(seed: int, n: int, size: tuple[int, ...]) -> tuple[np.ndarray, 
 
 
 def monai_reference(true: np.ndarray, pred: np.ndarray, spacing=None) -> dict[str, np.ndarray]:
-    torch = pytest.importorskip("torch")
-    mm = pytest.importorskip("monai.metrics")
 
     def onehot(m: np.ndarray):
         t = torch.as_tensor(m[:, None].astype(np.float32))
@@ -413,8 +413,6 @@ def test_segmentation_hand_example_and_empty_conventions() -> None:
     json.dumps(r, allow_nan=False)
 
     # MONAI agrees on the Dice/IoU conventions when told not to ignore empty ground truth
-    torch = pytest.importorskip("torch")
-    mm = pytest.importorskip("monai.metrics")
     oh = lambda m: torch.cat([1 - torch.as_tensor(m[:, None]).float(), torch.as_tensor(m[:, None]).float()], 1)  # noqa: E731
     dice = mm.DiceMetric(include_background=False, reduction="none", ignore_empty=False)(oh(p), oh(t))
     np.testing.assert_allclose([x["dice"] for x in im], dice.numpy()[:, 0])

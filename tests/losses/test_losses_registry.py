@@ -261,9 +261,27 @@ def test_class_counts_missing(task, name):
 
 
 def test_class_counts_not_needed_with_explicit_weights():
-    losses.build("margin", weight=None)
-    losses.build("weighted_ce", weight=[1.0, 2.0, 3.0])
-    losses.build("exp_log", task="segmentation", weight=None)
+    # the counts are needed only for the default weight="balanced"
+    assert losses.needs_class_counts("weighted_ce") and not losses.needs_class_counts("weighted_ce", weight=[1, 2, 3])
+    assert losses.needs_class_counts("margin") and not losses.needs_class_counts("margin", weight=None)
+    assert losses.needs_class_counts("exp_log", task="segmentation")
+    assert not losses.needs_class_counts("exp_log", task="segmentation", weight=None)
+    z, t = inputs("classification", b=6)
+    # the explicit weights are the ones used: torch's weighted cross-entropy is the reference
+    w = torch.tensor([1.0, 2.0, 3.0])
+    weighted = losses.build("weighted_ce", weight=w.tolist())
+    torch.testing.assert_close(weighted(z, t), torch.nn.functional.cross_entropy(z, t, weight=w))
+    assert not torch.allclose(weighted(z, t), torch.nn.functional.cross_entropy(z, t))
+    # margin with weight=None is Sabour et al.'s unweighted margin loss, written out here
+    p = z.softmax(1)
+    y = torch.nn.functional.one_hot(t, K).float()
+    by_hand = (y * (0.9 - p).clamp(min=0) ** 2 + 0.5 * (1 - y) * (p - 0.1).clamp(min=0) ** 2).sum(1).mean()
+    torch.testing.assert_close(losses.build("margin", weight=None)(z, t), by_hand)
+    # exp_log with weight=None weighs every class 1: the same value as explicit unit weights
+    zs, ts = inputs("segmentation")
+    unit = losses.build("exp_log", task="segmentation", weight=[1.0] * K)(zs, ts)
+    torch.testing.assert_close(losses.build("exp_log", task="segmentation", weight=None)(zs, ts), unit)
+    assert not torch.allclose(losses.build("exp_log", task="segmentation", weight=[1.0, 5.0, 9.0])(zs, ts), unit)
 
 
 def test_unknown_option_and_name():

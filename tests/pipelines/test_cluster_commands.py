@@ -1,8 +1,8 @@
 """submit against a recording fake in place of kfp.Client (no cluster here); schedule and
 unschedule go through the real kfp.Client against a fake API server (test_schedule_lifecycle.py)."""
 
-import inspect
 from types import SimpleNamespace
+from unittest.mock import call, create_autospec
 
 import kfp
 import pytest
@@ -12,55 +12,41 @@ from medens.config import load_spec
 from pipelines.__main__ import build_parser, check_cron, main, submit
 
 
-class RecordingClient:
-    """Records every call with its arguments; reads the pipeline package while it exists.
+def recording_client(host, namespace=None):
+    """A ``kfp.Client`` made by ``create_autospec`` from the installed kfp: the constructor and every
+    method take exactly the real signatures (a keyword the real client does not take raises
+    TypeError, a method it does not have raises AttributeError), every call is recorded, and the
+    methods ``submit``/``schedule`` use answer as a cluster would. ``packages`` holds the pipeline
+    name of every package file passed, read while the file exists."""
+    client_class = create_autospec(kfp.Client)
+    client = client_class(host=host, **({"namespace": namespace} if namespace else {}))
+    client.constructed = client_class.call_args
+    client.packages = []
 
-    Every call is bound to the real ``kfp.Client`` method's signature first, so a keyword the
-    installed kfp does not take fails here as it would on a cluster.
-    """
+    def read_package(path):
+        client.packages.append(next(yaml.safe_load_all(open(path).read()))["pipelineInfo"]["name"])
 
-    def __init__(self, host, namespace=None):
-        inspect.signature(kfp.Client).bind(host=host, **({"namespace": namespace} if namespace else {}))
-        self.host = host
-        self.calls = []
-        self.packages = []
-
-    def __getattribute__(self, name):
-        attr = object.__getattribute__(self, name)
-        if name.startswith("_") or not callable(attr) or not hasattr(kfp.Client, name):
-            return attr
-
-        def checked(*args, **kw):
-            inspect.signature(getattr(kfp.Client, name)).bind(None, *args, **kw)
-            return attr(*args, **kw)
-        return checked
-
-    def _package(self, path):
-        text = open(path).read()
-        self.packages.append(yaml.safe_load_all(text).__next__()["pipelineInfo"]["name"])
-        return path
-
-    def create_run_from_pipeline_package(self, **kw):
-        self._package(kw["pipeline_file"])
-        self.calls.append(("create_run_from_pipeline_package", kw))
+    def run(pipeline_file, *args, **kw):
+        read_package(pipeline_file)
         return SimpleNamespace(run_id="run-123")
 
-    def create_experiment(self, **kw):
-        self.calls.append(("create_experiment", kw))
-        return SimpleNamespace(experiment_id="exp-42", display_name=kw["name"])
-
-    def create_recurring_run(self, **kw):
-        self._package(kw["pipeline_package_path"])
-        self.calls.append(("create_recurring_run", kw))
+    def recurring(*args, **kw):
+        read_package(kw["pipeline_package_path"])
         return SimpleNamespace(recurring_run_id="rr-7")
+
+    client.create_run_from_pipeline_package.side_effect = run
+    client.create_recurring_run.side_effect = recurring
+    client.create_experiment.side_effect = lambda name, *a, **kw: SimpleNamespace(experiment_id="exp-42",
+                                                                                   display_name=name)
+    return client
 
 
 @pytest.fixture
 def factory():
     made = []
 
-    def make(host):
-        made.append(RecordingClient(host))
+    def make(host, namespace=None):
+        made.append(recording_client(host, namespace))
         return made[-1]
 
     make.clients = made
@@ -74,11 +60,12 @@ def _args(*argv):
 def test_submit_exact_call(factory, capsys):
     result = submit(_args("submit", "--host", "http://kfp.example:8080", "--preset", "rbc-demo"), factory)
     (client,) = factory.clients
-    assert client.host == "http://kfp.example:8080"
+    assert client.constructed == call(host="http://kfp.example:8080")
     assert result.run_id == "run-123"
-    (call,) = client.calls
-    name, kw = call
-    assert name == "create_run_from_pipeline_package"
+    (made,) = client.method_calls
+    name, args, kw = made
+    assert name == "create_run_from_pipeline_package" and args == ()
+    kw = dict(kw)
     path = kw.pop("pipeline_file")
     assert path.endswith("medens-classification.yaml")
     assert kw == {"arguments": {"spec": load_spec("rbc-demo").to_yaml()}, "run_name": "rbc-demo-classification",
@@ -92,7 +79,7 @@ def test_submit_options_and_task_choice(factory):
                  "--store", "s3://medens/models", "--model-name", "lesions", "--deploy", "--namespace", "team",
                  "--epochs", "3"), factory)
     (client,) = factory.clients
-    _, kw = client.calls[0]
+    kw = client.create_run_from_pipeline_package.call_args.kwargs
     spec = load_spec("seg-demo")
     spec = spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 3})})
     assert client.packages == ["medens-segmentation"]
@@ -105,7 +92,7 @@ def test_submit_retraining_passes_new_data(factory):
     submit(_args("submit", "--host", "h", "--preset", "rbc-demo", "--pipeline", "retraining",
                  "--data-uri", "s3://medens/incoming/rbc", "--no-deploy"), factory)
     (client,) = factory.clients
-    _, kw = client.calls[0]
+    kw = client.create_run_from_pipeline_package.call_args.kwargs
     assert client.packages == ["medens-retraining"]
     assert kw["arguments"]["data_uri"] == "s3://medens/incoming/rbc"
     assert kw["arguments"]["deploy_model"] is False
@@ -127,7 +114,16 @@ def test_the_recording_client_refuses_keywords_the_real_client_does_not_take(fac
         client.create_run_from_pipeline_package(pipeline_file="p.yaml", experiment="medens")
     with pytest.raises(TypeError, match="namespce"):
         client.create_experiment(name="medens", namespce="ml")
-    assert client.calls == []
+    with pytest.raises(TypeError, match="pipeline_file"):  # a required argument left out
+        client.create_run_from_pipeline_package(arguments={})
+    with pytest.raises(AttributeError, match="create_run_from_pipeline"):
+        client.create_run_from_pipeline(pipeline_file="p.yaml")
+    with pytest.raises(TypeError, match="hots"):  # the constructor is the real one's too
+        create_autospec(kfp.Client)(hots="h")
+    assert client.method_calls == [] and client.packages == []
+    # what the real client does take, it records and answers
+    assert client.create_experiment(name="medens", namespace="ml").experiment_id == "exp-42"
+    assert client.method_calls == [call.create_experiment(name="medens", namespace="ml")]
 
 
 def test_unknown_preset_is_a_clear_error(capsys):

@@ -1,10 +1,12 @@
 """Sustained load on a real ``medens serve``: 16 closed-loop clients for 30 s, micro-batching on.
 
 Every answer must be a 200 whose probabilities match the offline ensemble's for that image, the
-server must complete a floor of requests (a stalled server fails), its resident memory must be
-steady after warm-up, health checks must stay fast while the forward thread is busy, and the
-micro-batcher must actually have batched (``medens_batch_size`` mean over 1). The figures are
-printed (``pytest -s``).
+server must keep answering every client through the run (a stalled server fails: counted in
+each third of the run, no throughput floor), its resident memory must be steady after warm-up,
+health checks must not queue behind the forward (their median latency a tenth of a prediction's
+at most: a ratio, as both slow alike on a loaded machine), and the micro-batcher must actually have
+batched (``medens_batch_size`` mean over 1). No absolute time limit: the figures are printed
+(``pytest -s``); throughput, latency and health-check latency are benchmarks/serve.py's.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ pytestmark = pytest.mark.slow
 
 CLIENTS = 16
 DURATION_S = 30.0
-MIN_REQUESTS = 500  # the tiny ensemble does thousands here; a stalled server does not
-HEALTH_LIMIT_S = 1.0
+# health checks answered on the event loop vs predictions that wait for a forward: measured over
+# 30 on an idle machine and over 300 on a loaded one; a health check that waited behind the forward
+# would be about a quarter of a prediction (half a forward against two)
+HEALTH_RATIO = 10.0
 RSS_GROWTH_FRACTION = 0.10
 RSS_GROWTH_BYTES = 50 * 1024 * 1024
 
@@ -63,6 +67,7 @@ class _Client(threading.Thread):
         self.idx, self.server, self.bodies, self.expected, self.stop = idx, server, bodies, expected, stop
         self.done = 0
         self.latencies: list[float] = []
+        self.answered_at: list[float] = []  # time.monotonic() of each correct answer
         self.errors: list[str] = []
 
     def run(self) -> None:
@@ -96,6 +101,7 @@ class _Client(threading.Thread):
                     self.errors.append(f"image {k}: probabilities {probs.tolist()} != {self.expected[k].tolist()}")
                     continue
                 self.done += 1
+                self.answered_at.append(time.monotonic())
         finally:
             conn.close()
 
@@ -176,12 +182,19 @@ def test_sixteen_clients_for_thirty_seconds(tiny_ensemble, tmp_path):
     print(f"batching: {batches:.0f} forwards of {batched_images:.0f} images, mean batch {mean_batch:.2f}")
 
     assert not errors, f"{len(errors)} failed requests, e.g.:\n" + "\n".join(errors[:10])
-    assert done > MIN_REQUESTS, f"only {done} requests completed in {elapsed:.0f} s"
+    # every client kept being answered: each third of the run has answers, every client has some
+    third = elapsed / 3
+    thirds = [sum(1 for c in clients for t in c.answered_at if start + i * third <= t < start + (i + 1) * third)
+              for i in range(3)]
+    assert all(n > 0 for n in thirds), f"answers per third of the run: {thirds}"
+    assert all(c.done > 0 for c in clients), [c.done for c in clients]
     assert len(warm) >= 5 and len(last) >= 5, f"too few RSS samples: {rss}"
     assert end - base < max(RSS_GROWTH_FRACTION * base, RSS_GROWTH_BYTES), \
         f"RSS grew from {base / mib:.1f} MiB to {end / mib:.1f} MiB under steady load"
     assert not health_errors, health_errors[:5]
-    assert len(health) >= 10 and max(health) < HEALTH_LIMIT_S, \
-        f"health checks blocked under load: max {max(health):.2f} s over {len(health)} checks"
+    assert len(health) >= 10, f"only {len(health)} health checks answered"
+    assert statistics.median(lat) > HEALTH_RATIO * statistics.median(health), \
+        f"health checks queued behind the forward: median {statistics.median(health):.3f} s against " \
+        f"{statistics.median(lat):.3f} s per prediction"
     assert batched_images >= done, "the batch histogram missed images"
     assert mean_batch > 1.0, f"no micro-batching under load: {batches} forwards for {batched_images} images"
