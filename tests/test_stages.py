@@ -125,13 +125,13 @@ def test_stages_write_their_artifacts(stages):
     from medens.training.predictions import Predictions
 
     labels = SplitData.load(root / "data").test.labels
-    probs = Predictions.load(Path(s["best_path"]) / "predictions" / "test.npz").probs
+    probs = Predictions.load(Path(s.best_path) / "predictions" / "test.npz").probs
     assert probs.shape == (len(labels), 3)
     predicted = probs.argmax(1)
-    assert s["best_metrics"]["mcc"] == pytest.approx(matthews_corrcoef(labels, predicted), abs=1e-9)
-    assert s["best_metrics"]["f1_macro"] == pytest.approx(f1_score(labels, predicted, average="macro"), abs=1e-9)
-    assert s["best_metrics"]["accuracy"] == pytest.approx(float(np.mean(predicted == labels)), abs=1e-12)
-    assert s["best"] in {*members, "mean-top2", "weighted-top2"}
+    assert s.best_metrics["mcc"] == pytest.approx(matthews_corrcoef(labels, predicted), abs=1e-9)
+    assert s.best_metrics["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"), abs=1e-9)
+    assert s.best_metrics["accuracy"] == pytest.approx(float(np.mean(predicted == labels)), abs=1e-12)
+    assert s.selected in {*members, "mean-top2", "weighted-top2"}
 
 
 def test_member_dirs_refuses_duplicates(stages):
