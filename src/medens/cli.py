@@ -283,8 +283,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    serve(args.model_dir, name=args.model_name, http_port=args.http_port, settings=settings, device=args.device,
-          endpoint=args.endpoint)
+    serve(args.model_dir, name=args.model_name, http_port=args.http_port, grpc_port=args.grpc_port, settings=settings,
+          device=args.device, endpoint=args.endpoint)
     return 0
 
 
@@ -419,12 +419,14 @@ def _add_experiment_commands(sub: Any) -> None:
 
 def _add_serving_commands(sub: Any) -> None:
     """``serve`` (KServe), ``probe`` (check a running endpoint)."""
-    sv = sub.add_parser("serve", help="serve an ensemble artifact with KServe (v1 and v2 REST, /metrics)")
+    sv = sub.add_parser("serve", help="serve an ensemble artifact with KServe (v1 and v2 REST, v2 gRPC, /metrics)")
     sv.add_argument("--model-dir", required=True,
                     help="ensemble artifact: a directory (a run directory serves its best/), /mnt/models, or "
                          "s3://bucket/prefix/name (MinIO; MINIO_ENDPOINT and AWS_* credentials from the environment)")
     sv.add_argument("--model-name", help="served name (default: the experiment that produced the artifact)")
     sv.add_argument("--http-port", type=int, default=8080)
+    sv.add_argument("--grpc-port", type=int, default=8081, help="v2 gRPC (inference.GRPCInferenceService) port; 0 "
+                                                                "turns gRPC off (default 8081)")
     sv.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     sv.add_argument("--threads", type=int, help="torch threads of the forward (default: torch's, one per core; in a "
                                                 "pod with a CPU limit set it to the limit)")

@@ -78,15 +78,18 @@ def stop_process(proc: subprocess.Popen | None, timeout: float) -> None:
 
 
 class ServerProcess:
-    """``medens serve --model-dir DIR`` in a subprocess; ``url`` once ready, ``stop()`` ends it."""
+    """``medens serve --model-dir DIR`` in a subprocess; ``url`` once ready, ``stop()`` ends it;
+    gRPC on ``grpc_target`` (a free port of its own, never the default 8081)."""
 
     def __init__(self, model_dir: str | Path, name: str = "tiny", *, env: dict | None = None,
                  extra_args: list[str] | None = None, log: str | Path | None = None) -> None:
         self.port = free_port()
         self.name = name
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_port = free_port()
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         cmd = [sys.executable, "-m", "medens.cli", "serve", "--model-dir", str(model_dir), "--model-name", name,
-               "--http-port", str(self.port), *(extra_args or [])]
+               "--http-port", str(self.port), "--grpc-port", str(self.grpc_port), *(extra_args or [])]
         environ = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
         self.log_path = Path(log) if log else None
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115

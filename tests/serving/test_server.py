@@ -220,7 +220,7 @@ def corpus(img: np.ndarray) -> list[tuple[str, str, dict | bytes, dict, int, str
         ("v2 binary BYTES", v2, b'{"inputs":[{"name":"image","shape":[1],"datatype":"BYTES",'
          b'"parameters":{"binary_data_size":8}}]}\x04\x00\x00\x00abcd',
          {"content-type": "application/octet-stream", "inference-header-content-length": "96"}, 400,
-         "base64 strings"),
+         "input 'image'[0]: the bytes are not an image"),
         ("v2 binary header without a list of inputs", v2, b'{"inputs": 5}abcd',
          {"content-type": "application/octet-stream", "inference-header-content-length": "13"}, 400,
          "malformed binary request"),

@@ -2,8 +2,10 @@
 
 Accepted images (any size up to ``max_pixels``, grey or RGB):
 
-- encoded PNG/JPEG (any format Pillow reads) as base64 text (v1 instance, ``{"b64": ...}``, a
-  ``data:image/...;base64,`` URI, or a v2 ``BYTES`` element) or raw bytes (v2 binary extension);
+- encoded PNG/JPEG (any format Pillow reads), DICOM, NIfTI, NRRD or MetaImage as base64 text (v1
+  instance, ``{"b64": ...}``, a ``data:image/...;base64,`` URI, or a v2 ``BYTES`` element) or raw
+  bytes (a v2 ``BYTES`` element in the binary extension or gRPC, or a whole v1 body with a raw
+  content type: :func:`decode_raw`);
 - arrays of pixel intensities in [0, 255]: a v1 nested list ``(H, W)`` or ``(H, W, C)``, or a v2
   ``FP32``/``FP64``/``UINT8`` tensor ``(N, H, W)`` or ``(N, H, W, C)``, with ``C`` 1 or 3.
 
@@ -18,6 +20,7 @@ import base64
 import binascii
 import io
 import math
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -211,6 +214,60 @@ def decode_instance(value: Any, where: str, max_pixels: int, budget: PixelBudget
         return _nested_array(value, where, max_pixels, budget)
     raise InputError("bad_instance", f"{where}: expected a base64 image, {{\"b64\": ...}} or a nested list "
                                      f"of intensities, got {type(value).__name__}")
+
+
+RAW_CONTENT_TYPES = ("application/dicom",)
+
+
+def is_raw_upload(headers: dict[str, str] | None) -> bool:
+    """Whether a request body is one encoded image file (``Content-Type: application/dicom`` or
+    ``image/*``) rather than JSON. (``application/octet-stream`` is not: KServe's v1 route reads
+    it as JSON, and v2 as the binary data extension.)"""
+    ctype = (headers or {}).get("content-type", "").split(";")[0].strip().lower()
+    return ctype in RAW_CONTENT_TYPES or ctype.startswith("image/")
+
+
+def decode_raw(body: bytes, max_pixels: int, max_request_pixels: int | None = None, *,
+               reading: Reading | None = None) -> list[np.ndarray]:
+    """A raw request body, one encoded image file (DICOM, PNG, ...) -> one image, decoded and named
+    exactly as the same file sent base64 as the first v1 instance (``instances[0]``)."""
+    return [decode_instance(bytes(body), "instances[0]", max_pixels, PixelBudget(max_request_pixels),
+                            reading=reading)]
+
+
+def bytes_elements(part: bytes, where: str) -> list[bytes]:
+    """The elements of a binary ``BYTES`` tensor (each a little-endian uint32 length, then that
+    many bytes), as the v2 binary data extension and gRPC ``raw_input_contents`` carry them."""
+    out: list[bytes] = []
+    at = 0
+    while at < len(part):
+        if at + 4 > len(part):
+            raise InputError("bad_binary", f"{where}: malformed binary BYTES data: {len(part) - at} bytes left "
+                                           f"where element {len(out)}'s 4-byte length was expected")
+        n = struct.unpack_from("<I", part, at)[0]
+        at += 4
+        if at + n > len(part):
+            raise InputError("bad_binary", f"{where}: malformed binary BYTES data: element {len(out)} declares "
+                                           f"{n} bytes but {len(part) - at} remain")
+        out.append(part[at:at + n])
+        at += n
+    return out
+
+
+def raw_tensor(name: str, datatype: str, raw: bytes) -> np.ndarray:
+    """The flat elements of one tensor's binary data (gRPC ``raw_input_contents``), for
+    :func:`decode_v2_input` to check against the shape as it checks JSON ``data``."""
+    where = f"input {name!r}"
+    dt = str(datatype).upper()
+    if dt == "BYTES":
+        return np.array(bytes_elements(bytes(raw), where) or [], dtype=object)
+    if dt not in ARRAY_DATATYPES:
+        return np.zeros(0)  # decode_v2_input names the datatype
+    dtype = np.dtype(ARRAY_DATATYPES[dt]).newbyteorder("<")
+    if len(raw) % dtype.itemsize:
+        raise InputError("shape_mismatch", f"{where}: {len(raw)} bytes of binary data are not a whole number of "
+                                           f"{dt} elements ({dtype.itemsize} bytes each)")
+    return np.frombuffer(raw, dtype=dtype)
 
 
 def check_count(n: int, max_instances: int, what: str = "instances") -> None:

@@ -8,11 +8,15 @@
   "disagreement"[, "members"]}, ...]}``; ``:explain`` adds a Grad-CAM ``overlay_png`` (base64).
 - v2 ``POST /v2/models/<name>/infer`` with one ``BYTES`` (encoded images) or ``FP32``/``FP64``/``UINT8``
   (intensities ``[N, H, W(, C)]``) input returns the tensors ``probabilities`` ``[N, K]``,
-  ``label`` ``[N]``, ``class_name`` ``[N]``, ``entropy`` ``[N]``, ``disagreement`` ``[N]``, and
-  ``member_probabilities`` ``[N, M, K]`` when the request parameter ``return_members`` is true.
+  ``label`` ``[N]``, ``class_name`` ``[N]``, ``confidence`` ``[N]`` (as v1's), ``entropy`` ``[N]``,
+  ``disagreement`` ``[N]``, and ``member_probabilities`` ``[N, M, K]`` when the request parameter
+  ``return_members`` is true. The same v2 request over gRPC (:mod:`medens.serving.grpc_server`)
+  gets the same tensors.
+- a raw body (``Content-Type: application/dicom`` or ``image/*``, e.g. ``image/png``) on
+  v1 ``:predict`` / ``:explain`` is one encoded image file, decoded as a base64 instance would be.
 
-Every request problem raises ``kserve.errors.InvalidInput`` (HTTP 400 with ``{"error": ...}``)
-naming it, and is counted in ``medens_request_errors_total`` by reason. Decoding runs in worker
+Every request problem raises ``kserve.errors.InvalidInput`` (HTTP 400 with ``{"error": ...}``;
+gRPC ``INVALID_ARGUMENT``, or ``RESOURCE_EXHAUSTED`` for :class:`InputTooLarge`) naming it, and is counted in ``medens_request_errors_total`` by reason. Decoding runs in worker
 threads (torch single-threaded there), loading and every forward in one torch thread
 (:func:`medens.serving.batching.torch_thread`): the event loop stays free for health checks.
 """
@@ -32,11 +36,25 @@ from kserve.errors import InvalidInput
 from medens.serving import batching
 from medens.serving import metrics as m
 from medens.serving.batching import MicroBatcher
-from medens.serving.inputs import InputError, decode_v1, decode_v2_input
+from medens.serving.inputs import (
+    InputError,
+    decode_raw,
+    decode_v1,
+    decode_v2_input,
+    is_raw_upload,
+    raw_tensor,
+)
 from medens.serving.predictor import EnsemblePredictor
 from medens.serving.settings import ServingSettings
 
 log = logging.getLogger("medens.serving")
+
+TOO_LARGE = frozenset({"image_too_large", "batch_too_large", "request_too_large"})
+
+
+class InputTooLarge(InvalidInput):
+    """A request over a size limit: HTTP 400 as every :class:`~kserve.errors.InvalidInput`, gRPC
+    ``RESOURCE_EXHAUSTED`` (:mod:`medens.serving.grpc_server`)."""
 
 
 def _single_threaded_torch() -> None:
@@ -48,7 +66,9 @@ def _single_threaded_torch() -> None:
 def _flag(params: Any, key: str) -> bool:
     if not params:
         return False
-    value = params.get(key, False) if isinstance(params, dict) else getattr(params, key, False)
+    value = params.get(key, False) if hasattr(params, "get") else getattr(params, key, False)
+    if hasattr(value, "WhichOneof"):  # a gRPC InferParameter
+        value = getattr(value, value.WhichOneof("parameter_choice") or "bool_param")
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes")
     return bool(value)
@@ -116,18 +136,25 @@ class EnsembleModel(Model):
     # ------------------------------------------------------------------ decoding
     def _invalid(self, e: InputError) -> InvalidInput:
         m.record_error(self.name, e.reason)
-        return InvalidInput(str(e))
+        return (InputTooLarge if e.reason in TOO_LARGE else InvalidInput)(str(e))
 
-    def _read(self, payload: dict | InferRequest, prepare: bool) -> tuple[list[np.ndarray], np.ndarray | None, dict]:
+    def _read(self, payload: dict | InferRequest, prepare: bool,
+              headers: dict[str, str] | None = None) -> tuple[list[np.ndarray], np.ndarray | None, dict]:
         """Decode (and with ``prepare``, preprocess and observe for drift) in one worker-thread call:
         images, model input, and the request parameters (``return_members``, ``class_index``; ``v2``)."""
         s = self.settings
-        if isinstance(payload, InferRequest):
+        if isinstance(payload, bytes | bytearray) and is_raw_upload(headers):
+            images = decode_raw(bytes(payload), s.max_pixels, s.max_request_pixels,
+                                reading=self.predictor.reading if self.predictor is not None else None)
+            params = {"return_members": False, "v2": False}
+        elif isinstance(payload, InferRequest):
             if len(payload.inputs) != 1:
                 raise InputError("bad_request", f"send exactly one input tensor of images, got {len(payload.inputs)}")
             inp = payload.inputs[0]
-            data = inp.data
-            if data is None or getattr(inp, "_raw_data", None) is not None:
+            data, raw = inp.data, getattr(inp, "_raw_data", None)
+            if raw is not None:  # gRPC raw_input_contents
+                data = raw_tensor(inp.name, inp.datatype, raw)
+            elif data is None:
                 try:
                     data = inp.as_numpy()
                 except Exception as e:
@@ -150,9 +177,10 @@ class EnsembleModel(Model):
             self.drift.observe(images)
         return images, x, params
 
-    async def _inputs(self, payload: dict | InferRequest, prepare: bool = True):
+    async def _inputs(self, payload: dict | InferRequest, prepare: bool = True, headers: dict[str, str] | None = None):
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._decoders, self._read, payload, prepare)
+            return await asyncio.get_running_loop().run_in_executor(self._decoders, self._read, payload, prepare,
+                                                                    headers)
         except InputError as e:
             raise self._invalid(e) from e
 
@@ -166,7 +194,7 @@ class EnsembleModel(Model):
     # ------------------------------------------------------------------ handlers
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> dict | InferResponse:
-        _, x, params = await self._inputs(payload)
+        _, x, params = await self._inputs(payload, headers=headers)
         want_members, v2 = params["return_members"], params["v2"]
         rows = await self._rows(x)
         p = self.predictor
@@ -185,11 +213,13 @@ class EnsembleModel(Model):
         n = len(rows)
         if p.task == "segmentation":
             masks = probs.argmax(1).astype(np.uint8)
-            outputs = [("mask", masks), ("probabilities", probs.astype(np.float32))]
+            outputs = [("mask", masks), ("probabilities", probs.astype(np.float32)),
+                       ("confidence", probs.max(1).reshape(n, -1).mean(1).astype(np.float32))]
         else:
             labels = probs.argmax(1).astype(np.int64)
             names = np.array([p.class_names[k].encode() for k in labels], dtype=object)
-            outputs = [("probabilities", probs.astype(np.float32)), ("label", labels), ("class_name", names)]
+            outputs = [("probabilities", probs.astype(np.float32)), ("label", labels), ("class_name", names),
+                       ("confidence", probs.max(1).astype(np.float32))]
         outputs += [("entropy", ent.astype(np.float32)), ("disagreement", dis.astype(np.float32))]
         if want_members:
             mp = np.stack([np.stack([r["members"][mid] for mid in p.member_ids]) for r in rows]).astype(np.float32)
@@ -208,7 +238,7 @@ class EnsembleModel(Model):
     async def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict:
         if isinstance(payload, InferRequest):
             raise self._invalid(InputError("bad_request", "explain takes a v1 request {\"instances\": [...]}"))
-        images, _, params = await self._inputs(payload, prepare=False)
+        images, _, params = await self._inputs(payload, prepare=False, headers=headers)
         cls = params.get("class_index")
         if cls is not None and (not isinstance(cls, int) or isinstance(cls, bool)):
             raise self._invalid(InputError("bad_request", f"parameters.class_index must be an integer, got {cls!r}"))

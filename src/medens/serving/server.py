@@ -1,9 +1,11 @@
 """Start the KServe model server for one ensemble artifact (``medens serve``).
 
-One uvicorn worker (counters stay whole), the REST protocols only (v1 and v2 on one port),
+One uvicorn worker (counters stay whole), the REST protocols (v1 and v2 on one port),
 ``/metrics`` with KServe's and medens' metrics, and a guard in front of every route
 (:class:`RequestGuard`) that refuses bodies over the byte limit with 413 before KServe reads
-them, and counts every error response by reason.
+them, inlines binary ``BYTES`` tensors of the v2 binary data extension (:func:`inline_binary_bytes`),
+and counts every error response by reason; the v2 gRPC protocol on its own port
+(:mod:`medens.serving.grpc_server`) unless ``grpc_port`` is 0.
 
 KServe's ``kserve.model_server`` parses ``sys.argv`` when it is imported; :func:`import_kserve`
 imports it with a clean ``argv`` so ``medens serve``'s own flags never reach that parser.
@@ -11,12 +13,14 @@ imports it with a clean ``argv`` so ``medens serve``'s own flags never reach tha
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
 import sys
 from typing import Any
 
+from medens.serving.inputs import bytes_elements
 from medens.serving.settings import ServingSettings
 
 STATUS_REASONS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
@@ -62,10 +66,11 @@ class RequestGuard:
                     await _json_response(send, 413, f"request body over the limit of {self.max_bytes} bytes "
                                                     f"(MEDENS_SERVE_MAX_BYTES)")
                     return
-                problem = _binary_bytes_problem(scope, body_or_none)
-                if problem:
+                try:
+                    scope, body_or_none = inline_binary_bytes(scope, body_or_none)
+                except ValueError as e:
                     record_error(self.model_name, "binary_request")
-                    await _json_response(send, 400, problem)
+                    await _json_response(send, 400, str(e))
                     return
                 receive = _replay(body_or_none)
 
@@ -108,30 +113,62 @@ class RequestGuard:
         return b"".join(chunks)
 
 
-def _binary_bytes_problem(scope: dict, body: bytes) -> str | None:
-    """Problems of a v2 binary-extension request that KServe's REST decoder would answer with 500:
-    a header without a list of inputs, and ``BYTES`` tensors (it turns them into UTF-8 text, which
-    fails for encoded images); refused up front with the way that works."""
+def inline_binary_bytes(scope: dict, body: bytes) -> tuple[dict, bytes]:
+    """A v2 binary-extension request (``Inference-Header-Content-Length``) with its ``BYTES``
+    inputs' binary data (each element a little-endian uint32 length, then that many bytes: an
+    encoded image file) moved into the JSON header as base64 ``data``, which KServe's decoder and
+    :func:`medens.serving.inputs.decode_v2_input` take as the same files sent base64; other binary
+    inputs stay binary. KServe's own decoder turns binary ``BYTES`` into UTF-8 text (a 500 for an
+    image). Other requests pass unchanged; a malformed header or binary part raises ``ValueError``
+    naming the problem (a 400)."""
     headers = dict(scope.get("headers", []))
     length = headers.get(b"inference-header-content-length")
     if length is None:
-        return None
+        return scope, body
     try:
-        head = json.loads(body[: int(length)])
+        head_len = int(length)
+        head = json.loads(body[:head_len])
     except ValueError:
-        return None  # KServe answers malformed headers itself
+        return scope, body  # KServe answers malformed headers itself
     inputs = head.get("inputs") if isinstance(head, dict) else None
     if not isinstance(inputs, list) or not all(isinstance(i, dict) and {"name", "shape", "datatype"} <= set(i)
                                                for i in inputs):
         # KServe's binary decoder would fail on these with a 500
-        return ("malformed binary request: the JSON header must be {\"inputs\": [{\"name\", \"shape\", "
-                "\"datatype\", \"parameters\": {\"binary_data_size\": N}}, ...]}")
+        raise ValueError("malformed binary request: the JSON header must be {\"inputs\": [{\"name\", \"shape\", "
+                         "\"datatype\", \"parameters\": {\"binary_data_size\": N}}, ...]}")
+    if not any(_binary_size(i) is not None and str(i["datatype"]).upper() == "BYTES" for i in inputs):
+        return scope, body
+    offset, kept = head_len, []
     for i in inputs:
-        params = i.get("parameters") if isinstance(i, dict) else None
-        if isinstance(params, dict) and str(i.get("datatype", "")).upper() == "BYTES" and "binary_data_size" in params:
-            return (f"input {i.get('name')!r}: BYTES with the binary data extension is not supported; send encoded "
-                    f"images as base64 strings in 'data' (JSON), or pixel intensities as a binary FP32/UINT8 tensor")
-    return None
+        size = _binary_size(i)
+        if size is None:
+            continue
+        if size < 0 or offset + size > len(body):
+            raise ValueError(f"input {i['name']!r}: binary_data_size {size} does not fit the "
+                             f"{len(body) - offset} bytes of binary data left in the body")
+        part, offset = body[offset:offset + size], offset + size
+        if str(i["datatype"]).upper() == "BYTES":
+            elements = bytes_elements(part, f"input {i['name']!r}")
+            i["data"] = [base64.b64encode(e).decode("ascii") for e in elements]
+            i["parameters"] = {k: v for k, v in i["parameters"].items() if k != "binary_data_size"}
+        else:
+            kept.append(part)
+    new_head = json.dumps(head).encode()
+    new_body = new_head + b"".join(kept) + body[offset:]
+    replaced = {b"inference-header-content-length": str(len(new_head)).encode(),
+                b"content-length": str(len(new_body)).encode()}
+    new_headers = [(k, replaced.get(k, v)) for k, v in scope.get("headers", [])]
+    return {**scope, "headers": new_headers}, new_body
+
+
+def _binary_size(inp: dict) -> int | None:
+    params = inp.get("parameters")
+    if not isinstance(params, dict) or "binary_data_size" not in params:
+        return None
+    size = params["binary_data_size"]
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise ValueError(f"input {inp.get('name')!r}: binary_data_size must be an integer, got {size!r}")
+    return size
 
 
 def _replay(body: bytes) -> Any:
@@ -182,16 +219,27 @@ def build_model(model_dir: str, *, name: str | None = None, settings: ServingSet
     return model
 
 
-def serve(model_dir: str, *, name: str | None = None, http_port: int = 8080, settings: ServingSettings | None = None,
-          device: str = "cpu", endpoint: str | None = None) -> None:
-    """Load the ensemble and serve it until interrupted (blocking)."""
+def serve(model_dir: str, *, name: str | None = None, http_port: int = 8080, grpc_port: int = 8081,
+          settings: ServingSettings | None = None, device: str = "cpu", endpoint: str | None = None) -> None:
+    """Load the ensemble and serve it until interrupted (blocking); gRPC v2 on ``grpc_port`` (0: off)."""
     settings = settings or ServingSettings.from_env()
     ms = import_kserve()
     model = build_model(model_dir, name=name, settings=settings, device=device, endpoint=endpoint)
     ms.app.add_middleware(RequestGuard, max_bytes=settings.max_bytes, model_name=model.name)
     server = ms.ModelServer(http_port=http_port, enable_grpc=False, workers=1, enable_latency_logging=False)
+    grpc_note = ""
+    if grpc_port:
+        from medens.serving.grpc_server import EnsembleGRPCServer
+
+        # KServe's ModelServer starts its own gRPC server only with KServe's interceptor and limits:
+        # ours joins the servers it gathers, and its stop() stops it
+        server._grpc_server = EnsembleGRPCServer(grpc_port, server.dataplane, server.model_repository_extension,
+                                                 model_name=model.name, max_bytes=settings.max_bytes,
+                                                 grace_period=server.grace_period)
+        server.servers.append(server._grpc_server.start(server.max_threads))
+        grpc_note = f"; gRPC v2 (inference.GRPCInferenceService/ModelInfer) on 0.0.0.0:{grpc_port}"
     n = len(model.predictor.member_ids)
     print(f"serving {model.name!r} ({model.predictor.describe()['method']}, {n} member{'s' * (n != 1)}) on "
           f"http://0.0.0.0:{http_port}: POST /v1/models/{model.name}:predict, /v2/models/{model.name}/infer, "
-          f"GET /metrics", flush=True)
+          f"GET /metrics{grpc_note}", flush=True)
     server.start([model])
