@@ -22,7 +22,7 @@ SERVERLESS = {"deploymentMode": "Serverless"}
 
 ALL_ON = {
     "image": {"pullSecrets": ["regcred"]},
-    "predictor": {"gpu": 1, "canaryTrafficPercent": 10, "minReplicas": 2, "maxReplicas": 5,
+    "predictor": {"gpu": 1, "canaryTrafficPercent": 10, "minReplicas": 2, "maxReplicas": 5, "grpc": {"enabled": True},
                   "autoscaling": {"class": "hpa", "metric": "cpu", "target": 70},
                   "logger": {"mode": "all", "url": "http://message-dumper.default/"},
                   "nodeSelector": {"nvidia.com/gpu.present": "true"},
@@ -306,10 +306,27 @@ def test_a_startup_probe_covers_a_slow_model_load(default_docs):
     ({"predictor": {"minReplicas": 2, "podDisruptionBudget": {"minAvailable": 2}}},
      r"minAvailable \(2\) must be below minReplicas \(2\)"),
     ({"serviceAccount": {"create": False}}, r"serviceAccount: create is false, so name must name an existing"),
+    ({**SERVERLESS, "predictor": {"grpc": {"enabled": True}}},
+     r"predictor.grpc.enabled needs deploymentMode=RawDeployment: Knative allows one container port"),
+    ({"predictor": {"grpc": {"enabled": True, "port": 8080}}}, r"predictor.grpc.port \(8080\) must differ"),
 ])
 def test_impossible_combinations_fail_with_a_clear_message(values, message):
     with pytest.raises(helm_python.HelmError, match=message):
         render(values)
+
+
+def test_grpc_is_a_second_named_port_when_enabled_and_off_in_the_server_otherwise(default_docs, serverless_docs):
+    docs = render({"predictor": {"grpc": {"enabled": True, "port": 9001}}})
+    c = predictor(docs)["containers"][0]
+    assert c["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"},
+                          {"name": "grpc", "containerPort": 9001, "protocol": "TCP"}]
+    assert c["args"][c["args"].index("--grpc-port") + 1] == "9001"
+    ingress = named(docs, "NetworkPolicy")["rel-medens"]["spec"]["ingress"][0]
+    assert sorted(p["port"] for p in ingress["ports"]) == [8080, 9001]
+    for off in (default_docs, serverless_docs):
+        c = predictor(off)["containers"][0]
+        assert c["args"][c["args"].index("--grpc-port") + 1] == "0"
+        assert [p["name"] for p in c["ports"]] == ["http1"]
 
 
 def test_autoscaling_maps_to_kserves_fields_per_mode(all_on_docs):

@@ -12,6 +12,12 @@ inferenceservice.yaml, so any render fails early. */}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and $p.grpc.enabled (include "medens.serverless" .) -}}
+{{- fail "predictor.grpc.enabled needs deploymentMode=RawDeployment: Knative allows one container port per revision (named http1 or h2c), and it serves REST here; use RawDeployment for gRPC beside REST" -}}
+{{- end -}}
+{{- if and $p.grpc.enabled (eq (int $p.grpc.port) (int $p.port)) -}}
+{{- fail (printf "predictor.grpc.port (%d) must differ from predictor.port" (int $p.grpc.port)) -}}
+{{- end -}}
 {{- include "medens.validateAutoscaling" . -}}
 {{- end -}}
 
