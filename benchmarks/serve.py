@@ -259,6 +259,47 @@ def endpoint_run(server: ServerProcess, bodies: list[bytes], concurrency: int, s
     }
 
 
+def grpc_run(server: ServerProcess, bodies: list[bytes], concurrency: int, seconds: float, warmup: float) -> dict:
+    """Closed loop over gRPC v2 (``ModelInfer``, the PNG as one raw ``BYTES`` element): ``concurrency``
+    clients on one channel each, images/s and latencies of the requests answered in the window."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    pngs = [base64.b64decode(json.loads(b)["instances"][0]) for b in bodies]
+    reqs = [pb.ModelInferRequest(model_name=NAME, inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="image", datatype="BYTES", shape=[1])], raw_input_contents=[len(p).to_bytes(4, "little") + p])
+        for p in pngs]
+    stop, t0 = threading.Event(), time.perf_counter() + warmup
+    done: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[str] = []
+
+    def client(idx: int) -> None:
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub, i = pb_grpc.GRPCInferenceServiceStub(channel), idx
+            while not stop.is_set():
+                start = time.perf_counter()
+                try:
+                    stub.ModelInfer(reqs[i % len(reqs)], timeout=120)
+                except grpc.RpcError as e:
+                    errors.append(f"{e.code()}: {e.details()}")
+                    continue
+                i += 1
+                if start >= t0:
+                    done[idx].append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(warmup + seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    lat = sorted(x for d in done for x in d)
+    return {"concurrency": concurrency, "images_per_s": round(len(lat) / seconds, 1), "errors": len(errors),
+            "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None}
+
+
 def serve_runs(artifact: Path, bodies: list[bytes], expected: np.ndarray, *, mode: str, extra: list[str],
                concurrency: list[int], seconds: float, warmup: float, threads: int, log: Path) -> dict:
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -278,8 +319,9 @@ def serve_runs(artifact: Path, bodies: list[bytes], expected: np.ndarray, *, mod
                   flush=True)
             runs.append(r)
         rss = server.rss_bytes()
+        grpc_runs = {str(c): grpc_run(server, bodies, c, seconds, warmup) for c in concurrency}
     return {"server_args": extra, "parity_max_abs_diff": parity, "server_rss_mib": round(rss / 2**20, 1),
-            "runs": {str(r["concurrency"]): r for r in runs}}
+            "runs": {str(r["concurrency"]): r for r in runs}, "grpc_runs": grpc_runs}
 
 
 def main() -> None:
