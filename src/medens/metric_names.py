@@ -52,9 +52,11 @@ EVALUATION_METRICS: dict[str, bool] = {
     ),
     "brier": False,
     "ece": False,
+    "classwise_ece": False,
+    "adaptive_ece": False,
 }
 """Named classification metrics of ``medens.evaluation.metrics.METRICS`` -> whether higher is better
-(Brier score and ECE are lower-better)."""
+(Brier score and the three ECEs are lower-better)."""
 
 SEGMENTATION_GATE_METRICS: tuple[str, ...] = ("dice", "iou")
 """Metrics that can gate a segmentation system (both higher-better)."""

@@ -85,3 +85,19 @@ def test_errors_name_the_problem():
         LogitAdjustment([1, 1, 1]).transform(np.full((2, 2), 0.5), 1.0)
     with pytest.raises(ValueError, match="higher-is-better"):
         LogitAdjustment([1, 1], metric="log_loss").fit(np.full((2, 2), 0.5), np.array([0, 1]))
+
+
+def test_inverse_transform_recovers_the_unscaled_probabilities_from_the_served_float32_ones():
+    """The evaluation's "before temperature" probabilities: softmax(T log q) of the scaled q, as the
+    artifact serves them (torch, float32), equals the unscaled probabilities to float32 precision."""
+    import torch
+
+    from medens.models.artifact import apply_temperature
+
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.full(4, 0.3), size=200)  # many small probabilities
+    for t in (0.4, 1.0, 2.7):
+        served = apply_temperature(torch.from_numpy(p.astype(np.float32)), t).numpy()
+        ts = TemperatureScaling.from_dict({"temperature": t})
+        np.testing.assert_allclose(ts.inverse_transform(served), p, atol=2e-6)
+        np.testing.assert_allclose(ts.inverse_transform(ts.transform(p)), np.clip(p, 1e-12, None) / np.clip(p, 1e-12, None).sum(1, keepdims=True), atol=1e-12)

@@ -42,6 +42,8 @@ NAMES = [
     "auprc_macro",
     "brier",
     "ece",
+    "classwise_ece",
+    "adaptive_ece",
 ]
 
 
@@ -235,8 +237,9 @@ def test_import_is_light() -> None:
 def test_registry_and_directions() -> None:
     assert sorted(METRICS) == sorted(NAMES)
     assert sorted(HIGHER_IS_BETTER) == sorted(NAMES)
-    assert HIGHER_IS_BETTER["brier"] is False and HIGHER_IS_BETTER["ece"] is False
-    assert all(HIGHER_IS_BETTER[n] for n in NAMES if n not in ("brier", "ece"))
+    lower = ("brier", "ece", "classwise_ece", "adaptive_ece")
+    assert not any(HIGHER_IS_BETTER[n] for n in lower)
+    assert all(HIGHER_IS_BETTER[n] for n in NAMES if n not in lower)
     assert metric_fn("mcc") is METRICS["mcc"]
     with pytest.raises(ValueError, match=r"unknown metric 'auroc_macr'; did you mean 'auroc_macro'"):
         metric_fn("auroc_macr")

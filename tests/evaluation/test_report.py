@@ -78,7 +78,8 @@ def test_markdown_summary(run):
     out, _ = run
     md = (out / "evaluation" / "report.md").read_text()
     assert "| # | system | kind | selection: val mcc | accuracy [95% CI] | MCC [95% CI]" in md
-    assert md.count("| ensemble |") == 6 and md.count("| member |") == 3
+    board = md.split("## Calibration before and after temperature scaling")[0]  # the leaderboard's rows
+    assert board.count("| ensemble |") == 6 and board.count("| member |") == 3
 
 
 def test_report_opens_in_a_real_browser(run, tmp_path):
@@ -101,7 +102,7 @@ def test_report_opens_in_a_real_browser(run, tmp_path):
         page.wait_for_load_state("load")
         images = page.evaluate(
             "() => Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
-        rows = page.evaluate("() => document.querySelectorAll('tbody tr').length")
+        rows = page.evaluate("() => Array.from(document.querySelectorAll('tbody')).map(b => b.rows.length)")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert errors == []
@@ -111,7 +112,8 @@ def test_report_opens_in_a_real_browser(run, tmp_path):
     assert any(a.startswith("Grad-CAM per class") for a in alts)
     for alt, complete, w, h in images:
         assert complete and w > 0 and h > 0, f"image {alt!r} did not decode"
-    assert rows == 9
+    assert rows == [9, 9]  # the leaderboard and the calibration table
+    assert "Reliability per system, before (grey) and after (blue) temperature scaling" in alts
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
@@ -141,3 +143,43 @@ def test_ensemble_artifacts_reproduce_their_saved_predictions(run, tmp_path):
     victim.write_bytes(victim.read_bytes()[:-4] + b"XXXX")
     with pytest.raises(ValueError, match=f"members/{victim.parent.name}/weights.pt does not match its sha256 in ensemble.json"):
         load_ensemble(copy)
+
+
+def test_calibration_before_and_after_temperature(run):
+    """Every system's three ECEs with CIs; a member's "before" recomputed from its saved test
+    probabilities and the temperature in its model.json; the per-system reliability figure."""
+    from medens.evaluation import METRICS
+    from medens.training.calibration import TemperatureScaling
+    from medens.training.predictions import Predictions
+
+    out, _ = run
+    m = json.loads((out / "evaluation" / "metrics.json").read_text())
+    names = ("ece", "classwise_ece", "adaptive_ece")
+    for s in m["systems"].values():
+        cal = s["calibration"]
+        for key in names:
+            assert cal["after"][key]["point"] == s["metrics"][key] == s["ci"][key]["point"]
+            # no "low <= point": binning noise biases ECE upwards, so on 36 test images the percentile
+            # interval of the resamples may lie above the point value
+            assert 0 <= cal["after"][key]["low"] <= cal["after"][key]["high"] <= 1
+        if s["kind"] == "ensemble":
+            assert cal["before"] is None and cal["temperature"] is None
+    member = "compact_cnn__focal"
+    d = out / "members" / member
+    preds = Predictions.load(d / "predictions" / "test.npz")
+    t = json.loads((d / "model.json").read_text())["inference"]["temperature"]
+    assert t != 1.0 and m["systems"][member]["calibration"]["temperature"] == t  # training.calibrate is on
+    raw = TemperatureScaling.from_dict({"temperature": t}).inverse_transform(preds.probs)
+    after = preds.probs.astype(np.float64)
+    for key in names:
+        assert m["systems"][member]["calibration"]["before"][key]["point"] == pytest.approx(
+            METRICS[key](preds.labels, raw), abs=1e-9)
+        assert m["systems"][member]["metrics"][key] == pytest.approx(METRICS[key](preds.labels, after), abs=1e-12)
+    png = (out / "evaluation" / "reliability.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "evaluation" / "report.md").read_text()
+    assert "## Calibration before and after temperature scaling" in md
+    table = md.split("## Calibration before and after temperature scaling")[1]
+    assert table.count("| member | ") == 3 and table.count("| ensemble | – | n/a |") == 6
+    html_text = (out / "evaluation" / "report.html").read_text()
+    assert "Reliability per system, before (grey) and after (blue) temperature scaling" in html_text

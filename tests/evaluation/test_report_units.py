@@ -77,3 +77,39 @@ def test_segmentation_perfect_system_beats_reference():
     assert p["vs_reference"]["dice_difference"] == 0.5 and p["vs_reference"]["p_value"] < 0.01
     r["leaderboard"] = ["perfect", "ref"]
     assert "perfect (Dice higher, p " in significance_note(r, 0.05, "segmentation")
+
+
+def test_calibration_before_and_after_temperature_in_the_result_and_tables():
+    from medens.evaluation.metrics import METRICS
+    from medens.evaluation.report import calibration_rows
+    from medens.training.calibration import TemperatureScaling
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 300)
+    pred = np.where(rng.random(300) < 0.6, y, (y + 1) % 3)
+    raw = onehot_probs(pred, 3, conf=0.98)  # 60% accurate at confidence 0.98: over-confident
+    scaled = TemperatureScaling.from_dict({"temperature": 2.5}).transform(raw)
+    systems = {"m": ("member", scaled), "e": ("ensemble", onehot_probs(pred, 3, conf=0.6))}
+    r = evaluate_classification(y, systems, reference="m", class_names=["a", "b", "c"], n_resamples=200,
+                                before={"m": (2.5, raw)})
+    cal = r["systems"]["m"]["calibration"]
+    assert cal["temperature"] == 2.5
+    for name in ("ece", "classwise_ece", "adaptive_ece"):
+        assert cal["before"][name]["point"] == pytest.approx(METRICS[name](y, raw), abs=1e-12)
+        assert cal["after"][name]["point"] == pytest.approx(r["systems"]["m"]["metrics"][name], abs=1e-12)
+        assert r["systems"]["m"]["ci"][name] == cal["after"][name]  # the leaderboard's CI is the served one
+        assert cal["before"][name]["low"] <= cal["before"][name]["point"] <= cal["before"][name]["high"]
+    # one bin holds every confidence 0.98: top-label ECE = |0.6 - 0.98| up to the sample's accuracy
+    assert cal["before"]["ece"]["point"] == pytest.approx(abs(0.98 - (pred == y).mean()), abs=1e-12)
+    assert cal["after"]["ece"]["point"] < cal["before"]["ece"]["point"]
+    e = r["systems"]["e"]["calibration"]
+    assert e["before"] is None and e["temperature"] is None and "ensemble" in e["before_reason"]
+    head, rows = calibration_rows(r, ["m", "e"])
+    assert head[:5] == ["system", "kind", "temperature", "ECE before T", "ECE after T"]
+    before_ci = cal["before"]["ece"]
+    assert rows[0][:4] == ["m", "member", "2.50",
+                           f"{before_ci['point']:.3f} [{before_ci['low']:.3f}, {before_ci['high']:.3f}]"]
+    assert rows[1][2] == "–" and rows[1][3] == "n/a" and rows[1][4].startswith(f"{e['after']['ece']['point']:.3f} [")
+    head, rows = table_rows(r, ["m", "e"], "classification")
+    assert head[-3:] == ["ECE [95% CI]", "classwise ECE [95% CI]", "adaptive ECE [95% CI]"]
+    assert rows[0][-3].startswith(f"{r['systems']['m']['metrics']['ece']:.3f} [")

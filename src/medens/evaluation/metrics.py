@@ -259,22 +259,105 @@ def _macro(y: np.ndarray, probs: np.ndarray, maker: Callable) -> Evaluator:
     return lambda w: _nanmean(np.stack([f(w) for f in per_class], axis=1), axis=1)
 
 
+def equal_width_bins(values: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Bin index (0-based, same shape as ``values``) of probabilities in ``n_bins`` equal-width bins:
+    bin m (1-based) holds ((m-1)/M, m/M]; a value of exactly 0 goes to the first bin."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.searchsorted(edges, values, side="left") - 1, 0, n_bins - 1)
+
+
+def _top_label(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence ``max_k p_k`` and whether the argmax is the true class (as 0/1 floats)."""
+    return probs.max(axis=1), (probs.argmax(axis=1) == y).astype(np.float64)
+
+
 def _ece_evaluator(y: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> Evaluator:
     """Expected calibration error (Guo et al., ICML 2017) with ``n_bins`` equal-width bins.
 
     Confidence is the max probability; bin m holds confidences in ((m-1)/M, m/M] (a confidence of
     exactly 0 goes to the first bin). ECE = sum_m |B_m|/N |acc(B_m) - conf(B_m)|.
     """
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    conf, correct = _top_label(y, probs)
+    bins = equal_width_bins(conf, n_bins)
     gap = correct - conf
 
     def evaluate(w: np.ndarray) -> np.ndarray:
         return np.abs(_group_sums(w * gap, bins, n_bins)).sum(1) / w.sum(1)
 
     return evaluate
+
+
+def _classwise_ece_evaluator(y: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> Evaluator:
+    """Classwise ECE (Kull et al., NeurIPS 2019): the mean over classes k of the binned calibration
+    error of ``p_k`` alone.
+
+    For each class k, ``p_k`` of every sample goes into ``n_bins`` equal-width bins B_{m,k} (as in
+    :func:`equal_width_bins`), and classwise-ECE = (1/K) sum_k sum_m |B_{m,k}|/N
+    |freq_k(B_{m,k}) - conf_k(B_{m,k})|, with freq_k the fraction of the bin's samples whose true
+    class is k and conf_k the bin's mean ``p_k``. Unlike the top-label ECE it sees the
+    probabilities of the classes that were not predicted (the minority classes' scores).
+    """
+    n, k = probs.shape
+    codes = (np.arange(k)[None, :] * n_bins + equal_width_bins(probs, n_bins)).ravel()
+    gap = (np.eye(k)[y] - probs).ravel()
+
+    def evaluate(w: np.ndarray) -> np.ndarray:
+        return np.abs(_group_sums(np.repeat(w, k, axis=1) * gap, codes, k * n_bins)).sum(1) / (k * w.sum(1))
+
+    return evaluate
+
+
+def _equal_mass_edges(total: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin boundaries (B, M+1) of ``np.array_split`` of ``total`` (rounded) sorted items into M bins:
+    the first ``total % M`` bins hold one item more."""
+    size = np.rint(total).astype(np.int64)[:, None]
+    m = np.arange(n_bins + 1)[None, :]
+    return (m * (size // n_bins) + np.minimum(m, size % n_bins)).astype(np.float64)
+
+
+def _adaptive_ece_evaluator(y: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> Evaluator:
+    """Adaptive ECE (Nixon et al., CVPR Workshops 2019): the top-label ECE over equal-mass bins.
+
+    The samples are sorted by confidence ``max_k p_k`` (ties in input order) and split into
+    ``n_bins`` consecutive bins of equal count, as ``np.array_split`` does (the first N mod M bins
+    hold one sample more); adaptive-ECE = sum_m |B_m|/N |acc(B_m) - conf(B_m)|. Under bootstrap
+    weights (integer multiplicities) the bins are those of the resample: each sample counts as
+    ``w_i`` copies in the sorted order, so a sample's copies may fall into two adjacent bins.
+    """
+    conf, correct = _top_label(y, probs)
+    order = np.argsort(conf, kind="stable")
+    gap = (correct - conf)[order]
+    n = gap.size
+
+    def evaluate(w: np.ndarray) -> np.ndarray:
+        ws = w[:, order]
+        b = ws.shape[0]
+        pos = np.zeros((b, n + 1))  # pos[:, j]: copies before sorted sample j
+        np.cumsum(ws, axis=1, out=pos[:, 1:])
+        cum_gap = np.zeros((b, n + 1))
+        np.cumsum(ws * gap, axis=1, out=cum_gap[:, 1:])
+        edges = _equal_mass_edges(pos[:, -1], n_bins)
+        # row-wise searchsorted through one flat search: rows offset by more than any row's total
+        offset = (np.arange(b) * (pos[:, -1].max() + 1.0))[:, None]
+        j = np.searchsorted((pos[:, 1:] + offset).ravel(), (edges + offset).ravel(), side="right").reshape(b, -1)
+        j -= (np.arange(b) * n)[:, None]  # samples wholly before each edge
+        rows = np.arange(b)[:, None]
+        at_edge = cum_gap[rows, j] + (edges - pos[rows, j]) * gap[np.minimum(j, n - 1)]
+        return np.abs(np.diff(at_edge, axis=1)).sum(1) / pos[:, -1]
+
+    return evaluate
+
+
+def reliability_bins(y_true: Any, probs: Any, n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """The top-label reliability diagram's points: for each non-empty equal-width confidence bin
+    (the bins of ``ece``), the mean confidence, the accuracy and the count."""
+    y, p = check_classification_inputs(y_true, probs)
+    conf, correct = _top_label(y, p)
+    bins = equal_width_bins(conf, n_bins)
+    count = np.bincount(bins, minlength=n_bins)
+    keep = count > 0
+    return {"confidence": np.bincount(bins, conf, n_bins)[keep] / count[keep],
+            "accuracy": np.bincount(bins, correct, n_bins)[keep] / count[keep], "count": count[keep]}
 
 
 def _brier_evaluator(y: np.ndarray, probs: np.ndarray) -> Evaluator:
@@ -309,10 +392,12 @@ _EVALUATORS: dict[str, Callable[[np.ndarray, np.ndarray], Evaluator]] = {
     "auprc_macro": lambda y, p: _macro(y, p, _ap_evaluator),
     "brier": _brier_evaluator,
     "ece": _ece_evaluator,
+    "classwise_ece": _classwise_ece_evaluator,
+    "adaptive_ece": _adaptive_ece_evaluator,
 }
 
 HIGHER_IS_BETTER: dict[str, bool] = {name: EVALUATION_METRICS[name] for name in _EVALUATORS}
-"""Direction of each named metric: Brier score and ECE are lower-better, all others higher-better.
+"""Direction of each named metric: Brier score and the ECEs are lower-better, all others higher-better.
 Taken from ``medens.metric_names.EVALUATION_METRICS`` (where ``medens.config`` reads the names; a
 metric missing there fails here, at import)."""
 
@@ -408,6 +493,8 @@ def _score_metrics(y: np.ndarray, p: np.ndarray, n_bins: int) -> tuple[dict[str,
         "auprc_micro": _json_float(_micro(y, p, _ap_evaluator)(ones)[0]),
         "auprc_macro": _json_float(_nanmean(auprc, axis=0)),
         "ece": _json_float(_ece_evaluator(y, p, n_bins)(ones)[0]),
+        "classwise_ece": _json_float(_classwise_ece_evaluator(y, p, n_bins)(ones)[0]),
+        "adaptive_ece": _json_float(_adaptive_ece_evaluator(y, p, n_bins)(ones)[0]),
         "brier": _json_float(_brier_evaluator(y, p)(ones)[0]),
     }
     return out, auroc, auprc
@@ -450,14 +537,16 @@ def classification_metrics(
         y_true: integer labels, shape (N,), in ``[0, K)``.
         probs: class probabilities, shape (N, K), K >= 2, rows summing to 1 (tolerance 1e-3).
         class_names: K names (default ``"0" ... "K-1"``); keys of ``per_class``.
-        n_bins: equal-width confidence bins of the expected calibration error (Guo et al.,
-            "On Calibration of Modern Neural Networks", ICML 2017).
+        n_bins: bins of the expected calibration errors: equal-width for ``ece`` (Guo et al.,
+            "On Calibration of Modern Neural Networks", ICML 2017) and ``classwise_ece``,
+            equal-mass for ``adaptive_ece``.
 
     Returns:
         ``accuracy``, ``balanced_accuracy``, ``precision/recall`` ``_macro`` and ``_weighted``,
         ``macro_f1`` and ``f1_weighted``, ``mcc`` (Matthews 1975; multi-class form of Gorodkin
         2004), ``kappa`` (Cohen 1960), ``auroc_micro/macro`` and ``auprc_micro/macro``
-        (one-vs-rest; AUPRC is average precision), ``ece``, ``brier`` (Brier 1950, multi-class:
+        (one-vs-rest; AUPRC is average precision), ``ece``, ``classwise_ece``, ``adaptive_ece``
+        (docs/methods.md section 6.2), ``brier`` (Brier 1950, multi-class:
         mean over samples of sum_k (p_k - y_k)^2), ``sensitivity`` and ``specificity`` (lists, one
         per class), ``per_class`` (name -> precision, recall, f1, sensitivity, specificity, auroc,
         auprc, support), ``confusion_matrix`` (K x K, rows true, columns predicted), ``n`` and

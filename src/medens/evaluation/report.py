@@ -3,8 +3,9 @@
 :func:`write_report` writes ``report.md`` and a self-contained ``report.html`` (images embedded
 as base64 PNG): the leaderboard with each system's selection score (validation) beside its test
 metrics, which system was selected and by what rule, the systems that were skipped and why, ROC
-and precision-recall curves, confusion matrices, a reliability diagram, training curves and a
-Grad-CAM grid per class.
+and precision-recall curves, confusion matrices, a reliability diagram, the calibration of every
+system before and after temperature scaling (three ECEs with CIs, one small reliability diagram per
+system), training curves and a Grad-CAM grid per class.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from medens.config import ExperimentSpec
 from medens.data.duplicates import duplicate_notes
 from medens.metric_names import metric_value
-from medens.storage.atomic import atomic_write_text
+from medens.storage.atomic import atomic_write_bytes, atomic_write_text
 
 MAX_CURVES = 8
 
@@ -108,6 +109,42 @@ def fig_reliability(y_true: np.ndarray, systems: dict[str, np.ndarray], n_bins: 
     return _png(fig)
 
 
+MAX_RELIABILITY_PANELS = 16
+
+
+def fig_reliability_grid(y_true: np.ndarray, after: dict[str, np.ndarray], before: dict[str, np.ndarray],
+                         n_bins: int = 15) -> str:
+    """One small reliability diagram per system (the first 16, in the order given): as served
+    (after temperature scaling, blue) and, for members, before it (grey, dashed)."""
+    from medens.evaluation.metrics import METRICS, reliability_bins
+
+    plt = _plt()
+    names = list(after)[:MAX_RELIABILITY_PANELS]
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.5 * cols, 2.5 * rows), squeeze=False, sharex=True, sharey=True)
+    for ax, name in zip(axes.ravel(), names):
+        for probs, style, label in ((before.get(name), "o--", "before T"), (after[name], "o-", "after T")):
+            if probs is None:
+                continue
+            b = reliability_bins(y_true, probs, n_bins)
+            ax.plot(b["confidence"], b["accuracy"], style, ms=2.5, lw=1,
+                    color="0.55" if label == "before T" else "tab:blue", label=label)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.7)
+        ece = [f"{METRICS['ece'](y_true, p):.3f}" for p in (before.get(name), after[name]) if p is not None]
+        ax.set_title(f"{name}\nECE {' → '.join(ece)}", fontsize=7)
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=6, loc="upper left")
+    fig.supxlabel("confidence (15 equal-width bins)", fontsize=8)
+    fig.supylabel("accuracy", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def fig_training(members: dict[str, Path]) -> str:
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -190,7 +227,8 @@ def table_rows(result: dict[str, Any], order: list[str], task: str) -> tuple[lis
                          per_class or "n/a", _fmt(m.get("iou")), _fmt(m.get("hd95"), 2), p])
         return head, rows
     head = ["#", "system", "kind", sel_head, "accuracy [95% CI]", "MCC [95% CI]", "F1 macro [95% CI]",
-            "AUROC macro [95% CI]", "McNemar p (Holm)", "ΔMCC p (Holm)", "DeLong p (Holm)"]
+            "AUROC macro [95% CI]", "McNemar p (Holm)", "ΔMCC p (Holm)", "DeLong p (Holm)",
+            *(f"{label} [95% CI]" for label in CALIBRATION_LABELS.values())]
     rows = []
     for i, n in enumerate(order, 1):
         s = result["systems"][n]
@@ -202,7 +240,44 @@ def table_rows(result: dict[str, Any], order: list[str], task: str) -> tuple[lis
             ps = [_p_text(v.get("mcnemar_p_holm")), _p_text(v.get("mcc_p_holm")), _p_text(v.get("auroc_p_holm"))]
         rows.append([str(i), n, s["kind"], _selection_text(result, n), f"{m['accuracy']:.3f} {_ci_text(ci['accuracy'])}",
                      f"{m['mcc']:.3f} {_ci_text(ci['mcc'])}", f"{metric_value(m, 'macro_f1'):.3f} {_ci_text(metric_value(ci, 'macro_f1'))}",
-                     f"{_fmt(m['auroc_macro'])} {_ci_text(ci['auroc_macro'])}", *ps])
+                     f"{_fmt(m['auroc_macro'])} {_ci_text(ci['auroc_macro'])}", *ps,
+                     *(f"{_fmt(m.get(k))} {_ci_text(ci.get(k))}" for k in CALIBRATION_LABELS)])
+    return head, rows
+
+
+CALIBRATION_LABELS = {"ece": "ECE", "classwise_ece": "classwise ECE", "adaptive_ece": "adaptive ECE"}
+CALIBRATION_NOTES = [
+    "ECE: top-label, 15 equal-width confidence bins (Guo et al. 2017); classwise ECE: the mean over classes of "
+    "the binned error of each class's probability (Kull et al. 2019); adaptive ECE: top-label over 15 "
+    "equal-mass bins (Nixon et al. 2019). Lower is better; 95% CIs by the same stratified bootstrap. Binning "
+    "noise biases an ECE upwards, more so on a resample with repeats: on a small test split the interval can "
+    "lie above the point value.",
+    "After T: the probabilities as served, with each member's temperature (fitted on validation only) applied. "
+    "Before T: the same member's test probabilities without its temperature (the saved probabilities unscaled "
+    "with the temperature in model.json; a cross-validated member: the mean of its fold models' unscaled "
+    "probabilities). Temperature scaling never changes a member's predicted class, only its confidence.",
+    "Ensembles combine their members' temperature-scaled probabilities and have no temperature of their own: "
+    "they are reported as served (after), with no before.",
+]
+
+
+def calibration_rows(result: dict[str, Any], order: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The calibration table: each system's temperature and its three ECEs before and after temperature
+    scaling, with 95% CIs (``systems[name]["calibration"]``, :func:`medens.evaluation.systems.calibration_entry`)."""
+    head = ["system", "kind", "temperature"] + [f"{label} {when}" for label in CALIBRATION_LABELS.values()
+                                                 for when in ("before T", "after T")]
+    rows = []
+    for name in order:
+        s = result["systems"][name]
+        cal = s.get("calibration") or {}
+        t = cal.get("temperature")
+        temp = "–" if t is None else (", ".join(f"{v:.2f}" for v in t) if isinstance(t, list) else f"{t:.2f}")
+        cells = []
+        for key in CALIBRATION_LABELS:
+            for part in (cal.get("before"), cal.get("after")):
+                ci = (part or {}).get(key)
+                cells.append("n/a" if ci is None else f"{_fmt(ci.get('point'))} {_ci_text(ci)}")
+        rows.append([name, s["kind"], temp, *cells])
     return head, rows
 
 
@@ -218,11 +293,22 @@ tr.best td{background:#eaf6ec;font-weight:600} tr.ref td{background:#fff6e0}
 """
 
 
+Table = tuple[str, list[str], list[list[str]], list[str]]
+"""An extra table of the report: (section title, header, rows, notes under it)."""
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    esc = html.escape
+    return ["<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>",
+            *("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows), "</tbody></table>"]
+
+
 def render_html(title: str, subtitle: str, head: list[str], rows: list[list[str]],
                 figures: list[tuple[str, str | list[tuple[str, str]]]], notes: list[str], best: str,
-                reference: str, warnings: list[str] | None = None) -> str:
+                reference: str, warnings: list[str] | None = None, tables: list[Table] | None = None) -> str:
     """The self-contained page. A figure entry is ``(caption, b64)`` or ``(section, [(caption, b64), ...])``
-    for images shown side by side; ``warnings`` (:func:`collapse_warnings`) come first, in a red box."""
+    for images shown side by side; ``warnings`` (:func:`collapse_warnings`) come first, in a red box;
+    ``tables`` follow the leaderboard."""
     esc = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
@@ -237,6 +323,9 @@ def render_html(title: str, subtitle: str, head: list[str], rows: list[list[str]
         out.append(f"<tr{cls}>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>")
     out.append("</tbody></table>")
     out.append("<p class=\"note\">" + "<br>".join(esc(n) for n in notes) + "</p>")
+    for section, t_head, t_rows, t_notes in tables or []:
+        out += [f"<h2>{esc(section)}</h2>", *_html_table(t_head, t_rows),
+                '<p class="note">' + "<br>".join(esc(n) for n in t_notes) + "</p>"]
     for section, content in figures:
         group = content if isinstance(content, list) else [(section, content)]
         imgs = "".join(f'<img alt="{esc(c)}" src="data:image/png;base64,{b64}">' for c, b64 in group)
@@ -246,13 +335,17 @@ def render_html(title: str, subtitle: str, head: list[str], rows: list[list[str]
 
 
 def render_markdown(title: str, subtitle: str, head: list[str], rows: list[list[str]], notes: list[str],
-                    warnings: list[str] | None = None) -> str:
+                    warnings: list[str] | None = None, tables: list[Table] | None = None) -> str:
     lines = [f"# {title}", "", subtitle, ""]
     if warnings:
         lines += ["## Warnings: class collapse", "", *[f"- **{w}**" for w in warnings], ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", *[f"- {n}" for n in notes], ""]
+    for section, t_head, t_rows, t_notes in tables or []:
+        lines += [f"## {section}", "", "| " + " | ".join(t_head) + " |", "|" + "---|" * len(t_head)]
+        lines += ["| " + " | ".join(r) + " |" for r in t_rows]
+        lines += ["", *[f"- {n}" for n in t_notes], ""]
     return "\n".join(lines)
 
 
@@ -342,7 +435,8 @@ def report_notes(result: dict[str, Any], spec: ExperimentSpec) -> list[str]:
 
 
 def write_report(spec: ExperimentSpec, result: dict[str, Any], data, members: dict[str, Path],
-                 systems: dict[str, np.ndarray], out_dir: str | os.PathLike) -> dict[str, Any]:
+                 systems: dict[str, np.ndarray], out_dir: str | os.PathLike,
+                 before: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Render ``result`` (see :func:`medens.evaluation.systems`) as ``report.html`` and ``report.md``.
 
     Args:
@@ -353,6 +447,8 @@ def write_report(spec: ExperimentSpec, result: dict[str, Any], data, members: di
         members: member id -> model artifact (training curves, Grad-CAM of the reference).
         systems: system name -> test probabilities.
         out_dir: where the documents go.
+        before: member name -> test probabilities before temperature scaling (the calibration
+            section's "before T"; ensembles have none).
 
     Returns:
         ``{"leaderboard": rows as dicts, "report": path of report.html}``.
@@ -368,7 +464,10 @@ def write_report(spec: ExperimentSpec, result: dict[str, Any], data, members: di
         figures += [("ROC and precision-recall", [("ROC curves", roc), ("Precision-recall curves", pr)]),
                     ("Confusion matrices and calibration",
                      [("Confusion matrices", fig_confusion(result, pair, data.class_names)),
-                      ("Reliability diagram", fig_reliability(data.test.labels, {n: probs_by_name[n] for n in pair}))])]
+                      ("Reliability diagram", fig_reliability(data.test.labels, {n: probs_by_name[n] for n in pair}))]),
+                    ("Reliability per system, before (grey) and after (blue) temperature scaling",
+                     _reliability_file(fig_reliability_grid(data.test.labels, probs_by_name, before or {}),
+                                       out / "reliability.png"))]
     else:
         figures.append(("Examples (green: truth, red: selected system)",
                         fig_segmentation_examples(data.test.images, data.test.masks, systems[selected])))
@@ -386,10 +485,18 @@ def write_report(spec: ExperimentSpec, result: dict[str, Any], data, members: di
                                       f"{result['gate_metric']}") if x)
     notes = report_notes(result, spec) + duplicate_notes(getattr(data, "info", {}))  # the leak check's finding
     warnings = collapse_warnings(result)
+    tables = ([("Calibration before and after temperature scaling", *calibration_rows(result, order),
+                CALIBRATION_NOTES)] if spec.task == "classification" else [])
     atomic_write_text(out / "report.html", render_html(title, subtitle, head, rows, figures, notes, selected, reference,
-                                                       warnings))
-    atomic_write_text(out / "report.md", render_markdown(title, subtitle, head, rows, notes, warnings))
+                                                       warnings, tables))
+    atomic_write_text(out / "report.md", render_markdown(title, subtitle, head, rows, notes, warnings, tables))
     return {"leaderboard": [dict(zip(head, r)) for r in rows], "report": str(out / "report.html")}
+
+
+def _reliability_file(png: str, path: Path) -> str:
+    """Keep the per-system reliability diagrams as a file beside the report too; return ``png``."""
+    atomic_write_bytes(path, base64.b64decode(png))
+    return png
 
 
 def _gradcam(member_dir: Path, data, path: Path, per_class: int) -> str | None:

@@ -37,6 +37,9 @@ from medens.evaluation.stats import (
 )
 
 CI_METRICS = ("accuracy", "mcc", "macro_f1", "auroc_macro")
+CALIBRATION_METRICS = ("ece", "classwise_ece", "adaptive_ece")
+NO_BEFORE = ("an ensemble combines its members' temperature-scaled probabilities; no ensemble of the unscaled "
+             "members was built, so only its calibration as served is reported")
 SELECTION_RULE = ("highest validation {metric}: members on their validation predictions, prediction-level "
                   "ensembles on {folds}-fold cross-fitted (out-of-fold) validation predictions, model-level "
                   "ensembles on their validation predictions; ties by the validation log-loss of the same "
@@ -92,10 +95,26 @@ def selection_log_loss(*, probs: np.ndarray, labels: np.ndarray | None = None,
     return value if math.isfinite(value) else None
 
 
+def calibration_entry(y_true: np.ndarray, probs: np.ndarray, before: tuple[Any, np.ndarray] | None, *,
+                      n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """The three ECEs (docs/methods.md section 6.2) with bootstrap CIs, after temperature scaling
+    (``probs``, as served) and before it (``before``: the temperature(s) and the unscaled
+    probabilities; None for an ensemble, with the reason)."""
+    def cis(p: np.ndarray) -> dict[str, Any]:
+        return {m: bootstrap_ci(y_true, p, m, n_resamples=n_resamples, confidence=confidence, seed=seed)
+                for m in CALIBRATION_METRICS}
+
+    if before is None:
+        return {"temperature": None, "before": None, "after": cis(probs), "before_reason": NO_BEFORE}
+    return {"temperature": before[0], "before": cis(before[1]), "after": cis(probs)}
+
+
 def evaluate_classification(y_true: np.ndarray, systems: dict[str, tuple[str, np.ndarray]], *, reference: str,
                             class_names: list[str], n_resamples: int = 2000, confidence: float = 0.95,
-                            seed: int = 0) -> dict[str, Any]:
-    """Metrics, CIs and Holm-corrected paired tests of every system against ``reference``."""
+                            seed: int = 0, before: dict[str, tuple[Any, np.ndarray]] | None = None) -> dict[str, Any]:
+    """Metrics, CIs and Holm-corrected paired tests of every system against ``reference``, and
+    each system's calibration (:func:`calibration_entry`; ``before``: system name -> temperature
+    and probabilities before temperature scaling, for the members)."""
     ref_probs = systems[reference][1]
     out: dict[str, Any] = {"reference": reference, "systems": {}}
     raw: dict[str, dict[str, float | None]] = {"mcnemar": {}, "mcc": {}, "auroc": {}}
@@ -105,6 +124,9 @@ def evaluate_classification(y_true: np.ndarray, systems: dict[str, tuple[str, np
                for metric in CI_METRICS}
         entry: dict[str, Any] = {"kind": kind, "metrics": m, "ci": cis,
                                  "accuracy_normal_ci": list(normal_ci(m["accuracy"], len(y_true)))}
+        entry["calibration"] = calibration_entry(y_true, probs, (before or {}).get(name), n_resamples=n_resamples,
+                                                 confidence=confidence, seed=seed)
+        cis.update(entry["calibration"]["after"])
         if name != reference:
             mc = mcnemar(y_true, probs.argmax(1), ref_probs.argmax(1))
             pb = paired_bootstrap(y_true, probs, ref_probs, "mcc", n_resamples=n_resamples, confidence=confidence,

@@ -92,13 +92,15 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     if cv:  # cross-validated members: their fold models predict the test split only now
         complete_test_predictions(data, members, ensembles)
     systems = _test_probabilities(members, ensembles)
-    result = _evaluation_result(spec, data, systems, chosen, members, ensembles, index, cv)
+    before = _before_temperature(members) if spec.task == "classification" else {}  # calibration before/after
+    result = _evaluation_result(spec, data, systems, chosen, members, ensembles, index, cv, before)
     # the report and kfp read the full dict (the statistical comparisons too)
     metrics = result.model_dump()
     result.write(out / "metrics.json")
     if spec.task == "classification":
         _write_kfp_metrics(out / "kfp_metrics.json", data, systems[chosen.selected][1], result)
-    rendered = write_report(spec, metrics, data, members, {n: p for n, (_, p) in systems.items()}, out)
+    rendered = write_report(spec, metrics, data, members, {n: p for n, (_, p) in systems.items()}, out,
+                            before={n: p for n, (_, p) in before.items()})
     summary = _summary(result, chosen, rendered["leaderboard"], members, ensembles)
     summary.write(out / "summary.json")
     if best_dir is not None:
@@ -155,10 +157,34 @@ def _test_probabilities(members: dict[str, Path], ensembles: dict[str, Path]) ->
     return systems
 
 
+def _before_temperature(members: dict[str, Path]) -> dict[str, tuple[Any, np.ndarray]]:
+    """``member -> (temperature, test probabilities before temperature scaling)``: the saved (scaled)
+    test probabilities unscaled with the temperature in ``model.json``; a cross-validated member's
+    are the mean of its fold models' unscaled probabilities (one temperature per fold)."""
+    from medens.models.artifact import read_manifest
+    from medens.training.calibration import TemperatureScaling
+    from medens.training.predictions import Predictions
+
+    def unscaled(d: Path) -> tuple[float, np.ndarray]:
+        ts = TemperatureScaling.from_dict({"temperature": read_manifest(d).get("inference", {}).get("temperature", 1.0)})
+        return ts.temperature, ts.inverse_transform(Predictions.load(d / "predictions" / "test.npz").probs)
+
+    out: dict[str, tuple[Any, np.ndarray]] = {}
+    for name, d in members.items():
+        folds = (read_manifest(d).get("cv") or {}).get("fold_dirs")
+        if folds:
+            parts = [unscaled(Path(fd)) for fd in folds]
+            out[name] = ([t for t, _ in parts], np.mean([p for _, p in parts], axis=0))
+        else:
+            out[name] = unscaled(d)
+    return out
+
+
 def _evaluation_result(spec: ExperimentSpec, data: Any, systems: dict[str, tuple[str, np.ndarray]], chosen: _Choice,
                        members: dict[str, Path], ensembles: dict[str, Path], index: EnsembleIndex,
-                       cv: dict[str, Any] | None) -> EvaluationResult:
-    """Every system scored on the test split, with the selection and its rule (``metrics.json``)."""
+                       cv: dict[str, Any] | None, before: dict[str, tuple[Any, np.ndarray]]) -> EvaluationResult:
+    """Every system scored on the test split, with the selection and its rule (``metrics.json``);
+    ``before``: the members' test probabilities before temperature scaling (:func:`_before_temperature`)."""
     from medens.ensemble.crossfit import DEFAULT_FOLDS
     from medens.evaluation.systems import (
         SELECTION_RULE,
@@ -175,7 +201,7 @@ def _evaluation_result(spec: ExperimentSpec, data: Any, systems: dict[str, tuple
     else:
         result = evaluate_classification(data.test.labels, systems, reference=chosen.reference,
                                          class_names=data.class_names, n_resamples=ev.bootstrap,
-                                         confidence=ev.confidence, seed=spec.seed)
+                                         confidence=ev.confidence, seed=spec.seed, before=before)
     test_values = {n: result["systems"][n]["metrics"].get(metric) for n in systems}
     finite = {n: v for n, v in test_values.items() if v is not None and v == v}
     return EvaluationResult.model_validate({

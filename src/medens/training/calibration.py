@@ -17,13 +17,13 @@ import numpy as np
 EPS = 1e-12
 
 
-def _log_probs(probs: np.ndarray) -> np.ndarray:
+def _log_probs(probs: np.ndarray, floor: float = EPS) -> np.ndarray:
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] < 2:
         raise ValueError(f"probabilities must be (N, K) with K >= 2, got shape {p.shape}")
     if not np.all(np.isfinite(p)) or np.any(p < 0):
         raise ValueError("probabilities must be finite and non-negative")
-    return np.log(np.clip(p, EPS, None))
+    return np.log(np.clip(p, floor, None))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -83,6 +83,12 @@ class TemperatureScaling:
 
     def transform(self, probs: np.ndarray) -> np.ndarray:
         return _softmax(_log_probs(probs) / self.temperature)
+
+    def inverse_transform(self, probs: np.ndarray) -> np.ndarray:
+        """The probabilities before scaling, ``softmax(T log q)`` of scaled ones ``q`` (the evaluation's
+        "before temperature" probabilities). The logarithm's floor is 1e-300, not 1e-12: with ``T < 1``
+        a scaled probability ``~ p^(1/T)`` falls far below 1e-12 and still carries ``p``."""
+        return _softmax(_log_probs(probs, floor=1e-300) * self.temperature)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": "temperature", "temperature": self.temperature, "validation": self.validation_}
