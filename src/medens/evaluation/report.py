@@ -386,10 +386,52 @@ def write_report(spec: ExperimentSpec, result: dict[str, Any], data, members: di
                                       f"{result['gate_metric']}") if x)
     notes = report_notes(result, spec) + duplicate_notes(getattr(data, "info", {}))  # the leak check's finding
     warnings = collapse_warnings(result)
+    conf_html, conf_md = conformal_section(result)  # the selected system's prediction sets, on test
     atomic_write_text(out / "report.html", render_html(title, subtitle, head, rows, figures, notes, selected, reference,
-                                                       warnings))
-    atomic_write_text(out / "report.md", render_markdown(title, subtitle, head, rows, notes, warnings))
+                                                       warnings).replace("</body></html>", conf_html + "</body></html>"))
+    atomic_write_text(out / "report.md", render_markdown(title, subtitle, head, rows, notes, warnings) + conf_md)
     return {"leaderboard": [dict(zip(head, r)) for r in rows], "report": str(out / "report.html")}
+
+
+def conformal_table(result: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    """The selected system's conformal prediction sets on the test split (reported only): a caption,
+    and per class and coverage level the test n, the empirical coverage and the mean set size."""
+    conf = result.get("conformal") or {}
+    test = conf.get("test") or {}
+    if not test:
+        return "", [], []
+    head = ["class", "calibration n"] + [f"{h} @ {lv}" for lv in test for h in ("coverage", "mean set size")]
+    names = list(conf.get("class_names") or next(iter(test.values()))["per_class"])
+    rows = []
+    for name in [*names, "all"]:
+        cells = [name, str((conf.get("n_per_class") or {}).get(name, "")) if name != "all" else
+                 str(sum((conf.get("n_per_class") or {}).values()))]
+        for lv in test:
+            entry = test[lv] if name == "all" else test[lv]["per_class"][name]
+            n = f" (n={entry['n']})" if name != "all" else ""
+            cells += [_fmt(entry["coverage"]) + n, _fmt(entry["mean_set_size"], 2)]
+        rows.append(cells)
+    caption = (f"Conformal prediction sets of {result['selected']} on the test split ({conf.get('method')}, "
+               f"{str(conf.get('score', '')).upper()} {conf.get('params') or ''}; calibrated on "
+               f"{conf.get('source')}). Per class, the share of test images whose set holds the true class, and "
+               f"the mean set size. A class's coverage is a finite-sample guarantee on average over calibration "
+               f"draws, not on this one test split: with few calibration images of a class it varies widely.")
+    return caption, head, rows
+
+
+def conformal_section(result: dict[str, Any]) -> tuple[str, str]:
+    """:func:`conformal_table` as an HTML section and a Markdown section (empty strings without one)."""
+    caption, head, rows = conformal_table(result)
+    if not rows:
+        return "", ""
+    esc = html.escape
+    page = (f"<h2>Conformal prediction sets (test split, reported only)</h2><p class=\"note\">{esc(caption)}</p>"
+            "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+            + "</tbody></table>")
+    md = ["## Conformal prediction sets (test split, reported only)", "", caption, "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *["| " + " | ".join(r) + " |" for r in rows], ""]
+    return page, "\n".join(md)
 
 
 def _gradcam(member_dir: Path, data, path: Path, per_class: int) -> str | None:
