@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 # a 3-member weighted ensemble of compact CNNs on 32 px synthetic cells, trained in seconds
@@ -34,7 +33,7 @@ def train_ensembles(spec_dict: dict, root: Path) -> dict[str, Path]:
     torch.set_num_threads(1)
     try:
         prepare_data(spec, root / "data")
-        paths = [train_member(spec, root / "data", json.dumps(m), root / "m" / str(i))
+        paths = [train_member(spec, root / "data", m.model_dump_json(), root / "m" / str(i))
                  for i, m in enumerate(training_grid(spec))]
         return {k: Path(v) for k, v in build_ensembles(spec, root / "data", paths, root / "ens").items()}
     finally:
