@@ -438,3 +438,58 @@ def test_a_models_training_overrides_apply_to_its_members_only(stages, tmp_path)
     assert len(first["history"]) == 4 and first["training"]["lr"] == 0.003
     with pytest.raises(ValueError, match=r"models.0.training.epoch: unknown key"):
         parse_spec({**TINY, "models": [{"name": "compact_cnn", "training": {"epoch": 2}}]})
+
+
+def test_best_carries_conformal_sets_calibrated_on_selection_predictions(stages):
+    """conformal.json: the selected system's thresholds from its selection predictions (cross-fitted
+    val_oof.npz for an ensemble, val.npz for a member), in the artifact under its checksum; the
+    test coverage it gave in metrics.json and the report."""
+    from pathlib import Path
+
+    from medens.data.types import SplitData
+    from medens.ensemble.artifact import load_ensemble
+    from medens.ensemble.conformal import ConformalSets, calibrate, coverage_table
+    from medens.training.predictions import Predictions
+
+    root, selected = stages["root"], stages["summary"].selected
+    system_dir = Path(stages["summary"].best_path)
+    source = system_dir / "predictions" / ("val_oof.npz" if selected in stages["ensembles"] else "val.npz")
+    cal = Predictions.load(source)
+    expected = calibrate(cal.probs, cal.labels, ["codocyte", "hypochromia", "normal"])
+    ens = load_ensemble(root / "best")  # checksums verified, conformal.json among them
+    assert "conformal.json" in ens.manifest["files"]
+    stored = ConformalSets.read(root / "best" / "conformal.json")
+    for level in (0.9, 0.95):
+        np.testing.assert_array_equal(stored.thresholds[level], expected.thresholds[level])
+    assert stored.source.startswith(f"{selected}: {source.parent.parent.name}/predictions/{source.name}")
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    test = SplitData.load(root / "data").test
+    probs = Predictions.load(system_dir / "predictions" / "test.npz").probs
+    assert metrics["conformal"]["test"] == coverage_table(stored, probs, test.labels)
+    md = (root / "eval" / "report.md").read_text()
+    assert "## Conformal prediction sets (test split, reported only)" in md
+    assert f"{metrics['conformal']['test']['0.9']['coverage']:.3f}" in md
+
+
+def test_conformal_calibration_never_reads_the_test_split(stages, tmp_path, monkeypatch):
+    """Every system calibrates with its test predictions replaced by garbage and every file it
+    opens recorded: only validation (or cross-fitted validation) predictions are read."""
+    import shutil
+
+    from medens.stages import ensemble_dirs
+    from medens.stages.conformal import calibrate_selected
+    from medens.training.predictions import Predictions
+
+    root = stages["root"]
+    members = {m: shutil.copytree(d, tmp_path / "m" / m) for m, d in member_dirs(stages["paths"]).items()}
+    ensembles = {e: shutil.copytree(d, tmp_path / "e" / e) for e, d in ensemble_dirs(root / "ens").items()}
+    for d in (*members.values(), *ensembles.values()):
+        (d / "predictions" / "test.npz").write_bytes(b"not the test split")
+    opened = []
+    real = Predictions.load.__func__
+    monkeypatch.setattr(Predictions, "load", classmethod(lambda cls, p: (opened.append(p), real(cls, p))[1]))
+    for name in (*members, *ensembles):
+        sets = calibrate_selected(name, members, ensembles)
+        assert sets.n_per_class == [int(n) for n in np.bincount(real(Predictions, opened[-1]).labels, minlength=3)]
+    assert {p.name for p in opened} == {"val.npz", "val_oof.npz"}
+    assert [p.name for p in opened if p.parent.parent.name in ensembles] == ["val_oof.npz"] * 2

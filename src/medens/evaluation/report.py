@@ -487,6 +487,7 @@ def write_report(spec: ExperimentSpec, result: dict[str, Any], data, members: di
     warnings = collapse_warnings(result)
     tables = ([("Calibration before and after temperature scaling", *calibration_rows(result, order),
                 CALIBRATION_NOTES)] if spec.task == "classification" else [])
+    tables += conformal_tables(result)  # the selected system's prediction sets, on test
     atomic_write_text(out / "report.html", render_html(title, subtitle, head, rows, figures, notes, selected, reference,
                                                        warnings, tables))
     atomic_write_text(out / "report.md", render_markdown(title, subtitle, head, rows, notes, warnings, tables))
@@ -497,6 +498,38 @@ def _reliability_file(png: str, path: Path) -> str:
     """Keep the per-system reliability diagrams as a file beside the report too; return ``png``."""
     atomic_write_bytes(path, base64.b64decode(png))
     return png
+
+
+def conformal_table(result: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    """The selected system's conformal prediction sets on the test split (reported only): a caption,
+    and per class and coverage level the test n, the empirical coverage and the mean set size."""
+    conf = result.get("conformal") or {}
+    test = conf.get("test") or {}
+    if not test:
+        return "", [], []
+    head = ["class", "calibration n"] + [f"{h} @ {lv}" for lv in test for h in ("coverage", "mean set size")]
+    names = list(conf.get("class_names") or next(iter(test.values()))["per_class"])
+    rows = []
+    for name in [*names, "all"]:
+        cells = [name, str((conf.get("n_per_class") or {}).get(name, "")) if name != "all" else
+                 str(sum((conf.get("n_per_class") or {}).values()))]
+        for lv in test:
+            entry = test[lv] if name == "all" else test[lv]["per_class"][name]
+            n = f" (n={entry['n']})" if name != "all" else ""
+            cells += [_fmt(entry["coverage"]) + n, _fmt(entry["mean_set_size"], 2)]
+        rows.append(cells)
+    caption = (f"Conformal prediction sets of {result['selected']} on the test split ({conf.get('method')}, "
+               f"{str(conf.get('score', '')).upper()} {conf.get('params') or ''}; calibrated on "
+               f"{conf.get('source')}). Per class, the share of test images whose set holds the true class, and "
+               f"the mean set size. A class's coverage is a finite-sample guarantee on average over calibration "
+               f"draws, not on this one test split: with few calibration images of a class it varies widely.")
+    return caption, head, rows
+
+
+def conformal_tables(result: dict[str, Any]) -> list[Table]:
+    """:func:`conformal_table` as a report table (none without conformal sets)."""
+    caption, head, rows = conformal_table(result)
+    return [("Conformal prediction sets (test split, reported only)", head, rows, [caption])] if rows else []
 
 
 def _gradcam(member_dir: Path, data, path: Path, per_class: int) -> str | None:

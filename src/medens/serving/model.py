@@ -14,6 +14,11 @@
   gets the same tensors.
 - a raw body (``Content-Type: application/dicom`` or ``image/*``, e.g. ``image/png``) on
   v1 ``:predict`` / ``:explain`` is one encoded image file, decoded as a base64 instance would be.
+- Classification answers of an artifact with ``conformal.json`` carry the conformal prediction set
+  at a stored coverage level: v1 ``"prediction_set"`` (class names) and ``"coverage"``; v2
+  ``prediction_set`` ``[N]`` (BYTES, each a JSON list of class names) and ``coverage`` ``[N]``
+  (FP64). The parameter ``coverage`` (v1 ``parameters``, v2 request parameters) picks another
+  stored level; any other value is a 400 naming the stored levels.
 
 Every request problem raises ``kserve.errors.InvalidInput`` (HTTP 400 with ``{"error": ...}``;
 gRPC ``INVALID_ARGUMENT``, or ``RESOURCE_EXHAUSTED`` for :class:`InputTooLarge`) naming it, and is counted in ``medens_request_errors_total`` by reason. Decoding runs in worker
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import os
 from typing import Any
@@ -61,6 +67,17 @@ def _single_threaded_torch() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+def _param(params: Any, key: str) -> Any:
+    """A request parameter's value (a plain dict, an object, or a gRPC ``InferParameter``); ``None`` if absent."""
+    if not params:
+        return None
+    value: Any = params.get(key) if isinstance(params, dict) else getattr(params, key, None)
+    if hasattr(value, "WhichOneof"):  # a gRPC InferParameter
+        choice = value.WhichOneof("parameter_choice")
+        value = getattr(value, choice) if choice else None
+    return value
 
 
 def _flag(params: Any, key: str) -> bool:
@@ -162,12 +179,14 @@ class EnsembleModel(Model):
                                                        f"{inp.shape} and datatype {inp.datatype} ({e})") from e
             images = decode_v2_input(inp.name, inp.datatype, list(inp.shape), data, s.max_instances, s.max_pixels,
                                      s.max_request_pixels, reading=self.predictor.reading)
-            params = {"return_members": _flag(payload.parameters, "return_members"), "v2": True}
+            params = {"return_members": _flag(payload.parameters, "return_members"),
+                      "coverage": _param(payload.parameters, "coverage"), "v2": True}
         else:
             images, given = decode_v1(payload, s.max_instances, s.max_pixels, s.max_request_pixels,
                                       reading=self.predictor.reading)
             params = {**given, "return_members": _flag(given, "return_members") or _flag(payload, "return_members"),
                       "v2": False}
+        params["coverage"] = self._coverage(params.get("coverage"))
         x = None
         if prepare:
             try:
@@ -176,6 +195,15 @@ class EnsembleModel(Model):
                 raise InputError("preprocess", str(e)) from e
             self.drift.observe(images)
         return images, x, params
+
+    def _coverage(self, requested: Any) -> float | None:
+        """The stored conformal coverage level a request asks for (``coverage``), or a named 400."""
+        if self.predictor is None:
+            raise InputError("not_ready", "the model is not loaded")
+        try:
+            return self.predictor.coverage_level(requested)
+        except ValueError as e:
+            raise InputError("bad_coverage", str(e)) from e
 
     async def _inputs(self, payload: dict | InferRequest, prepare: bool = True, headers: dict[str, str] | None = None):
         try:
@@ -204,11 +232,11 @@ class EnsembleModel(Model):
         record = m.record_predictions if p.task == "classification" else m.record_segmentation
         record(self.name, p.class_names, probs, ent, dis)
         if not v2:
-            return {"predictions": [p.result(r, members=want_members) for r in rows]}
-        return self._v2_response(payload, rows, probs, ent, dis, want_members)
+            return {"predictions": [p.result(r, members=want_members, coverage=params["coverage"]) for r in rows]}
+        return self._v2_response(payload, rows, probs, ent, dis, want_members, params["coverage"])
 
     def _v2_response(self, req: InferRequest, rows: list[dict], probs: np.ndarray, ent: np.ndarray,
-                     dis: np.ndarray, want_members: bool) -> InferResponse:
+                     dis: np.ndarray, want_members: bool, coverage: float | None = None) -> InferResponse:
         p = self.predictor
         n = len(rows)
         if p.task == "segmentation":
@@ -221,12 +249,14 @@ class EnsembleModel(Model):
             outputs = [("probabilities", probs.astype(np.float32)), ("label", labels), ("class_name", names),
                        ("confidence", probs.max(1).astype(np.float32))]
         outputs += [("entropy", ent.astype(np.float32)), ("disagreement", dis.astype(np.float32))]
+        outputs += _set_outputs(p, probs, coverage)
         if want_members:
             mp = np.stack([np.stack([r["members"][mid] for mid in p.member_ids]) for r in rows]).astype(np.float32)
             outputs.append(("member_probabilities", mp))
         infer_outputs = []
         for name, arr in outputs:
-            dtype = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.uint8): "UINT8"}.get(
+            dtype = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.uint8): "UINT8",
+                     np.dtype(np.float64): "FP64"}.get(
                 arr.dtype, "BYTES")
             out = InferOutput(name=name, shape=list(arr.shape), datatype=dtype)
             out.set_data_from_numpy(arr, binary_data=False)
@@ -248,3 +278,13 @@ class EnsembleModel(Model):
         except ValueError as e:
             raise self._invalid(InputError("explain", str(e))) from e
         return {"explanations": result}
+
+
+def _set_outputs(p: Any, probs: np.ndarray, coverage: float | None) -> list[tuple[str, np.ndarray]]:
+    """v2 ``prediction_set`` (BYTES ``[N]``, each a JSON list of class names) and ``coverage`` (FP64
+    ``[N]``) of a classifier with conformal sets; nothing otherwise."""
+    sets = p.prediction_sets(probs, coverage) if p.task == "classification" else None
+    if sets is None or coverage is None:
+        return []
+    return [("prediction_set", np.array([json.dumps(x).encode() for x in sets], dtype=object)),
+            ("coverage", np.full(len(sets), coverage, dtype=np.float64))]

@@ -21,6 +21,7 @@ import torch
 from medens.data.decode import Reading
 from medens.data.transforms import preprocess
 from medens.ensemble.artifact import ENSEMBLE_MANIFEST, LoadedEnsemble, load_ensemble
+from medens.ensemble.conformal import load_conformal
 
 ENTROPY_EPS = 1e-12
 
@@ -101,6 +102,8 @@ class EnsemblePredictor:
         self.class_names = ensemble.class_names
         self.task = ensemble.task
         self.member_ids = list(ensemble.members)
+        # conformal prediction sets (conformal.json, checksummed); None for older artifacts
+        self.conformal = load_conformal(ensemble.path, self.manifest) if self.task == "classification" else None
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, *, device: str = "cpu", endpoint: str | None = None,
@@ -168,8 +171,24 @@ class EnsemblePredictor:
         return [{"probs": probs[i], "members": {m: members[m][i] for m in self.member_ids},
                  "entropy": ent[i], "disagreement": dis[i]} for i in range(len(probs))]
 
-    def result(self, row: dict[str, np.ndarray], *, members: bool = False) -> dict[str, Any]:
-        """One image's JSON answer (v1)."""
+    def coverage_level(self, requested: Any = None) -> float | None:
+        """The stored coverage level a request asks for (``None``: the artifact's default; ``None``
+        back for an artifact without conformal sets). ``ValueError`` naming the stored levels."""
+        if self.conformal is None:
+            if requested is not None:
+                raise ValueError("coverage: this model has no conformal prediction sets (its artifact has no "
+                                 "conformal.json; package it again to add them)")
+            return None
+        return self.conformal.level(requested)
+
+    def prediction_sets(self, probs: np.ndarray, level: float | None = None) -> list[list[str]] | None:
+        """Each row's conformal prediction set (class names, most probable first) at ``level``."""
+        return None if self.conformal is None else self.conformal.prediction_sets(np.atleast_2d(probs), level)
+
+    def result(self, row: dict[str, np.ndarray], *, members: bool = False, coverage: float | None = None
+               ) -> dict[str, Any]:
+        """One image's JSON answer (v1); with conformal sets, ``prediction_set`` and ``coverage``
+        (``coverage``: a stored level, default the artifact's)."""
         probs = row["probs"]
         if self.task == "segmentation":
             mask = probs.argmax(0).astype(np.uint8)
@@ -182,6 +201,9 @@ class EnsemblePredictor:
             out = {"label": label, "class_name": self.class_names[label],
                    "probabilities": [float(p) for p in probs], "confidence": float(probs[label]),
                    "entropy": float(row["entropy"]), "disagreement": float(row["disagreement"])}
+            if self.conformal is not None:
+                level = self.conformal.level(coverage)
+                out.update(prediction_set=self.conformal.prediction_sets(probs[None], level)[0], coverage=level)
         if members:
             out["members"] = {m: np.asarray(p, dtype=np.float64).tolist() for m, p in row["members"].items()} \
                 if self.task != "segmentation" else {m: float(np.mean(p.argmax(0) == probs.argmax(0)))

@@ -87,6 +87,7 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     index = read_index(ensembles_dir)
     cv = cv_info(members)
     chosen = _choose(gate_metric(spec), members, ensembles, index, cv)
+    conformal = _calibrate_conformal(spec, chosen, members, ensembles)  # before the test split is read
     # the test split, once, to report
     data = SplitData.load(data_dir)
     if cv:  # cross-validated members: their fold models predict the test split only now
@@ -94,6 +95,8 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     systems = _test_probabilities(members, ensembles)
     before = _before_temperature(members) if spec.task == "classification" else {}  # calibration before/after
     result = _evaluation_result(spec, data, systems, chosen, members, ensembles, index, cv, before)
+    if conformal is not None:
+        _record_conformal(result, conformal, systems[chosen.selected][1], data.test.labels, out)
     # the report and kfp read the full dict (the statistical comparisons too)
     metrics = result.model_dump()
     result.write(out / "metrics.json")
@@ -106,6 +109,28 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     if best_dir is not None:
         package_best(out, members, ensembles, best_dir)
     return summary
+
+
+def _calibrate_conformal(spec: ExperimentSpec, chosen: _Choice, members: dict[str, Path],
+                         ensembles: dict[str, Path]) -> Any:
+    """The selected classifier's conformal thresholds from its selection predictions
+    (:mod:`medens.stages.conformal`); ``None`` for segmentation."""
+    from medens.stages.conformal import calibrate_selected
+
+    if spec.task != "classification":
+        return None
+    return calibrate_selected(chosen.selected, members, ensembles,
+                              basis=chosen.selection[chosen.selected].get("basis"))
+
+
+def _record_conformal(result: EvaluationResult, sets: Any, test_probs: np.ndarray, test_labels: np.ndarray | None,
+                      out: Path) -> None:
+    """``conformal.json`` beside ``metrics.json`` (``package_best`` puts it in the artifact), and the
+    test coverage it gave in ``metrics.json`` ``conformal`` (reported only)."""
+    from medens.stages.conformal import coverage_entry
+
+    sets.write(out)
+    result.conformal = coverage_entry(sets, test_probs, test_labels)
 
 
 @dataclass
@@ -262,6 +287,17 @@ def _selection_mode(spec: ExperimentSpec, cv: dict[str, Any] | None, members: di
 
 def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], ensembles: dict[str, Path],
                  out_dir: str | os.PathLike) -> Path:
+    """The selected system of ``evaluation_dir/metrics.json`` as an ensemble artifact in ``out_dir``
+    (:func:`_package`), with the evaluation's ``conformal.json`` (classification), checksummed."""
+    from medens.stages.conformal import attach_from
+
+    out = _package(evaluation_dir, members, ensembles, out_dir)
+    attach_from(evaluation_dir, out)
+    return out
+
+
+def _package(evaluation_dir: str | os.PathLike, members: dict[str, Path], ensembles: dict[str, Path],
+             out_dir: str | os.PathLike) -> Path:
     """The selected system of ``evaluation_dir/metrics.json`` as an ensemble artifact in ``out_dir``.
 
     An ensemble is copied without its saved predictions; a single member is wrapped with

@@ -154,6 +154,8 @@ class EvaluationResult(_SelectedAlias):
     collapsed: dict[str, Any] = {}
     quality: Literal["ok", "failed"] = "ok"
     quality_reason: str | None = None
+    #: the selected classifier's conformal calibration and its test coverage (medens.stages.conformal)
+    conformal: dict[str, Any] | None = None
 
 
 class EvaluationSummary(_SelectedAlias):
