@@ -163,7 +163,7 @@ class EnsembleModel(Model):
         if isinstance(payload, bytes | bytearray) and is_raw_upload(headers):
             images = decode_raw(bytes(payload), s.max_pixels, s.max_request_pixels,
                                 reading=self.predictor.reading if self.predictor is not None else None)
-            params = {"return_members": False, "v2": False}
+            params: dict[str, Any] = {"return_members": False, "v2": False}
         elif isinstance(payload, InferRequest):
             if len(payload.inputs) != 1:
                 raise InputError("bad_request", f"send exactly one input tensor of images, got {len(payload.inputs)}")
