@@ -147,6 +147,15 @@ def test_best_is_a_servable_ensemble(stages):
     assert ens.manifest["evaluation"]["system"] == best
     assert ens.manifest["evaluation"]["gate_metric"] == "mcc"
     assert not (root / "best" / "predictions").exists()
+    # the content-drift reference under the checksums just verified: validation embeddings, topped up
+    # with training images when validation has fewer than 50 (this tiny run's)
+    from medens.data.types import SplitData
+
+    ref, data = ens.manifest["drift_reference"], SplitData.load(root / "data")
+    n_val = len(data.val.labels)
+    assert "drift_reference.npz" in ens.manifest["files"]
+    assert (ref["source"], ref["n"]) == (("validation", min(300, n_val)) if n_val >= 50 else
+                                         ("validation+train", min(300, n_val + len(data.train.labels))))
 
 
 @pytest.mark.parametrize("system", ["compact_cnn__ce", "mean-top2"])

@@ -523,7 +523,8 @@ def test_alert_rules_pass_promtool_and_fire_only_on_planted_trouble(all_on_docs,
     assert check.returncode == 0, check.stdout + check.stderr
     alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
     assert set(alerts) == {"MedensHighErrorRatio", "MedensHighLatencyP99", "MedensInputDrift", "MedensTargetDown",
-                           "MedensMemberDisagreement", "MedensNoTraffic", "MedensRetrainingFailed"}
+                           "MedensMemberDisagreement", "MedensNoTraffic", "MedensRetrainingFailed",
+                           "MedensEmbeddingDrift"}
     for name, r in alerts.items():  # every rule scoped by namespace, each with a runbook
         assert 'namespace="ml"' in r["expr"], name
         assert r["annotations"]["description"] and r["annotations"]["runbook_url"] == (
@@ -534,7 +535,7 @@ def test_alert_rules_pass_promtool_and_fire_only_on_planted_trouble(all_on_docs,
     elsewhere = {"namespace": "other", "model": "rbc-demo"}
     target = {**ns, "inferenceservice": "rbc-demo", "job": "ml/rel-medens", "pod": "rbc-demo-predictor-0"}
 
-    def planted(errors: str, fast: str, psi: str, disagreeing: str) -> list[dict]:
+    def planted(errors: str, fast: str, psi: str, disagreeing: str, pvalue: str = "0.5x90") -> list[dict]:
         """10 requests of one image a minute; ``fast`` of them under 0.5 s; the rest as given."""
         return [
             _series("medens_input_images_total", m, "0+10x90"),
@@ -544,17 +545,24 @@ def test_alert_rules_pass_promtool_and_fire_only_on_planted_trouble(all_on_docs,
             _series("request_predict_seconds_bucket", {**isvc, "le": "2"}, fast),
             _series("request_predict_seconds_bucket", {**isvc, "le": "+Inf"}, "0+10x90"),
             _series("medens_input_drift_psi", m, psi),
+            _series("medens_drift_mmd_pvalue", m, pvalue),
             _series("medens_member_disagreement_sum", m, disagreeing),
             _series("medens_member_disagreement_count", m, "0+10x90"),
             _series("up", target, "1x90"),
             # another namespace's endpoint in trouble must not fire here
             _series("medens_request_errors_total", {**elsewhere, "reason": "x"}, "0+50x90"),
             _series("medens_input_drift_psi", elsewhere, "5x90"),
+            _series("medens_drift_mmd_pvalue", elsewhere, "0.001x90"),
         ]
 
     # 17% of requests fail (1.7 of 10 a minute); healthy: 1%
-    trouble = planted(errors="0+1.7x90", fast="0+1x90", psi="0.6x90", disagreeing="0+6x90")
+    trouble = planted(errors="0+1.7x90", fast="0+1x90", psi="0.6x90", disagreeing="0+6x90", pvalue="0.005x90")
     healthy = planted(errors="0+0.1x90", fast="0+10x90", psi="0.05x90", disagreeing="0+0.5x90")
+    # content drift at equal intensities: the p-value low for 20 minutes fires, one low test (5 min) does not
+    content = planted(errors="0+0.1x90", fast="0+10x90", psi="0.05x90", disagreeing="0+0.5x90",
+                      pvalue="0.4x60 0.004x29")
+    blip = planted(errors="0+0.1x90", fast="0+10x90", psi="0.05x90", disagreeing="0+0.5x90",
+                   pvalue="0.4x74 0.004x4 0.4x11")
     idle = [_series("medens_input_images_total", m, "500x90"), _series("up", target, "1x90")]
     down = [_series("up", target, "1x10 0x80")]
     gone = [_series("up", {**target, "namespace": "other"}, "1x90")]
@@ -575,6 +583,9 @@ def test_alert_rules_pass_promtool_and_fire_only_on_planted_trouble(all_on_docs,
         {"interval": "1m", "input_series": trouble,
          "alert_rule_test": [expect(n, True) for n in busy] + [expect(n, False) for n in quiet]},
         {"interval": "1m", "input_series": healthy, "alert_rule_test": [expect(n, False) for n in alerts]},
+        {"interval": "1m", "input_series": content, "alert_rule_test": [
+            expect(n, n == "MedensEmbeddingDrift") for n in alerts]},
+        {"interval": "1m", "input_series": blip, "alert_rule_test": [expect("MedensEmbeddingDrift", False)]},
         {"interval": "1m", "input_series": idle, "alert_rule_test": [expect("MedensNoTraffic", True),
                                                                      expect("MedensTargetDown", False)]},
         {"interval": "1m", "input_series": down, "alert_rule_test": [expect("MedensTargetDown", True, target)]},

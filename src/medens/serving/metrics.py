@@ -14,8 +14,11 @@ medens_member_disagreement{model}           histogram  fraction of members whose
                                                        from the ensemble's
 medens_input_drift_psi{model}               gauge      PSI of the recent images' intensity histogram
                                                        against the training reference
-medens_input_images_total{model}            counter    images received for prediction (the drift
-                                                       sample; explain requests are not counted)
+medens_input_images_total{model}            counter    images received for prediction or explanation
+                                                       (the drift sample; each image counted once)
+medens_drift_mmd{model}                     gauge      MMD^2 of the recent images' embeddings against
+                                                       the artifact's reference sample
+medens_drift_mmd_pvalue{model}              gauge      its permutation p-value (low: content drift)
 medens_request_errors_total{model,reason}   counter    rejected or failed requests, by reason
 medens_batch_size{model}                    histogram  images per model forward
 medens_forward_seconds{model}               histogram  time of one batched ensemble forward
@@ -26,6 +29,7 @@ medens_model_info{model,method,...}         gauge      1, labelled with the arti
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
 import threading
 from collections import deque
@@ -34,6 +38,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from medens.data.drift import intensity_counts, psi
+from medens.data.embedding_drift import EmbeddingReference
 
 PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 FRACTION_BUCKETS = (0.0, 0.1, 0.2, 0.25, 0.34, 0.5, 0.67, 0.75, 1.0)
@@ -50,6 +55,10 @@ DISAGREEMENT = Histogram("medens_member_disagreement", "Fraction of members whos
                          "ensemble's, per image", ["model"], buckets=FRACTION_BUCKETS)
 DRIFT_PSI = Gauge("medens_input_drift_psi", "Population stability index of the recent images' intensity "
                   "histogram against the training reference", ["model"])
+DRIFT_MMD = Gauge("medens_drift_mmd", "MMD^2 of the recent images' penultimate-layer embeddings against the "
+                  "artifact's reference sample", ["model"])
+DRIFT_MMD_PVALUE = Gauge("medens_drift_mmd_pvalue", "Permutation p-value of medens_drift_mmd (low: the recent "
+                         "images' content differs from the reference)", ["model"])
 INPUT_IMAGES = Counter("medens_input_images", "Images received for prediction", ["model"])
 ERRORS = Counter("medens_request_errors", "Rejected or failed requests, by reason", ["model", "reason"])
 # every inference request (a POST, whatever its route: v1, v2, explain), counted once when it
@@ -108,6 +117,75 @@ class DriftMonitor:
             self.value = value = psi(self.reference, np.maximum(self._sum, 0.0))
             DRIFT_PSI.labels(self.model).set(value)
         return value
+
+
+class EmbeddingDriftMonitor:
+    """Content drift: MMD^2 of the last ``window`` embeddings against the artifact's reference sample,
+    with a permutation p-value (:mod:`medens.data.embedding_drift`), off the request path.
+
+    ``observe`` only appends a request's embeddings (thread-safe, no computation); once ``every``
+    new images arrived it hands a copy of the window to one background thread, which runs the
+    test and sets ``medens_drift_mmd`` and ``medens_drift_mmd_pvalue``. While a test runs, new
+    triggers are absorbed (the next one after it finishes tests the newer window). Without a
+    reference (an artifact packaged before references) it does nothing and the gauges stay unset.
+    """
+
+    def __init__(self, model: str, reference: EmbeddingReference | None, *, window: int = 200, every: int = 50,
+                 permutations: int = 200, seed: int = 0) -> None:
+        for label, v in (("window", window), ("every", every), ("permutations", permutations)):
+            if v < 1:
+                raise ValueError(f"the embedding drift {label} must be at least 1, got {v}")
+        self.model = model
+        self.reference = reference
+        self.every = int(every)
+        self.permutations = int(permutations)
+        self._recent: deque[np.ndarray] = deque(maxlen=int(window))
+        self._since = 0
+        self._lock = threading.Lock()
+        self._test_lock = threading.Lock()
+        self._rng = np.random.default_rng(seed)
+        self._pending: concurrent.futures.Future | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.value: float | None = None
+        self.pvalue: float | None = None
+        self.tests = 0
+
+    def observe(self, embeddings: np.ndarray) -> concurrent.futures.Future | None:
+        """Append ``(N, D)`` embeddings; returns the background test it started, if any."""
+        if self.reference is None or len(embeddings) == 0:
+            return None
+        with self._lock:
+            self._recent.extend(np.asarray(embeddings, np.float32))
+            self._since += len(embeddings)
+            busy = self._pending is not None and not self._pending.done()
+            if self._since < self.every or busy:
+                return None
+            self._since = 0
+            window = np.stack(self._recent)
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="medens-drift")
+            self._pending = self._executor.submit(self._test, window)
+            return self._pending
+
+    def test_now(self) -> tuple[float, float] | None:
+        """Test the current window in the calling thread (None without a reference or embeddings)."""
+        with self._lock:
+            window = np.stack(self._recent) if self._recent else None
+        return None if self.reference is None or window is None else self._test(window)
+
+    def _test(self, window: np.ndarray) -> tuple[float, float]:
+        assert self.reference is not None
+        with self._test_lock:
+            value, pvalue = self.reference.test(window, self.permutations, self._rng)
+            self.value, self.pvalue = value, pvalue
+            self.tests += 1
+        DRIFT_MMD.labels(self.model).set(value)
+        DRIFT_MMD_PVALUE.labels(self.model).set(pvalue)
+        return value, pvalue
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
 
 def record_predictions(model: str, class_names: list[str], probs: np.ndarray, entropy: np.ndarray,

@@ -104,6 +104,7 @@ class EnsembleModel(Model):
         self.predictor: EnsemblePredictor | None = None
         self.batcher: MicroBatcher | None = None
         self.drift: m.DriftMonitor | None = None
+        self.embedding_drift: m.EmbeddingDriftMonitor | None = None
         self._decoders: concurrent.futures.ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -116,10 +117,14 @@ class EnsembleModel(Model):
                                             endpoint=self.endpoint).result()
             s = self.settings
             drift = m.DriftMonitor(self.name, predictor.reference, window=s.drift_window)
+            embedding_drift = m.EmbeddingDriftMonitor(
+                self.name, predictor.embedding_reference, window=s.drift_embedding_window,
+                every=s.drift_test_every, permutations=s.drift_permutations)
         except BaseException:
             torch_thread.shutdown(wait=False)
             raise
         self.drift = drift
+        self.embedding_drift = embedding_drift
         self.batcher = MicroBatcher(
             predictor.forward, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, executor=torch_thread,
             on_batch=lambda n, secs: (m.BATCH_SIZE.labels(self.name).observe(n),
@@ -157,7 +162,7 @@ class EnsembleModel(Model):
 
     def _read(self, payload: dict | InferRequest, prepare: bool,
               headers: dict[str, str] | None = None) -> tuple[list[np.ndarray], np.ndarray | None, dict]:
-        """Decode (and with ``prepare``, preprocess and observe for drift) in one worker-thread call:
+        """Decode, observe for intensity drift (every route) and with ``prepare`` preprocess, in one worker-thread call:
         images, model input, and the request parameters (``return_members``, ``class_index``; ``v2``)."""
         s = self.settings
         if isinstance(payload, bytes | bytearray) and is_raw_upload(headers):
@@ -193,7 +198,7 @@ class EnsembleModel(Model):
                 x = self.predictor.prepare(images)
             except ValueError as e:  # e.g. a channel count the model cannot take
                 raise InputError("preprocess", str(e)) from e
-            self.drift.observe(images)
+        self.drift.observe(images)  # every route's images, once (explain's too)
         return images, x, params
 
     def _coverage(self, requested: Any) -> float | None:
@@ -219,12 +224,18 @@ class EnsembleModel(Model):
             m.record_error(self.name, "forward")
             raise
 
+    def _observe_rows(self, rows: list[dict]) -> None:
+        """Hand the rows' embeddings to the content-drift window (the test itself runs in the background)."""
+        if self.embedding_drift is not None and rows and "embedding" in rows[0]:
+            self.embedding_drift.observe(np.stack([r["embedding"] for r in rows]))
+
     # ------------------------------------------------------------------ handlers
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> dict | InferResponse:
         _, x, params = await self._inputs(payload, headers=headers)
         want_members, v2 = params["return_members"], params["v2"]
         rows = await self._rows(x)
+        self._observe_rows(rows)
         p = self.predictor
         probs = np.stack([r["probs"] for r in rows])
         ent = np.array([np.mean(r["entropy"]) for r in rows])
@@ -274,7 +285,7 @@ class EnsembleModel(Model):
             raise self._invalid(InputError("bad_request", f"parameters.class_index must be an integer, got {cls!r}"))
         try:
             # Grad-CAM needs gradients: it runs in the forward thread, after any queued batch
-            result = await self.batcher.run_exclusive(self.predictor.explain, images, cls)
+            result = await self.batcher.run_exclusive(self.predictor.explain, images, cls, self._observe_rows)
         except ValueError as e:
             raise self._invalid(InputError("explain", str(e))) from e
         return {"explanations": result}

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from medens.data.decode import Reading
 from medens.data.transforms import preprocess
 from medens.ensemble.artifact import ENSEMBLE_MANIFEST, LoadedEnsemble, load_ensemble
 from medens.ensemble.conformal import load_conformal
+from medens.ensemble.drift_reference import load_drift_reference, predict_with_embeddings
 
 ENTROPY_EPS = 1e-12
 
@@ -104,6 +106,8 @@ class EnsemblePredictor:
         self.member_ids = list(ensemble.members)
         # conformal prediction sets (conformal.json, checksummed); None for older artifacts
         self.conformal = load_conformal(ensemble.path, self.manifest) if self.task == "classification" else None
+        # the content-drift reference (penultimate embeddings of validation images), if packaged
+        self.embedding_reference = load_drift_reference(ensemble) if self.task == "classification" else None
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, *, device: str = "cpu", endpoint: str | None = None,
@@ -163,13 +167,18 @@ class EnsemblePredictor:
     @torch.no_grad()
     def forward(self, x: np.ndarray) -> list[dict[str, np.ndarray]]:
         """Ensemble forward of preprocessed ``(N, C, S, S)``; one dict per row (probabilities, members,
-        entropy, disagreement)."""
-        probs, members = self.ensemble.predict(x, device=self.device)
+        entropy, disagreement, and the ensemble ``embedding`` when the artifact has a drift reference)."""
+        emb = None
+        if self.embedding_reference is not None:
+            probs, members, emb = predict_with_embeddings(self.ensemble, x, device=self.device)
+        else:
+            probs, members = self.ensemble.predict(x, device=self.device)
         mlist = [members[m] for m in self.member_ids]
         ent = predictive_entropy(probs)
         dis = disagreement(probs, mlist)
         return [{"probs": probs[i], "members": {m: members[m][i] for m in self.member_ids},
-                 "entropy": ent[i], "disagreement": dis[i]} for i in range(len(probs))]
+                 "entropy": ent[i], "disagreement": dis[i], **({"embedding": emb[i]} if emb is not None else {})}
+                for i in range(len(probs))]
 
     def coverage_level(self, requested: Any = None) -> float | None:
         """The stored coverage level a request asks for (``None``: the artifact's default; ``None``
@@ -210,32 +219,51 @@ class EnsemblePredictor:
                                                      for m, p in row["members"].items()}
         return out
 
-    def explain(self, images: list[np.ndarray], class_idx: int | None = None) -> list[dict[str, Any]]:
-        """Grad-CAM of the ensemble: the mean of the members' normalised maps for the ensemble's label
-        (or ``class_idx``), as a base64 PNG overlay on the image as sent."""
-        from medens.evaluation.explain import grad_cam, normalize_maps, overlay
+    def explain(self, images: list[np.ndarray], class_idx: int | None = None,
+                on_rows: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+        """Grad-CAM of the ensemble for its label (or ``class_idx``): the members' maps summed with
+        the weights the ensemble gives them for that class (:mod:`medens.ensemble.contribution`),
+        then normalised to [0, 1], as a base64 PNG overlay on the image as sent; with the
+        uncertainty of the prediction (confidence, entropy, disagreement) and the member weights.
+        ``on_rows`` receives the forward's rows (the server observes their embeddings for drift)."""
+        from medens.ensemble.contribution import member_weights
+        from medens.evaluation.explain import overlay
 
         if self.task != "classification":
             raise ValueError("explain (Grad-CAM) is available for classification ensembles only")
         x = self.prepare(images)
         rows = self.forward(x)
+        if on_rows is not None:
+            on_rows(rows)
         labels = np.array([int(r["probs"].argmax()) for r in rows]) if class_idx is None else \
             np.full(len(rows), int(class_idx))
         k = len(self.class_names)
         if labels.min() < 0 or labels.max() >= k:
             raise ValueError(f"class index must be in [0, {k}), got {int(labels.max())}")
-        maps = []
-        with torch.enable_grad():
-            for member in self.ensemble.members.values():
-                maps.append(grad_cam(member.model, x, class_idx=labels))
-        cams = normalize_maps(np.mean(maps, axis=0))
+        members = {m: np.stack([r["members"][m] for r in rows]) for m in self.member_ids}
+        weights, rule = member_weights(self.ensemble, members, labels)
+        cams = self._weighted_cam(x, labels, weights)
         out = []
-        for img, cam, lab, row in zip(images, cams, labels, rows):
+        for img, cam, lab, row, w in zip(images, cams, labels, rows, weights):
             shown = img if img.dtype == np.uint16 else np.clip(np.rint(img), 0, 255).astype(np.uint8)
+            probs = row["probs"]
             out.append({"label": int(lab), "class_name": self.class_names[int(lab)],
-                        "probabilities": [float(p) for p in row["probs"]],
+                        "probabilities": [float(p) for p in probs], "confidence": float(probs.max()),
+                        "entropy": float(row["entropy"]), "disagreement": float(row["disagreement"]),
+                        "member_weights": {m: float(v) for m, v in zip(self.member_ids, w)}, "weighting": rule,
                         "overlay_png": png_base64(overlay(shown, cam)), "cam_shape": list(cam.shape)})
         return out
+
+    def _weighted_cam(self, x: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``normalize(sum_m w[i, m] * cam_m[i])``; members weighing 0 for every image are not run."""
+        from medens.evaluation.explain import grad_cam, normalize_maps
+
+        total = np.zeros((len(x), *x.shape[2:]), dtype=np.float64)
+        with torch.enable_grad():
+            for j, member in enumerate(self.ensemble.members.values()):
+                if np.any(weights[:, j] > 0):
+                    total += weights[:, j, None, None] * grad_cam(member.model, x, class_idx=labels)
+        return normalize_maps(total)
 
 
 def png_base64(array: np.ndarray) -> str:

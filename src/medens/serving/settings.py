@@ -8,6 +8,11 @@
 - ``MEDENS_SERVE_MAX_PIXELS`` (16777216): pixels (width x height) of one image.
 - ``MEDENS_SERVE_MAX_REQUEST_PIXELS`` (33554432): pixels of all images of one request.
 - ``MEDENS_SERVE_DRIFT_WINDOW`` (500): recent images the drift PSI is computed on.
+- ``MEDENS_SERVE_DRIFT_EMBEDDING_WINDOW`` (200): recent embeddings the content-drift MMD compares
+  with the artifact's reference sample.
+- ``MEDENS_SERVE_DRIFT_TEST_EVERY`` (50): new images between two MMD tests (run in a background
+  thread, never on a request's path).
+- ``MEDENS_SERVE_DRIFT_PERMUTATIONS`` (200): relabellings of the MMD permutation p-value.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ class ServingSettings:
     max_pixels: int = 4096 * 4096
     max_request_pixels: int = 2 * 4096 * 4096
     drift_window: int = 500
+    drift_embedding_window: int = 200
+    drift_test_every: int = 50
+    drift_permutations: int = 200
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -107,7 +107,7 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     summary = _summary(result, chosen, rendered["leaderboard"], members, ensembles)
     summary.write(out / "summary.json")
     if best_dir is not None:
-        package_best(out, members, ensembles, best_dir)
+        package_best(out, members, ensembles, best_dir, data=data)
     return summary
 
 
@@ -286,13 +286,20 @@ def _selection_mode(spec: ExperimentSpec, cv: dict[str, Any] | None, members: di
 
 
 def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], ensembles: dict[str, Path],
-                 out_dir: str | os.PathLike) -> Path:
+                 out_dir: str | os.PathLike, data: Any = None) -> Path:
     """The selected system of ``evaluation_dir/metrics.json`` as an ensemble artifact in ``out_dir``
-    (:func:`_package`), with the evaluation's ``conformal.json`` (classification), checksummed."""
+    (:func:`_package`), with the evaluation's ``conformal.json`` (classification), checksummed; with
+    ``data`` (the run's ``SplitData``), a classifier's content-drift reference too: the embeddings of a
+    stratified sample of validation images, ``drift_reference.npz``
+    (:mod:`medens.ensemble.drift_reference`; the test split is not read)."""
     from medens.stages.conformal import attach_from
 
     out = _package(evaluation_dir, members, ensembles, out_dir)
     attach_from(evaluation_dir, out)
+    if data is not None:
+        from medens.ensemble.drift_reference import write_drift_reference
+
+        write_drift_reference(out, data.val.images, data.val.labels, data.train.images, data.train.labels)
     return out
 
 
