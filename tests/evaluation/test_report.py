@@ -112,7 +112,7 @@ def test_report_opens_in_a_real_browser(run, tmp_path):
     assert any(a.startswith("Grad-CAM per class") for a in alts)
     for alt, complete, w, h in images:
         assert complete and w > 0 and h > 0, f"image {alt!r} did not decode"
-    assert rows == [9, 9]  # the leaderboard and the calibration table
+    assert rows == [9, 9, 4]  # the leaderboard, the calibration table, the conformal sets (3 classes + all)
     assert "Reliability per system, before (grey) and after (blue) temperature scaling" in alts
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
