@@ -102,8 +102,17 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     summary = _summary(result, chosen, rendered["leaderboard"], members, ensembles)
     summary.write(out / "summary.json")
     if best_dir is not None:
-        package_best(out, members, ensembles, best_dir)
+        package_best(out, members, ensembles, best_dir, check_images=_onnx_check_images(data))
     return summary
+
+
+def _onnx_check_images(data: Any, n: int = 32) -> np.ndarray | None:
+    """Up to ``n`` validation images (spread over the split) that the packaged ONNX export is checked on."""
+    split = data.val if len(data.val) else data.train
+    if not len(split):
+        return None
+    idx = np.unique(np.linspace(0, len(split) - 1, min(n, len(split))).round().astype(int))
+    return np.asarray(split.images[idx])
 
 
 @dataclass
@@ -235,14 +244,26 @@ def _selection_mode(spec: ExperimentSpec, cv: dict[str, Any] | None, members: di
 
 
 def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], ensembles: dict[str, Path],
-                 out_dir: str | os.PathLike) -> Path:
+                 out_dir: str | os.PathLike, check_images: np.ndarray | None = None) -> Path:
     """The selected system of ``evaluation_dir/metrics.json`` as an ensemble artifact in ``out_dir``.
 
     An ensemble is copied without its saved predictions; a single member is wrapped with
     ``write_ensemble(combiner=None)``. ``ensemble.json`` gains ``evaluation`` (the experiment,
     the selection rule and score, the test metrics reported for it) and ``lineage`` (the data
-    fingerprint).
+    fingerprint). Every member is then exported to ONNX and checked against PyTorch on
+    ``check_images`` (validation pixels; none: no ONNX, recorded) by
+    :func:`medens.ensemble.onnx_members.export_onnx`.
     """
+    from medens.ensemble.onnx_members import export_onnx
+
+    out = _package(evaluation_dir, members, ensembles, out_dir)
+    export_onnx(out, check_images)
+    return out
+
+
+def _package(evaluation_dir: str | os.PathLike, members: dict[str, Path], ensembles: dict[str, Path],
+             out_dir: str | os.PathLike) -> Path:
+    """:func:`package_best` before the ONNX export."""
     from medens.ensemble.artifact import ENSEMBLE_MANIFEST, write_ensemble
 
     metrics = EvaluationResult.read(Path(evaluation_dir) / "metrics.json")
