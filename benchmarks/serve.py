@@ -1,34 +1,40 @@
-"""Throughput and latency of ``medens serve`` against the in-process ensemble forward.
+"""Throughput and latency of ``medens serve`` against the in-process ensemble forward, per backend.
 
 The ensemble (default: resnet18, densenet121 and efficientnet_b0 at 64 px, RGB, three classes,
 a mean combiner) is built with random weights and written as a real ensemble artifact
-(``model.json`` per member, ``ensemble.json``): throughput does not depend on the weights, and a
-heterogeneous ensemble of registered CNNs at a realistic input size is what the server is for.
-The images are synthetic red-blood-cell crops at the input size.
+(``model.json`` per member, ``ensemble.json``), then exported to ONNX and checked against PyTorch
+as packaging does (:func:`medens.ensemble.onnx_members.export_onnx`): throughput does not depend
+on the weights, and a heterogeneous ensemble of registered CNNs at a realistic input size is what
+the server is for. The images are synthetic red-blood-cell crops at the input size.
 
-Measured in one run, on the same images and with the same torch thread count:
+Measured in one run, on the same images and with the same thread count, for each backend
+(``--backends torch,onnx``: PyTorch eager and ONNX Runtime):
 
-- ``raw``: ``EnsemblePredictor.forward`` on preprocessed batches (size ``max_batch``, and 1, each
-  concurrency and its half for context), in this process with no server running, best of three
-  trials, before and again after the endpoint runs; the faster figure of each size is the
-  reference (the conservative choice: the machine's speed drifts by 20-30% over minutes);
-- ``endpoint``: a real ``medens serve`` on 127.0.0.1, closed-loop clients (threads on keep-alive
-  connections, one base64-PNG image per v1 request) at each concurrency, with micro-batching
-  (``--max-batch 32`` and each ``--max-wait-ms``: 50, the server's default, and 0, greedy) and without
-  (``--max-batch 1``): images/s, p50/p99 latency, from ``/metrics`` the mean batch and the fraction
-  of the window the forward thread was busy (and its images/s while busy), the CPU time per
-  image of the server process and of the clients, and the latency of a readiness GET every
-  0.25 s while the clients run (health checks must not queue behind the forward).
+- ``raw``: ``EnsemblePredictor.forward`` on preprocessed batches (1, 8 and ``max_batch``), in this
+  process with no server running, best of three trials, the backends interleaved, before and again
+  after the endpoint runs; the faster figure of each size is the reference (the conservative
+  choice: the machine's speed drifts by 20-30% over minutes);
+- ``profile``: each member alone at batch ``max_batch`` on each backend (where the time goes);
+- ``endpoint``: a real ``medens serve --backend B`` on 127.0.0.1, closed-loop clients (threads on
+  keep-alive connections, one base64-PNG image per v1 request) at each concurrency, with
+  micro-batching (``--max-batch 32`` and each ``--max-wait-ms``) and without (``--max-batch 1``,
+  at concurrency 8): images/s, p50/p99 latency, from ``/metrics`` the mean batch and the fraction
+  of the window the forward thread was busy (and its images/s while busy), the CPU time per image
+  of the server process and of the clients, and the latency of a readiness GET every 0.25 s while
+  the clients run (health checks must not queue behind the forward). The protocol is a hook
+  (``PROTOCOLS``, ``--protocols``): REST v1 and gRPC v2.
 
-Goals, judged at the first ``--max-wait-ms`` (the server's default): ``endpoint_c8_batched /
-raw_batched >= 0.85`` and ``batched / unbatched >= 2.0`` at concurrency 8. Beside them, like-for-like
-ratios compare each concurrency with the raw forward at the batch that concurrency can fill (at
-concurrency 8 the endpoint never holds more than 8 images, so ``c8 / raw batch 8`` is reported and
-judged beside the literal ``c8 / raw batch max_batch``). On a
-small machine the clients, the HTTP stack and the forward share the same cores.
+Goals (issue 24), judged at the first ``--max-wait-ms`` (the server's default): per backend the
+endpoint at concurrency 32 delivers ``>= 0.85`` of the raw forward at batch ``max_batch``; the
+default backend's raw forward at batch ``max_batch`` is ``>= 1.3x`` PyTorch's; batching at least
+doubles throughput at concurrency 8. Like-for-like ratios beside them compare each concurrency with
+the raw forward at the batch that concurrency can fill. The load average of the machine is
+recorded at each phase: on a shared machine the clients, the HTTP stack, the forward and other
+work share the same cores, and PyTorch's spin-waiting OpenMP threads suffer most from that.
 
 Run: ``.venv/bin/python benchmarks/serve.py [--members resnet18,densenet121,efficientnet_b0]
-[--size 64] [--duration 12] [--warmup 3] [--concurrency 1,8,32] [--max-batch 32] [--max-wait-ms 50,0]``
+[--size 64] [--duration 8] [--warmup 3] [--concurrency 8,32] [--max-batch 32] [--max-wait-ms 50]
+[--backends torch,onnx] [--protocols rest]``
 """
 
 from __future__ import annotations
@@ -43,29 +49,27 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from http import client as httpclient
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "serving"))  # ServerProcess: a real `medens serve` subprocess
 from _common import write_result  # noqa: E402
+from _ensembles import random_ensemble  # noqa: E402
 from _server import ServerProcess, http  # noqa: E402
 
-from medens.data.drift import intensity_reference  # noqa: E402
 from medens.data.synthetic import CELL_CLASSES, make_cells  # noqa: E402
-from medens.data.transforms import InputSpec  # noqa: E402
-from medens.ensemble.artifact import write_ensemble  # noqa: E402
-from medens.ensemble.prediction import ENSEMBLES  # noqa: E402
-from medens.models import build, count_parameters  # noqa: E402
-from medens.models.artifact import WEIGHTS, save_state_dict, write_manifest  # noqa: E402
+from medens.ensemble.artifact import load_ensemble  # noqa: E402
+from medens.ensemble.onnx_members import AUTO_ON_CPU, OnnxMember, export_onnx  # noqa: E402
 from medens.serving.predictor import EnsemblePredictor  # noqa: E402
 
 NAME = "bench"
 GOAL_ENDPOINT_RATIO = 0.85
+GOAL_BACKEND_RATIO = 1.3
 GOAL_BATCHING_RATIO = 2.0
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
@@ -84,57 +88,69 @@ def make_images(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
 
 
 def build_artifact(out: Path, members: list[str], images: np.ndarray, method: str) -> dict:
-    """Randomly initialised members as model artifacts, then the ensemble artifact in ``out/ensemble``."""
-    channels, size = images.shape[-1], images.shape[1]
-    class_names = list(CELL_CLASSES)
-    spec = InputSpec.fit(images, "unit")
-    reference = intensity_reference(images)
-    dirs, params = {}, {}
-    for i, name in enumerate(members):
-        torch.manual_seed(i)
-        model = build(name, in_channels=channels, num_classes=len(class_names)).eval()
-        model.check_input_size(size)
-        mid = f"{name}-{i}"
-        d = out / "members" / mid
-        d.mkdir(parents=True)
-        save_state_dict(d / WEIGHTS, model.state_dict())
-        kwargs = {k: v for k, v in model.build_kwargs.items() if k not in ("name", "task")}
-        write_manifest(d, {"kind": "model", "task": "classification", "architecture": {"name": name, "kwargs": kwargs},
-                           "class_names": class_names, "input": spec.to_dict(), "reference": reference,
-                           "member_id": mid, "note": "random weights (benchmarks/serve.py)"})
-        dirs[mid], params[mid] = d, count_parameters(model)
-    # the combiner is fitted on uniform random probabilities: its cost, not its accuracy, matters here
-    rng = np.random.default_rng(0)
-    val = {mid: rng.dirichlet(np.ones(len(class_names)), size=60) for mid in dirs}
-    combiner = ENSEMBLES.get(method)(member_ids=list(dirs)).fit(val, np.arange(60) % len(class_names))
-    combiner.class_names = class_names
-    path = write_ensemble(out / "ensemble", name=f"bench-{method}", member_dirs=dirs, combiner=combiner.to_dict())
-    return {"path": path, "member_parameters": params}
+    """Randomly initialised members and their ensemble artifact, exported to ONNX and checked on
+    ``images`` as packaging does; refuses to go on without ONNX files."""
+    path, params = random_ensemble(out, members, images, method)
+    t0 = time.perf_counter()
+    onnx = export_onnx(path, images[:32])
+    if "refused" in onnx:
+        raise SystemExit(f"the ONNX export was refused: {onnx['refused']}")
+    return {"path": path, "member_parameters": params, "onnx_export": {**onnx,
+            "export_and_check_seconds": round(time.perf_counter() - t0, 1)}}
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 # ---------------------------------------------------------------- raw forward
 
-def raw_throughput(predictor: EnsemblePredictor, x: np.ndarray, batch: int, seconds: float, warmup: float,
-                   trials: int = 3) -> float:
-    """Images/s of ``predictor.forward`` on batches of ``batch`` preprocessed images: the best of
-    ``trials`` runs of ``seconds / trials`` each (a shared machine only ever makes a run slower)."""
+def raw_throughput(forward: Callable[[np.ndarray], object], x: np.ndarray, batch: int, seconds: float,
+                   warmup: float, trials: int = 3) -> float:
+    """Images/s of ``forward`` on batches of ``batch`` preprocessed images: the best of ``trials``
+    runs of ``seconds / trials`` each (a shared machine only ever makes a run slower)."""
     reps = -(-batch // len(x))
     xb = np.ascontiguousarray(np.concatenate([x] * reps)[:batch])
     t_end = time.perf_counter() + warmup
-    predictor.forward(xb)
+    forward(xb)
     while time.perf_counter() < t_end:
-        predictor.forward(xb)
+        forward(xb)
     best = 0.0
     for _ in range(trials):
         n, t0 = 0, time.perf_counter()
         while True:
-            predictor.forward(xb)
+            forward(xb)
             n += batch
             elapsed = time.perf_counter() - t0
             if elapsed >= seconds / trials:
                 break
         best = max(best, n / elapsed)
     return best
+
+
+def raw_all(predictors: dict[str, EnsemblePredictor], x: np.ndarray, sizes: list[int], seconds: float) -> dict:
+    """Backend -> batch -> images/s, the backends interleaved at each size."""
+    out: dict[str, dict[str, float]] = {b: {} for b in predictors}
+    for size in sizes:
+        for backend, predictor in predictors.items():
+            out[backend][str(size)] = round(raw_throughput(predictor.forward, x, size, seconds, 1.0), 2)
+    return out
+
+
+def member_profile(artifact: Path, x: np.ndarray, batch: int, seconds: float, threads: int) -> dict:
+    """Each member alone at ``batch`` on each backend: images/s and the ONNX/PyTorch ratio."""
+    import torch
+
+    ensemble = load_ensemble(artifact)
+    onnx = ensemble.manifest["onnx"]["members"]
+    out = {}
+    for mid, member in ensemble.members.items():
+        session = OnnxMember(artifact / onnx[mid]["file"], threads=threads)
+        with torch.no_grad():
+            t = round(raw_throughput(lambda xb, m=member: m.probs(torch.as_tensor(xb)), x, batch, seconds, 1.0), 2)
+        o = round(raw_throughput(session.probs, x, batch, seconds, 1.0), 2)
+        out[mid] = {"torch": t, "onnx": o, "onnx_over_torch": round(o / t, 3) if t else None}
+    return out
 
 
 # ---------------------------------------------------------------- the endpoint
@@ -145,6 +161,88 @@ def png_b64(img: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+class RestV1:
+    """One closed-loop client: a keep-alive HTTP connection, one base64-PNG image per v1 ``:predict``."""
+
+    @staticmethod
+    def payloads(images: np.ndarray) -> list[bytes]:
+        return [json.dumps({"instances": [png_b64(img)]}).encode() for img in images]
+
+    def __init__(self, server: ServerProcess, payloads: list[bytes]) -> None:
+        self.server, self.payloads = server, payloads
+        self.path = f"/v1/models/{NAME}:predict"
+        self.conn = httpclient.HTTPConnection("127.0.0.1", server.port, timeout=120)
+
+    def send(self, i: int) -> str | None:
+        """One request; the error text, or None when it was answered with 200."""
+        try:
+            self.conn.request("POST", self.path, body=self.payloads[i % len(self.payloads)],
+                              headers={"content-type": "application/json"})
+            resp = self.conn.getresponse()
+            raw = resp.read()
+        except (OSError, httpclient.HTTPException) as e:
+            self.conn.close()
+            self.conn = httpclient.HTTPConnection("127.0.0.1", self.server.port, timeout=120)
+            return f"{type(e).__name__}: {e}"
+        return None if resp.status == 200 else f"HTTP {resp.status}: {raw[:200]!r}"
+
+    def probabilities(self, i: int) -> np.ndarray:
+        """The served probabilities of payload ``i`` (the parity check)."""
+        status, body, _ = http("POST", f"{self.server.url}{self.path}", self.payloads[i],
+                               {"content-type": "application/json"})
+        assert status == 200, body
+        return np.asarray(body["predictions"][0]["probabilities"])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class GrpcV2:
+    """gRPC v2 ``ModelInfer`` (the PNG as one raw ``BYTES`` element), one channel per client; the
+    server's gRPC port is ``ServerProcess.grpc_target`` (a free port of its own)."""
+
+    @staticmethod
+    def payloads(images: np.ndarray) -> list:
+        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+        pngs = [base64.b64decode(png_b64(img)) for img in images]
+        return [pb.ModelInferRequest(model_name=NAME, inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="image", datatype="BYTES", shape=[1])], raw_input_contents=[len(b).to_bytes(4, "little") + b])
+            for b in pngs]
+
+    def __init__(self, server: ServerProcess, payloads: list) -> None:
+        import grpc
+        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+        self.grpc, self.payloads = grpc, payloads
+        self.channel = grpc.insecure_channel(server.grpc_target)
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def send(self, i: int) -> str | None:
+        try:
+            self.stub.ModelInfer(self.payloads[i % len(self.payloads)], timeout=120)
+        except self.grpc.RpcError as e:
+            return f"{e.code()}: {e.details()}"
+        return None
+
+    def probabilities(self, i: int) -> np.ndarray:
+        out = self.stub.ModelInfer(self.payloads[i], timeout=120)
+        k = next(j for j, o in enumerate(out.outputs) if o.name == "probabilities")
+        shape = list(out.outputs[k].shape)
+        if out.raw_output_contents:
+            return np.frombuffer(out.raw_output_contents[k], dtype=np.float32).reshape(shape)[0]
+        return np.asarray(out.outputs[k].contents.fp32_contents, dtype=np.float32).reshape(shape)[0]
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+#: protocol -> client class (``payloads(images)``, ``(server, payloads)``, ``send(i)``, ``probabilities(i)``,
+#: ``close()``) and its extra server flags (the test server opens gRPC on a free port of its own)
+PROTOCOLS: dict[str, type] = {"rest": RestV1, "grpc": GrpcV2}
+PROTOCOL_ARGS: dict[str, list[str]] = {"rest": [], "grpc": []}
 
 
 def _metric(text: str, name: str) -> float:
@@ -165,44 +263,27 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def endpoint_run(server: ServerProcess, bodies: list[bytes], concurrency: int, seconds: float,
-                 warmup: float) -> dict:
-    """Closed loop: ``concurrency`` clients, one single-image request each at a time, for ``seconds``
-    after ``warmup``; throughput and latencies are of the requests answered inside the window."""
-    path = f"/v1/models/{NAME}:predict"
-    stop = threading.Event()
-    results: list[list[tuple[float, float]]] = [[] for _ in range(concurrency)]
-    errors: list[str] = []
+def _load_threads(server: ServerProcess, protocol: str, payloads: list, concurrency: int, stop: threading.Event,
+                  results: list[list[tuple[float, float]]], health: list[tuple[float, float]],
+                  errors: list[str]) -> list[threading.Thread]:
+    """``concurrency`` closed-loop clients of ``protocol`` and a readiness GET every 0.25 s."""
 
     def client(idx: int) -> None:
-        conn = httpclient.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        c = PROTOCOLS[protocol](server, payloads)
         i = idx
         try:
             while not stop.is_set():
-                body = bodies[i % len(bodies)]
-                i += 1
                 start = time.perf_counter()
-                try:
-                    conn.request("POST", path, body=body, headers={"content-type": "application/json"})
-                    resp = conn.getresponse()
-                    raw = resp.read()
-                except (OSError, httpclient.HTTPException) as e:
-                    errors.append(f"{type(e).__name__}: {e}")
-                    conn.close()
-                    conn = httpclient.HTTPConnection("127.0.0.1", server.port, timeout=120)
-                    continue
-                end = time.perf_counter()
-                if resp.status != 200:
-                    errors.append(f"HTTP {resp.status}: {raw[:200]!r}")
-                    continue
-                results[idx].append((start, end))
+                problem = c.send(i)
+                i += 1
+                if problem:
+                    errors.append(problem)
+                else:
+                    results[idx].append((start, time.perf_counter()))
         finally:
-            conn.close()
-
-    health: list[tuple[float, float]] = []
+            c.close()
 
     def check_health() -> None:
-        """The readiness GET every 0.25 s under load (formerly a 1 s limit in tests/serving/test_load.py)."""
         while not stop.is_set():
             start = time.perf_counter()
             try:
@@ -217,7 +298,18 @@ def endpoint_run(server: ServerProcess, bodies: list[bytes], concurrency: int, s
             stop.wait(0.25)
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
-    threads.append(threading.Thread(target=check_health, daemon=True))
+    return [*threads, threading.Thread(target=check_health, daemon=True)]
+
+
+def endpoint_run(server: ServerProcess, payloads: list, concurrency: int, seconds: float, warmup: float,
+                 protocol: str = "rest") -> dict:
+    """Closed loop: ``concurrency`` clients, one single-image request each at a time, for ``seconds``
+    after ``warmup``; throughput and latencies are of the requests answered inside the window."""
+    stop = threading.Event()
+    results: list[list[tuple[float, float]]] = [[] for _ in range(concurrency)]
+    errors: list[str] = []
+    health: list[tuple[float, float]] = []
+    threads = _load_threads(server, protocol, payloads, concurrency, stop, results, health, errors)
     for t in threads:
         t.start()
     time.sleep(warmup)
@@ -236,18 +328,17 @@ def endpoint_run(server: ServerProcess, bodies: list[bytes], concurrency: int, s
     health_ms = np.array([e - s for s, e in health if t0 <= e <= t1]) * 1000.0
     d = {k: after[k] - before[k] for k in after}
     forwards = d["batch_size_count"]
+
+    def pct(a: np.ndarray, q: float) -> float | None:
+        return round(float(np.percentile(a, q)), 1) if len(a) else None
+
     return {
-        "concurrency": concurrency,
-        "requests": len(window),
+        "concurrency": concurrency, "protocol": protocol, "requests": len(window),
         "images_per_s": round(len(window) / (t1 - t0), 2),
-        "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
-        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
-        "mean_ms": round(float(lat.mean()), 1) if len(lat) else None,
-        "health_checks": len(health_ms),
-        "health_p50_ms": round(float(np.percentile(health_ms, 50)), 1) if len(health_ms) else None,
+        "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "mean_ms": round(float(lat.mean()), 1) if len(lat) else None,
+        "health_checks": len(health_ms), "health_p50_ms": pct(health_ms, 50),
         "health_max_ms": round(float(health_ms.max()), 1) if len(health_ms) else None,
-        "errors": len(errors),
-        "error_examples": errors[:3],
+        "errors": len(errors), "error_examples": errors[:3],
         "mean_batch": round(d["batch_size_sum"] / forwards, 2) if forwards else None,
         # the fraction of the window the forward thread computed, and its images/s while it did
         "forward_busy_fraction": round(d["forward_seconds_sum"] / (t1 - t0), 3),
@@ -256,75 +347,35 @@ def endpoint_run(server: ServerProcess, bodies: list[bytes], concurrency: int, s
         # CPU seconds per answered image: the whole server process, and this (client) process
         "server_cpu_ms_per_image": round(1000 * (cpu1 - cpu0) / len(window), 2) if window else None,
         "client_cpu_ms_per_image": round(1000 * (own1 - own0) / len(window), 2) if window else None,
+        "load_average": load_average(),
     }
 
 
-def grpc_run(server: ServerProcess, bodies: list[bytes], concurrency: int, seconds: float, warmup: float) -> dict:
-    """Closed loop over gRPC v2 (``ModelInfer``, the PNG as one raw ``BYTES`` element): ``concurrency``
-    clients on one channel each, images/s and latencies of the requests answered in the window."""
-    import grpc
-    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-
-    pngs = [base64.b64decode(json.loads(b)["instances"][0]) for b in bodies]
-    reqs = [pb.ModelInferRequest(model_name=NAME, inputs=[pb.ModelInferRequest.InferInputTensor(
-        name="image", datatype="BYTES", shape=[1])], raw_input_contents=[len(p).to_bytes(4, "little") + p])
-        for p in pngs]
-    stop, t0 = threading.Event(), time.perf_counter() + warmup
-    done: list[list[float]] = [[] for _ in range(concurrency)]
-    errors: list[str] = []
-
-    def client(idx: int) -> None:
-        with grpc.insecure_channel(server.grpc_target) as channel:
-            stub, i = pb_grpc.GRPCInferenceServiceStub(channel), idx
-            while not stop.is_set():
-                start = time.perf_counter()
-                try:
-                    stub.ModelInfer(reqs[i % len(reqs)], timeout=120)
-                except grpc.RpcError as e:
-                    errors.append(f"{e.code()}: {e.details()}")
-                    continue
-                i += 1
-                if start >= t0:
-                    done[idx].append(time.perf_counter() - start)
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    time.sleep(warmup + seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    lat = sorted(x for d in done for x in d)
-    return {"concurrency": concurrency, "images_per_s": round(len(lat) / seconds, 1), "errors": len(errors),
-            "p50_ms": round(1000 * lat[len(lat) // 2], 1) if lat else None}
-
-
-def serve_runs(artifact: Path, bodies: list[bytes], expected: np.ndarray, *, mode: str, extra: list[str],
-               concurrency: list[int], seconds: float, warmup: float, threads: int, log: Path) -> dict:
+def serve_runs(artifact: Path, payloads: list, expected: np.ndarray, *, mode: str, extra: list[str],
+               concurrency: list[int], seconds: float, warmup: float, threads: int, log: Path,
+               protocol: str = "rest") -> dict:
+    """One server (``extra`` flags), each concurrency in turn; the served answer checked first."""
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with ServerProcess(artifact, NAME, env=env, extra_args=extra, log=log) as server:
-        # parity: the server answers what the in-process forward computes
-        status, body, _ = http("POST", f"{server.url}/v1/models/{NAME}:predict", bodies[0],
-                               {"content-type": "application/json"})
-        assert status == 200, body
-        served = np.asarray(body["predictions"][0]["probabilities"])
-        parity = float(np.abs(served - expected[0]).max())
+    args = [*extra, "--threads", str(threads), *PROTOCOL_ARGS[protocol]]
+    with ServerProcess(artifact, NAME, env=env, extra_args=args, log=log) as server:
+        # parity: the server answers what the in-process PyTorch forward computes
+        parity = float(np.abs(PROTOCOLS[protocol](server, payloads).probabilities(0) - expected[0]).max())
         runs = []
         for c in concurrency:
-            r = endpoint_run(server, bodies, c, seconds, warmup)
+            r = endpoint_run(server, payloads, c, seconds, warmup, protocol)
             print(f"  {mode} c={c}: {r['images_per_s']} images/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
                   f"mean batch {r['mean_batch']}, forward busy {r['forward_busy_fraction']}, "
-                  f"health p50 {r['health_p50_ms']} ms max {r['health_max_ms']} ms, errors {r['errors']}",
-                  flush=True)
+                  f"health p50 {r['health_p50_ms']} ms max {r['health_max_ms']} ms, errors {r['errors']}, "
+                  f"load {r['load_average']}", flush=True)
             runs.append(r)
         rss = server.rss_bytes()
-        grpc_runs = {str(c): grpc_run(server, bodies, c, seconds, warmup) for c in concurrency}
-    return {"server_args": extra, "parity_max_abs_diff": parity, "server_rss_mib": round(rss / 2**20, 1),
-            "runs": {str(r["concurrency"]): r for r in runs}, "grpc_runs": grpc_runs}
+    return {"server_args": args, "parity_max_abs_diff": parity, "server_rss_mib": round(rss / 2**20, 1),
+            "runs": {str(r["concurrency"]): r for r in runs}}
 
 
-def main() -> None:
+# ---------------------------------------------------------------- one run
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--members", default="resnet18,densenet121,efficientnet_b0",
                     help="comma-separated registered classification architectures (random weights)")
@@ -333,97 +384,141 @@ def main() -> None:
     ap.add_argument("--method", default="mean", help="ensemble combiner (mean, weighted, ...)")
     ap.add_argument("--images", type=int, default=64, help="distinct test images, cycled through")
     ap.add_argument("--max-batch", type=int, default=32)
-    ap.add_argument("--max-wait-ms", default="50,0",
+    ap.add_argument("--max-wait-ms", default="50",
                     help="comma-separated; the first (default 50: the server's default) is the one the goals are "
                          "judged on, the others are reported beside it")
-    ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--duration", type=float, default=12.0, help="seconds per endpoint measurement")
+    ap.add_argument("--concurrency", default="8,32")
+    ap.add_argument("--backends", default="torch,onnx", help="comma-separated: torch, onnx")
+    ap.add_argument("--protocols", default="rest,grpc", help=f"comma-separated: {', '.join(PROTOCOLS)}")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per endpoint measurement")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each endpoint measurement")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                    help="torch threads of the server and of the raw forward")
+                    help="intra-op threads (torch and ONNX Runtime) of the server and of the raw forward")
     ap.add_argument("--name", default="serve", help="results file benchmarks/results/<name>.json")
     args = ap.parse_args()
-    members = [m.strip() for m in args.members.split(",") if m.strip()]
-    concurrency = [int(c) for c in args.concurrency.split(",")]
-    waits = [float(w) for w in args.max_wait_ms.split(",")]
-    if 8 not in concurrency:
-        raise SystemExit("--concurrency must include 8 (the goals are measured there)")
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
+    args.members = [m.strip() for m in args.members.split(",") if m.strip()]
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.max_wait_ms = [float(w) for w in args.max_wait_ms.split(",")]
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    args.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    if not {8, 32} <= set(args.concurrency):
+        raise SystemExit("--concurrency must include 8 and 32 (the goals are measured there)")
+    if unknown := set(args.protocols) - set(PROTOCOLS):
+        raise SystemExit(f"unknown protocols {sorted(unknown)}; known: {sorted(PROTOCOLS)}")
+    return args
 
+
+def endpoints(args: argparse.Namespace, artifact: Path, payloads: dict[str, list], expected: np.ndarray,
+              tmp: Path) -> dict:
+    """backend -> protocol -> {"batched": {wait: runs}, "unbatched": runs at concurrency 8}."""
+    common = {"seconds": args.duration, "warmup": args.warmup, "threads": args.threads}
+    out: dict[str, dict] = {}
+    for backend in args.backends:
+        for protocol in args.protocols:
+            batched = {}
+            for w in args.max_wait_ms:
+                batched[f"{w:g}"] = serve_runs(
+                    artifact, payloads[protocol], expected, mode=f"{backend} {protocol} batched (wait {w:g} ms)",
+                    log=tmp / f"{backend}-{protocol}-{w:g}.log", concurrency=args.concurrency, protocol=protocol,
+                    extra=["--backend", backend, "--max-batch", str(args.max_batch), "--max-wait-ms", f"{w:g}"],
+                    **common)
+            unbatched = serve_runs(artifact, payloads[protocol], expected, mode=f"{backend} {protocol} unbatched",
+                                   log=tmp / f"{backend}-{protocol}-unbatched.log", concurrency=[8],
+                                   protocol=protocol, extra=["--backend", backend, "--max-batch", "1"], **common)
+            out.setdefault(backend, {})[protocol] = {"batched": batched, "unbatched": unbatched}
+    return out
+
+
+def ratios(args: argparse.Namespace, raw: dict[str, dict[str, float]], ends: dict) -> dict:
+    """The goal ratios of every backend and protocol at the first wait, and the backend ratio."""
+    mb, w = str(args.max_batch), f"{args.max_wait_ms[0]:g}"
+    out: dict[str, object] = {}
+    for backend, by_protocol in ends.items():
+        for protocol, e in by_protocol.items():
+            runs = e["batched"][w]["runs"]
+            c8_u = e["unbatched"]["runs"]["8"]["images_per_s"]
+            out[f"{backend}_{protocol}"] = {
+                "endpoint_c32_over_raw_batched": round(runs["32"]["images_per_s"] / raw[backend][mb], 3),
+                "endpoint_c8_over_raw_batch_8": round(runs["8"]["images_per_s"] / raw[backend]["8"], 3),
+                "batched_over_unbatched_c8": round(runs["8"]["images_per_s"] / c8_u, 3) if c8_u else None}
+    if "torch" in raw and "onnx" in raw:
+        out["onnx_raw_over_torch_raw"] = {b: round(raw["onnx"][b] / raw["torch"][b], 3) for b in raw["torch"]}
+    return out
+
+
+def goals(args: argparse.Namespace, raw: dict[str, dict[str, float]], rat: dict) -> dict:
+    mb = str(args.max_batch)
+    measured_faster = max(raw, key=lambda b: raw[b][mb])
+    default = AUTO_ON_CPU if AUTO_ON_CPU in raw else measured_faster
+    backend_ratio = round(raw[default][mb] / raw["torch"][mb], 3) if "torch" in raw else None
+    per = {k: v for k, v in rat.items() if k != "onnx_raw_over_torch_raw"}
+    return {
+        "max_wait_ms": args.max_wait_ms[0],
+        "default_backend": default, "faster_backend_at_max_batch": measured_faster,
+        "default_is_the_faster": default == measured_faster,
+        "default_raw_over_torch_raw": backend_ratio, "default_raw_over_torch_raw_goal": GOAL_BACKEND_RATIO,
+        "default_raw_over_torch_raw_met": backend_ratio is not None and backend_ratio >= GOAL_BACKEND_RATIO,
+        "endpoint_c32_over_raw_batched": {k: v["endpoint_c32_over_raw_batched"] for k, v in per.items()},
+        "endpoint_over_raw_goal": GOAL_ENDPOINT_RATIO,
+        "endpoint_over_raw_met": {k: v["endpoint_c32_over_raw_batched"] >= GOAL_ENDPOINT_RATIO for k, v in per.items()},
+        "batched_over_unbatched_c8": {k: v["batched_over_unbatched_c8"] for k, v in per.items()},
+        "batched_over_unbatched_goal": GOAL_BATCHING_RATIO,
+        "batched_over_unbatched_met": {k: (v["batched_over_unbatched_c8"] or 0.0) >= GOAL_BATCHING_RATIO
+                                       for k, v in per.items()},
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t_start, loads = time.perf_counter(), {"start": load_average()}
     with tempfile.TemporaryDirectory(prefix="medens-bench-serve-") as tmp:
         tmp = Path(tmp)
         images = make_images(args.images, args.size, args.channels)
-        built = build_artifact(tmp / "artifact", members, images, args.method)
+        built = build_artifact(tmp / "artifact", args.members, images, args.method)
         artifact = built["path"]
-        predictor = EnsemblePredictor.load(artifact)
-        x = predictor.prepare(list(images))
-        expected = np.stack([r["probs"] for r in predictor.forward(x)])
-        bodies = [json.dumps({"instances": [png_b64(img)]}).encode() for img in images]
-
-        # the batch sizes the endpoint can form: 1, each concurrency and half of it (see the report), max_batch
-        sizes = sorted({1, args.max_batch, *(min(c, args.max_batch) for c in concurrency),
-                        *(max(1, min(c, args.max_batch) // 2) for c in concurrency)})
+        predictors = {b: EnsemblePredictor.load(artifact, backend=b, threads=args.threads) for b in args.backends}
+        x = next(iter(predictors.values())).prepare(list(images))
+        expected = np.stack([r["probs"] for r in EnsemblePredictor.load(artifact, backend="torch").forward(x)])
+        payloads = {p: PROTOCOLS[p].payloads(images) for p in args.protocols}
+        sizes = sorted({1, 8, args.max_batch})
         raw_s = max(3.0, args.duration / 2)
-        print(f"raw forward ({args.threads} threads), images/s by batch: ", end="", flush=True)
-        raw = {str(b): round(raw_throughput(predictor, x, b, raw_s, 1.0), 2) for b in sizes}
-        print(raw, flush=True)
-
-        common = {"concurrency": concurrency, "seconds": args.duration, "warmup": args.warmup, "threads": args.threads}
-        batched = {}
-        for w in waits:
-            batched[f"{w:g}"] = serve_runs(artifact, bodies, expected, mode=f"batched (wait {w:g} ms)",
-                                           log=tmp / f"batched-{w:g}.log",
-                                           extra=["--max-batch", str(args.max_batch), "--max-wait-ms", f"{w:g}"],
-                                           **common)
-        unbatched = serve_runs(artifact, bodies, expected, mode="unbatched", log=tmp / "unbatched.log",
-                               extra=["--max-batch", "1"], **common)
-
-        # raw again at every size after the endpoint runs; the faster of the two is the reference
-        raw_after = {str(b): round(raw_throughput(predictor, x, b, raw_s, 1.0), 2) for b in sizes}
+        raw_first = raw_all(predictors, x, sizes, raw_s)
+        print(f"raw forward ({args.threads} threads), images/s by batch: {raw_first}", flush=True)
+        profile = member_profile(artifact, x, args.max_batch, raw_s, args.threads) if "onnx" in args.backends else {}
+        print(f"members alone at batch {args.max_batch}: {profile}", flush=True)
+        loads["after_raw"] = load_average()
+        ends = endpoints(args, artifact, payloads, expected, tmp)
+        loads["after_endpoints"] = load_average()
+        raw_after = raw_all(predictors, x, sizes, raw_s)
         print(f"raw forward again: {raw_after}", flush=True)
-        raw_first = dict(raw)
-        raw = {b: max(v, raw_after[b]) for b, v in raw_first.items()}
-
-    raw_batched = raw[str(args.max_batch)]
-    c8_u = unbatched["runs"]["8"]["images_per_s"]
-    ratios = {}
-    for w, b in batched.items():
-        c8_b = b["runs"]["8"]["images_per_s"]
-        like = {f"c{c}_over_raw_batch_{min(c, args.max_batch)}":
-                round(b["runs"][str(c)]["images_per_s"] / raw[str(min(c, args.max_batch))], 3) for c in concurrency}
-        ratios[w] = {"endpoint_c8_batched_over_raw_batched": round(c8_b / raw_batched, 3),
-                     "batched_over_unbatched_c8": round(c8_b / c8_u, 3) if c8_u else None,
-                     "like_for_like": like}
-    primary = ratios[f"{waits[0]:g}"]
-    endpoint_ratio = primary["endpoint_c8_batched_over_raw_batched"]
-    batching_ratio = primary["batched_over_unbatched_c8"] or 0.0
+        # context on a loaded machine: one intra-op thread each (no OpenMP team to spin-wait for cores)
+        torch.set_num_threads(1)
+        one = {b: EnsemblePredictor.load(artifact, backend=b, threads=1) for b in args.backends}
+        raw_one_thread = raw_all(one, x, [1, args.max_batch], raw_s)
+        print(f"raw forward, one thread: {raw_one_thread}", flush=True)
+        loads["end"] = load_average()
+    raw = {b: {s: max(v, raw_after[b][s]) for s, v in by.items()} for b, by in raw_first.items()}
+    rat = ratios(args, raw, ends)
     write_result(args.name, {
-        "config": {"members": members, "member_parameters": built["member_parameters"], "method": args.method,
+        "config": {"members": args.members, "member_parameters": built["member_parameters"], "method": args.method,
                    "input_size": args.size, "channels": args.channels, "weights": "random init",
                    "images": args.images, "image_format": "PNG, base64, one per v1 request",
-                   "max_batch": args.max_batch, "max_wait_ms": waits, "goal_max_wait_ms": waits[0],
-                   "torch_threads": args.threads, "concurrency": concurrency,
+                   "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "backends": args.backends,
+                   "protocols": args.protocols, "threads": args.threads, "concurrency": args.concurrency,
                    "seconds_per_measurement": args.duration, "warmup_seconds": args.warmup,
                    "clients": "threads, http.client keep-alive, same machine",
                    "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ}},
-        "raw_forward_images_per_s": {"by_batch": raw, "before_endpoint_runs": raw_first,
-                                     "after_endpoint_runs": raw_after,
-                                     "reference_raw_batched": raw_batched},
-        "endpoint_batched": batched,
-        "endpoint_unbatched": unbatched,
-        "ratios": ratios,
-        "goals": {
-            "max_wait_ms": waits[0],
-            "endpoint_c8_batched_over_raw_batched": endpoint_ratio,
-            "endpoint_over_raw_goal": GOAL_ENDPOINT_RATIO,
-            "endpoint_over_raw_met": endpoint_ratio >= GOAL_ENDPOINT_RATIO,
-            "batched_over_unbatched_c8": batching_ratio,
-            "batched_over_unbatched_goal": GOAL_BATCHING_RATIO,
-            "batched_over_unbatched_met": batching_ratio >= GOAL_BATCHING_RATIO,
-            "like_for_like_c8_over_raw_batch_8": primary["like_for_like"].get("c8_over_raw_batch_8"),
-            "like_for_like_met": (primary["like_for_like"].get("c8_over_raw_batch_8") or 0.0) >= GOAL_ENDPOINT_RATIO,
-        },
+        "load_average_1_5_15_min": loads,
+        "onnx_export": built["onnx_export"],
+        "raw_forward_images_per_s": {"by_backend_and_batch": raw, "before_endpoint_runs": raw_first,
+                                     "after_endpoint_runs": raw_after, "one_thread": raw_one_thread},
+        "profile_members_alone_at_max_batch": profile,
+        "endpoint": ends,
+        "ratios": rat,
+        "goals": goals(args, raw, rat),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     })
 

@@ -181,6 +181,33 @@ def test_package_best_member_and_ensemble(stages, system, tmp_path):
         package_best(tmp_path / "eval", {}, {}, tmp_path / "c")
 
 
+def test_packaged_best_has_checked_onnx_members(stages, tmp_path):
+    """evaluate_systems packages best/ with every member exported to ONNX, checked on validation
+    images, the files under the manifest's checksums; package_best without images writes none."""
+    from medens.data.types import SplitData
+    from medens.ensemble.artifact import load_ensemble
+    from medens.serving.predictor import EnsemblePredictor
+    from medens.stages import ensemble_dirs
+
+    root = stages["root"]
+    best = load_ensemble(root / "best")
+    onnx = best.manifest["onnx"]
+    assert "refused" not in onnx, onnx.get("refused")
+    assert list(onnx["members"]) == list(best.members)
+    assert onnx["check_images"] == min(32, len(SplitData.load(root / "data").val))
+    for m in onnx["members"].values():
+        assert m["file"] in best.manifest["files"] and m["max_abs_diff"] <= 1e-5
+    torch_p, onnx_p = (EnsemblePredictor.load(root / "best", backend=b, threads=1) for b in ("torch", "onnx"))
+    assert onnx_p.backend == "onnx"
+    images = SplitData.load(root / "data").test.images[:4]
+    x = torch_p.prepare(list(images))
+    assert max(np.abs(a["probs"] - b["probs"]).max() for a, b in zip(torch_p.forward(x), onnx_p.forward(x))) <= 1e-5
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text((root / "eval" / "metrics.json").read_text())
+    out = package_best(tmp_path / "eval", member_dirs(stages["paths"]), ensemble_dirs(root / "ens"), tmp_path / "b")
+    assert load_ensemble(out).manifest["onnx"]["refused"].startswith("no validation images")
+
+
 def test_export_report(stages, tmp_path):
     text = export_report(stages["root"] / "eval", tmp_path / "h" / "report.html", tmp_path / "r.md")
     assert (tmp_path / "h" / "report.html").read_bytes() == (stages["root"] / "eval" / "report.html").read_bytes()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -284,7 +285,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     serve(args.model_dir, name=args.model_name, http_port=args.http_port, grpc_port=args.grpc_port, settings=settings,
-          device=args.device, endpoint=args.endpoint)
+          device=args.device, endpoint=args.endpoint, backend=args.backend, threads=args.threads)
     return 0
 
 
@@ -430,6 +431,9 @@ def _add_serving_commands(sub: Any) -> None:
     sv.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     sv.add_argument("--threads", type=int, help="torch threads of the forward (default: torch's, one per core; in a "
                                                 "pod with a CPU limit set it to the limit)")
+    sv.add_argument("--backend", choices=("auto", "onnx", "torch"), default=os.environ.get("MEDENS_SERVE_BACKEND", "auto"),
+                    help="what runs the members: onnx (ONNX Runtime, the artifact's checked ONNX files), torch, or auto "
+                         "(default, MEDENS_SERVE_BACKEND): onnx on the CPU when the artifact has ONNX files, else torch")
     sv.add_argument("--endpoint", help="S3/MinIO endpoint for an s3:// model dir (default MINIO_ENDPOINT)")
     sv.add_argument("--max-batch", type=int, help="images per forward; 1 disables micro-batching (default 32)")
     sv.add_argument("--max-wait-ms", type=float, help="longest a partial batch waits for the images expected "

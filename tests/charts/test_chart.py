@@ -283,6 +283,13 @@ def test_serve_threads_are_the_whole_cores_of_the_cpu_limit(cpu, threads):
     assert (args[args.index("--threads") + 1] if "--threads" in args else None) == threads
 
 
+def test_serve_backend_is_the_predictor_value(default_docs):
+    args = predictor(default_docs)["containers"][0]["args"]
+    assert args[args.index("--backend") + 1] == "auto"
+    args = predictor(render({"predictor": {"backend": "torch"}}))["containers"][0]["args"]
+    assert args[args.index("--backend") + 1] == "torch"
+
+
 def test_a_startup_probe_covers_a_slow_model_load(default_docs):
     c = predictor(default_docs)["containers"][0]
     assert c["startupProbe"] == {"httpGet": {"path": "/v1/models/rbc-demo", "port": 8080},

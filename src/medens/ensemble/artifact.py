@@ -4,6 +4,8 @@ This directory is what KServe mounts at ``/mnt/models``. ``ensemble.json`` names
 member ids, the fitted combiner (weights or stacking coefficients as plain numbers, no pickles),
 class names, the preprocessing every member shares, and gate metrics; it is written last, with
 the sha256 of every other file. A model-level (fusion) ensemble is one member, method ``single``.
+A packaged ``best/`` also holds ``members/<id>/model.onnx`` (:mod:`medens.ensemble.onnx_members`),
+which ``LoadedEnsemble.runners`` may run instead of the PyTorch members.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -108,6 +110,13 @@ def read_ensemble_manifest(path: str | os.PathLike) -> dict:
     return json.loads(p.read_text())
 
 
+class MemberRunner(Protocol):
+    """Another backend's member forward (``medens.ensemble.onnx_members.OnnxMember``): the member's
+    probabilities, as ``LoadedModel.probs`` defines them, of preprocessed ``(N, C, H, W)``."""
+
+    def probs(self, x: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass
 class LoadedEnsemble(ManifestView):
     """Members and combiner rebuilt from an ensemble artifact."""
@@ -116,13 +125,27 @@ class LoadedEnsemble(ManifestView):
     members: dict[str, LoadedModel]
     combiner: Any | None
     path: Path
+    #: member id -> another backend's forward (ONNX Runtime); None: the PyTorch members
+    runners: dict[str, MemberRunner] | None = None
+
+    @property
+    def backend(self) -> str:
+        return "torch" if self.runners is None else "onnx"
 
     @torch.no_grad()
+    def member_probs(self, x: torch.Tensor | np.ndarray, *, device: str | torch.device = "cpu"
+                     ) -> dict[str, np.ndarray]:
+        """Each member's probabilities (float64) for preprocessed inputs ``(N, C, H, W)``."""
+        if self.runners is not None:
+            xn = np.ascontiguousarray(x.cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+            return {mid: self.runners[mid].probs(xn).astype(np.float64) for mid in self.members}
+        t = torch.as_tensor(x).to(device)
+        return {mid: m.probs(t).cpu().numpy().astype(np.float64) for mid, m in self.members.items()}
+
     def predict(self, x: torch.Tensor | np.ndarray, *, device: str | torch.device = "cpu"
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Ensemble probabilities and per-member probabilities for preprocessed inputs ``(N, C, H, W)``."""
-        t = torch.as_tensor(x).to(device)
-        member_probs = {mid: m.probs(t).cpu().numpy().astype(np.float64) for mid, m in self.members.items()}
+        member_probs = self.member_probs(x, device=device)
         inputs = member_probs
         folds = self.manifest.get("fold_members")
         if folds:  # a cross-validated member: the mean of its fold models

@@ -95,9 +95,11 @@ class EnsembleModel(Model):
     """One ensemble artifact behind KServe's v1 and v2 REST protocols."""
 
     def __init__(self, name: str, model_dir: str, *, settings: ServingSettings | None = None,
-                 device: str = "cpu", endpoint: str | None = None) -> None:
+                 device: str = "cpu", endpoint: str | None = None, backend: str = "auto",
+                 threads: int | None = None) -> None:
         super().__init__(name)
         self.model_dir = model_dir
+        self.backend, self.threads = backend, threads  # the members' forward: auto, onnx or torch
         self.settings = settings or ServingSettings()
         self.device = device
         self.endpoint = endpoint
@@ -114,7 +116,8 @@ class EnsembleModel(Model):
         torch_thread = batching.torch_thread()
         try:
             predictor = torch_thread.submit(EnsemblePredictor.load, self.model_dir, device=self.device,
-                                            endpoint=self.endpoint).result()
+                                            endpoint=self.endpoint, backend=self.backend,
+                                            threads=self.threads).result()
             s = self.settings
             drift = m.DriftMonitor(self.name, predictor.reference, window=s.drift_window)
             embedding_drift = m.EmbeddingDriftMonitor(
@@ -151,8 +154,8 @@ class EnsembleModel(Model):
                             str(d["medens_version"])).set(1)
         self.predictor = predictor
         self.ready = True
-        log.info("loaded ensemble %s (%s, %d members) from %s", d["name"], d["method"], len(d["members"]),
-                 self.model_dir)
+        log.info("loaded ensemble %s (%s, %d members, %s backend) from %s", d["name"], d["method"],
+                 len(d["members"]), d["backend"], self.model_dir)
         return self.ready
 
     # ------------------------------------------------------------------ decoding

@@ -111,10 +111,21 @@ class EnsemblePredictor:
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, *, device: str = "cpu", endpoint: str | None = None,
-             verify: bool = True) -> EnsemblePredictor:
-        """Load (and verify the checksums of) the ensemble at a local path or ``s3://`` URI."""
+             verify: bool = True, backend: str = "auto", threads: int | None = None) -> EnsemblePredictor:
+        """Load (and verify the checksums of) the ensemble at a local path or ``s3://`` URI; its members
+        run on ``backend`` (``auto``, ``onnx`` or ``torch``: :func:`medens.ensemble.onnx_members.resolve_backend`)
+        with ``threads`` intra-op threads (ONNX Runtime; default torch's thread count)."""
+        from medens.ensemble.onnx_members import attach_backend
+
         path = fetch_artifact(str(model_dir), endpoint=endpoint)
-        return cls(load_ensemble(path, map_location=device, verify=verify), device=device)
+        ensemble = load_ensemble(path, map_location=device, verify=verify)
+        attach_backend(ensemble, backend, device=device, threads=threads or torch.get_num_threads())
+        return cls(ensemble, device=device)
+
+    @property
+    def backend(self) -> str:
+        """``onnx`` (ONNX Runtime) or ``torch``: what runs the members' forward."""
+        return self.ensemble.backend
 
     @property
     def reference(self) -> dict | None:
@@ -141,7 +152,7 @@ class EnsemblePredictor:
     def describe(self) -> dict[str, Any]:
         return {"name": self.manifest.get("name"), "task": self.task, "method": self.manifest.get("method"),
                 "members": self.member_ids, "class_names": self.class_names, "input": self.input_spec.to_dict(),
-                "medens_version": self.manifest.get("medens_version")}
+                "medens_version": self.manifest.get("medens_version"), "backend": self.backend}
 
     def prepare(self, images: list[np.ndarray]) -> np.ndarray:
         """Decoded images ``(H, W, C)`` of any size -> the artifact's preprocessing, ``(N, C, S, S)`` float32.

@@ -207,24 +207,29 @@ def default_model_name(model_dir: str) -> str:
 
 
 def build_model(model_dir: str, *, name: str | None = None, settings: ServingSettings | None = None,
-                device: str = "cpu", endpoint: str | None = None) -> Any:
-    """An :class:`~medens.serving.model.EnsembleModel`, loaded (raises if any member fails)."""
+                device: str = "cpu", endpoint: str | None = None, backend: str = "auto",
+                threads: int | None = None) -> Any:
+    """An :class:`~medens.serving.model.EnsembleModel`, loaded (raises if any member fails), its
+    members on ``backend`` (auto, onnx or torch) whatever the protocol."""
     import_kserve()
     from medens.serving.model import EnsembleModel
     from medens.serving.predictor import fetch_artifact
 
     local = str(fetch_artifact(model_dir, endpoint=endpoint))
-    model = EnsembleModel(name or default_model_name(local), local, settings=settings, device=device)
+    model = EnsembleModel(name or default_model_name(local), local, settings=settings, device=device,
+                          backend=backend, threads=threads)
     model.load()
     return model
 
 
 def serve(model_dir: str, *, name: str | None = None, http_port: int = 8080, grpc_port: int = 8081,
-          settings: ServingSettings | None = None, device: str = "cpu", endpoint: str | None = None) -> None:
+          settings: ServingSettings | None = None, device: str = "cpu", endpoint: str | None = None,
+          backend: str = "auto", threads: int | None = None) -> None:
     """Load the ensemble and serve it until interrupted (blocking); gRPC v2 on ``grpc_port`` (0: off)."""
     settings = settings or ServingSettings.from_env()
     ms = import_kserve()
-    model = build_model(model_dir, name=name, settings=settings, device=device, endpoint=endpoint)
+    model = build_model(model_dir, name=name, settings=settings, device=device, endpoint=endpoint, backend=backend,
+                        threads=threads)
     ms.app.add_middleware(RequestGuard, max_bytes=settings.max_bytes, model_name=model.name)
     server = ms.ModelServer(http_port=http_port, enable_grpc=False, workers=1, enable_latency_logging=False)
     grpc_note = ""
@@ -239,7 +244,8 @@ def serve(model_dir: str, *, name: str | None = None, http_port: int = 8080, grp
         server.servers.append(server._grpc_server.start(server.max_threads))
         grpc_note = f"; gRPC v2 (inference.GRPCInferenceService/ModelInfer) on 0.0.0.0:{grpc_port}"
     n = len(model.predictor.member_ids)
-    print(f"serving {model.name!r} ({model.predictor.describe()['method']}, {n} member{'s' * (n != 1)}) on "
+    print(f"serving {model.name!r} ({model.predictor.describe()['method']}, {n} member{'s' * (n != 1)}, "
+          f"{model.predictor.backend} backend) on "
           f"http://0.0.0.0:{http_port}: POST /v1/models/{model.name}:predict, /v2/models/{model.name}/infer, "
           f"GET /metrics{grpc_note}", flush=True)
     server.start([model])

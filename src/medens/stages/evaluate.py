@@ -107,7 +107,7 @@ def evaluate_systems(spec: ExperimentSpec, data_dir: str | os.PathLike, member_p
     summary = _summary(result, chosen, rendered["leaderboard"], members, ensembles)
     summary.write(out / "summary.json")
     if best_dir is not None:
-        package_best(out, members, ensembles, best_dir, data=data)
+        package_best(out, members, ensembles, best_dir, data=data, check_images=_onnx_check_images(data))
     return summary
 
 
@@ -131,6 +131,15 @@ def _record_conformal(result: EvaluationResult, sets: Any, test_probs: np.ndarra
 
     sets.write(out)
     result.conformal = coverage_entry(sets, test_probs, test_labels)
+
+
+def _onnx_check_images(data: Any, n: int = 32) -> np.ndarray | None:
+    """Up to ``n`` validation images (spread over the split) that the packaged ONNX export is checked on."""
+    split = data.val if len(data.val) else data.train
+    if not len(split):
+        return None
+    idx = np.unique(np.linspace(0, len(split) - 1, min(n, len(split))).round().astype(int))
+    return np.asarray(split.images[idx])
 
 
 @dataclass
@@ -286,12 +295,15 @@ def _selection_mode(spec: ExperimentSpec, cv: dict[str, Any] | None, members: di
 
 
 def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], ensembles: dict[str, Path],
-                 out_dir: str | os.PathLike, data: Any = None) -> Path:
+                 out_dir: str | os.PathLike, data: Any = None, check_images: np.ndarray | None = None) -> Path:
     """The selected system of ``evaluation_dir/metrics.json`` as an ensemble artifact in ``out_dir``
     (:func:`_package`), with the evaluation's ``conformal.json`` (classification), checksummed; with
     ``data`` (the run's ``SplitData``), a classifier's content-drift reference too: the embeddings of a
     stratified sample of validation images, ``drift_reference.npz``
-    (:mod:`medens.ensemble.drift_reference`; the test split is not read)."""
+    (:mod:`medens.ensemble.drift_reference`; the test split is not read). Every member is then
+    exported to ONNX and checked against PyTorch on ``check_images`` (validation pixels; none: no
+    ONNX, recorded) by :func:`medens.ensemble.onnx_members.export_onnx`; the checksums cover every file."""
+    from medens.ensemble.onnx_members import export_onnx
     from medens.stages.conformal import attach_from
 
     out = _package(evaluation_dir, members, ensembles, out_dir)
@@ -300,18 +312,19 @@ def package_best(evaluation_dir: str | os.PathLike, members: dict[str, Path], en
         from medens.ensemble.drift_reference import write_drift_reference
 
         write_drift_reference(out, data.val.images, data.val.labels, data.train.images, data.train.labels)
+    export_onnx(out, check_images)
     return out
 
 
 def _package(evaluation_dir: str | os.PathLike, members: dict[str, Path], ensembles: dict[str, Path],
              out_dir: str | os.PathLike) -> Path:
-    """The selected system of ``evaluation_dir/metrics.json`` as an ensemble artifact in ``out_dir``.
+    """The selected system of ``evaluation_dir/metrics.json`` as an ensemble artifact in ``out_dir``
+    (:func:`package_best` before the conformal sets, the drift reference and the ONNX export).
 
     An ensemble is copied without its saved predictions; a single member is wrapped with
     ``write_ensemble(combiner=None)``. ``ensemble.json`` gains ``evaluation`` (the experiment,
     the selection rule and score, the test metrics reported for it) and ``lineage`` (the data
-    fingerprint).
-    """
+    fingerprint)."""
     from medens.ensemble.artifact import ENSEMBLE_MANIFEST, write_ensemble
 
     metrics = EvaluationResult.read(Path(evaluation_dir) / "metrics.json")
