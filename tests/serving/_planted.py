@@ -8,6 +8,7 @@ import torch
 
 from medens.data.transforms import InputSpec
 from medens.ensemble.artifact import write_ensemble
+from medens.ensemble.prediction import FORMAT
 from medens.models import build
 from medens.models.artifact import save_state_dict, write_manifest
 
@@ -31,3 +32,9 @@ def planted_ensemble(root: Path, combiner: dict | None, seeds: tuple[int, ...] =
     """An ensemble artifact of members ``m<seed>`` with the given combiner dict (``to_dict()`` form)."""
     members = {f"m{s}": member_artifact(root / "members-src" / f"m{s}", s, **kw) for s in seeds}
     return write_ensemble(root / "ens", name="planted", member_dirs=members, combiner=combiner)
+
+
+def mean_combiner(ids: list[str]) -> dict:
+    """A mean combiner of ``ids`` (equal weights, 3 classes) in ``to_dict()`` form."""
+    return {"format": FORMAT, "kind": "prediction", "method": "mean", "member_ids": ids, "n_classes": 3,
+            "class_names": None, "options": {}, "params": {"weights": [1 / len(ids)] * len(ids)}}

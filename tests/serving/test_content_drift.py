@@ -18,6 +18,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _planted import mean_combiner as _mean
 from _planted import planted_ensemble
 
 from medens.data.drift import intensity_counts, intensity_reference, psi
@@ -27,17 +28,11 @@ from medens.ensemble.drift_reference import (
     stratified_indices,
     write_drift_reference,
 )
-from medens.ensemble.prediction import FORMAT
 from medens.serving import metrics as m
 from medens.serving.predictor import EnsemblePredictor
 
 WINDOW = 200
 MIX = {"codocyte": 60, "hypochromia": 60, "normal": 180}
-
-
-def _mean(ids: list[str]) -> dict:
-    return {"format": FORMAT, "kind": "prediction", "method": "mean", "member_ids": ids, "n_classes": 3,
-            "class_names": None, "options": {}, "params": {"weights": [0.5, 0.5]}}
 
 
 @pytest.fixture(scope="module")
