@@ -88,6 +88,24 @@ def test_flips_and_temperature_are_inside_the_graph(exported):
     assert np.abs(got - plain.numpy()).max() > 1e-4
 
 
+def test_the_embedding_output_is_the_unflipped_views_classification_layer_input(exported):
+    """Every member's ``embedding`` output is :func:`medens.models.embed.embed` of the un-flipped
+    images (compact_cnn has flips: not of a flipped view), within 1e-4 (|x| + max |x|)."""
+    from medens.models.embed import embed
+
+    path, entry = exported
+    ens = load_ensemble(path)
+    x = EnsemblePredictor(ens).prepare(list(cells(5, seed=8)))
+    for mid, member in ens.members.items():
+        assert entry["members"][mid]["embedding_excess"] <= 1.0
+        _, got = OnnxMember(path / "members" / mid / ONNX_FILE, threads=1).outputs(x)
+        ref = embed(member.model, x)
+        assert got.shape == ref.shape and np.all(np.abs(got - ref) <= 1e-4 * (np.abs(ref) + np.abs(ref).max()))
+    flipped = embed(ens.members["compact_cnn-0"].model, np.flip(x, 3).copy())
+    _, got = OnnxMember(path / "members" / "compact_cnn-0" / ONNX_FILE, threads=1).outputs(x)
+    assert np.abs(got - flipped).max() > 1e-2 * np.abs(flipped).max()
+
+
 def test_a_changed_onnx_file_is_refused_at_load(exported, tmp_path):
     import shutil
 

@@ -22,6 +22,7 @@ import torch
 
 from medens import __version__
 from medens.models.artifact import LoadedModel, ManifestView, load_artifact, read_manifest, verify_checksums
+from medens.models.embed import capture_embeddings
 from medens.storage.atomic import atomic_write_text
 from medens.storage.checksum import checksums
 
@@ -112,9 +113,14 @@ def read_ensemble_manifest(path: str | os.PathLike) -> dict:
 
 class MemberRunner(Protocol):
     """Another backend's member forward (``medens.ensemble.onnx_members.OnnxMember``): the member's
-    probabilities, as ``LoadedModel.probs`` defines them, of preprocessed ``(N, C, H, W)``."""
+    probabilities, as ``LoadedModel.probs`` defines them, of preprocessed ``(N, C, H, W)``, and with
+    them its embedding as ``medens.models.embed`` defines it (when ``has_embedding``)."""
+
+    has_embedding: bool
 
     def probs(self, x: np.ndarray) -> np.ndarray: ...
+
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -142,10 +148,29 @@ class LoadedEnsemble(ManifestView):
         t = torch.as_tensor(x).to(device)
         return {mid: m.probs(t).cpu().numpy().astype(np.float64) for mid, m in self.members.items()}
 
+    @torch.no_grad()
+    def member_outputs(self, x: torch.Tensor | np.ndarray, *, device: str | torch.device = "cpu"
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Each member's probabilities (float64) and embedding ``(N, D)`` (float32,
+        :mod:`medens.models.embed`) of one forward, from the runners when attached."""
+        if self.runners is not None:
+            xn = np.ascontiguousarray(x.cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+            out = {mid: self.runners[mid].outputs(xn) for mid in self.members}
+            return {m: p.astype(np.float64) for m, (p, _) in out.items()}, {m: e for m, (_, e) in out.items()}
+        with capture_embeddings([m.model for m in self.members.values()]) as captured:
+            probs = self.member_probs(x, device=device)
+        if any(c is None for c in captured):
+            raise RuntimeError("a member's classification layer did not run during the forward")
+        return probs, {mid: c for mid, c in zip(self.members, captured) if c is not None}
+
     def predict(self, x: torch.Tensor | np.ndarray, *, device: str | torch.device = "cpu"
                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Ensemble probabilities and per-member probabilities for preprocessed inputs ``(N, C, H, W)``."""
         member_probs = self.member_probs(x, device=device)
+        return self.combine(member_probs), member_probs
+
+    def combine(self, member_probs: dict[str, np.ndarray]) -> np.ndarray:
+        """The ensemble's probabilities from its members' (fold models averaged, then the combiner)."""
         inputs = member_probs
         folds = self.manifest.get("fold_members")
         if folds:  # a cross-validated member: the mean of its fold models
@@ -154,7 +179,7 @@ class LoadedEnsemble(ManifestView):
             probs = next(iter(inputs.values()))
         else:
             probs = self.combiner.predict_proba([inputs[mid] for mid in self.combiner.member_ids])
-        return np.asarray(probs, dtype=np.float64), member_probs
+        return np.asarray(probs, dtype=np.float64)
 
 
 def load_ensemble(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",

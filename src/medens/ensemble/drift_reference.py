@@ -26,7 +26,6 @@ import torch
 
 from medens.data.embedding_drift import EmbeddingReference
 from medens.ensemble.artifact import ENSEMBLE_MANIFEST, LoadedEnsemble, load_ensemble
-from medens.models.embed import capture_embeddings
 from medens.storage.atomic import atomic_write_text
 from medens.storage.checksum import checksums
 
@@ -39,13 +38,10 @@ MIN_VALIDATION = 50
 def predict_with_embeddings(ensemble: LoadedEnsemble, x: torch.Tensor | np.ndarray, *,
                             device: str | torch.device = "cpu"
                             ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """``LoadedEnsemble.predict`` plus the ensemble embedding ``(N, D)`` of the same forward."""
-    nets = [m.model for m in ensemble.members.values()]
-    with capture_embeddings(nets) as captured:
-        probs, members = ensemble.predict(x, device=device)
-    if any(c is None for c in captured):
-        raise RuntimeError("a member's classification layer did not run during the forward")
-    return probs, members, np.concatenate([c for c in captured if c is not None], axis=1)
+    """``LoadedEnsemble.predict`` plus the ensemble embedding ``(N, D)`` of the same forward: the
+    members' embeddings in member order, from either backend (``LoadedEnsemble.member_outputs``)."""
+    members, embeddings = ensemble.member_outputs(x, device=device)
+    return ensemble.combine(members), members, np.concatenate([embeddings[m] for m in ensemble.members], axis=1)
 
 
 def embedding_blocks(ensemble: LoadedEnsemble) -> list[tuple[str, int]]:
