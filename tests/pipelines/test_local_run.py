@@ -236,10 +236,10 @@ def test_retraining_twice_on_replaced_data_at_the_same_uri(tmp_path):
     assert sum(seen["r1"][1]) < sum(seen["r2"][1])
     history = registry_history(str(store), "retrain")
     assert len(history) == 2
-    assert [h["challenger_version"] for h in history] == ["r1", "r2"]
-    assert [h["data_fingerprint"] for h in history] == [seen["r1"][0], seen["r2"][0]]
-    assert history[0]["promote"] is True and history[0]["champion_version"] is None
-    assert history[1]["champion_version"] == "r1" and history[1]["p_value"] is not None
+    assert [h.challenger_version for h in history] == ["r1", "r2"]
+    assert [h.data_fingerprint for h in history] == [seen["r1"][0], seen["r2"][0]]
+    assert history[0].promote is True and history[0].champion_version is None
+    assert history[1].champion_version == "r1" and history[1].p_value is not None
 
 
 def dataset_split_sizes(run):

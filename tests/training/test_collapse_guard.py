@@ -95,9 +95,16 @@ def _member(root: Path, mid: str, val_pred: np.ndarray, test_pred: np.ndarray) -
     for split, labels, pred in (("val", VAL, val_pred), ("test", TEST, test_pred)):
         Predictions(probs=_probs(pred), ids=[f"{split}{i}" for i in range(len(labels))], labels=labels,
                     class_names=CLASSES).save(d / "predictions" / f"{split}.npz")
-    torch.save({}, d / "weights.pt")  # packaging copies the member's files; nothing loads them here
+    # real (untrained) weights: selection reads only the predictions, but packaging loads the selected
+    # system (its drift reference embeds validation images; its members are exported to ONNX)
+    from medens.models import build
+
+    torch.manual_seed(0)
+    torch.save(build("compact_cnn", in_channels=1, num_classes=len(CLASSES)).state_dict(), d / "weights.pt")
     write_manifest(d, {"kind": "model", "task": "classification", "member_id": mid, "class_names": CLASSES,
-                       "input": {"channels": 1, "size": 8},
+                       "architecture": {"name": "compact_cnn", "kwargs": {"in_channels": 1,
+                                                                          "num_classes": len(CLASSES)}},
+                       "input": {"channels": 1, "size": 8, "mean": [0.0], "std": [1.0], "max_value": 255.0},
                        "history": [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_mcc": 0.0}],
                        **collapse_entry(_probs(val_pred), VAL, CLASSES)})
     return d
