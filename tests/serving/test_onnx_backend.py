@@ -1,4 +1,4 @@
-"""``medens serve --backend onnx``: the same answers as PyTorch through v1 and v2 REST."""
+"""``medens serve --backend onnx``: the same answers as PyTorch through v1 and v2 REST and gRPC v2."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import base64
 import io
 import shutil
 
+import grpc
 import numpy as np
 import pytest
 from _server import ServerProcess, http
+from test_grpc_raw import Tensor, grpc_call, grpc_outputs
 
 
 def _png(img: np.ndarray) -> str:
@@ -40,7 +42,7 @@ def onnx_ensemble(tiny_ensemble, tmp_path_factory):
     return path
 
 
-def test_rest_v1_and_v2_agree_with_torch(onnx_ensemble, tiny_ensemble, tmp_path):
+def test_rest_v1_v2_and_grpc_agree_with_torch(onnx_ensemble, tiny_ensemble, tmp_path):
     from medens.serving.predictor import EnsemblePredictor
 
     images = tiny_ensemble[1][:5]
@@ -57,6 +59,10 @@ def test_rest_v1_and_v2_agree_with_torch(onnx_ensemble, tiny_ensemble, tmp_path)
                             "data": [_png(img) for img in images]}], "parameters": {"return_members": True}}
         status, v2, _ = http("POST", f"{server.url}/v2/models/tiny-onnx/infer", body)
         assert status == 200, v2
+        # gRPC v2 (the backend is chosen below the protocols): the PNG files as typed BYTES contents
+        code, details, resp = grpc_call(server, [Tensor("image", "BYTES", [len(images)],
+                                                        [base64.b64decode(_png(img)) for img in images])], raw=False)
+        assert code == grpc.StatusCode.OK, details
     assert "onnx backend" in log.read_text()
     got_v1 = np.array([p["probabilities"] for p in v1["predictions"]])
     assert np.abs(got_v1 - probs).max() <= 1e-5
@@ -69,6 +75,9 @@ def test_rest_v1_and_v2_agree_with_torch(onnx_ensemble, tiny_ensemble, tmp_path)
     assert np.abs(out["probabilities"] - probs).max() <= 1e-5
     assert np.abs(out["member_probabilities"] - members).max() <= 1e-5
     assert list(out["label"]) == list(probs.argmax(1))
+    over_grpc = grpc_outputs(resp)
+    assert np.abs(over_grpc["probabilities"] - probs).max() <= 1e-5
+    assert list(over_grpc["label"]) == list(probs.argmax(1))
 
 
 def test_backend_onnx_without_onnx_files_fails_to_start(tiny_ensemble, tmp_path):
