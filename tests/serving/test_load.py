@@ -3,7 +3,7 @@
 Every answer must be a 200 whose probabilities match the offline ensemble's for that image, the
 server must keep answering every client through the run (a stalled server fails: counted in
 each third of the run, no throughput floor), its resident memory must be steady after warm-up,
-health checks must not queue behind the forward (their median latency a tenth of a prediction's
+health checks must not queue behind the forward (their median latency a fifth of a prediction's
 at most: a ratio, as both slow alike on a loaded machine), and the micro-batcher must actually have
 batched (``medens_batch_size`` mean over 1). No absolute time limit: the figures are printed
 (``pytest -s``); throughput, latency and health-check latency are benchmarks/serve.py's.
@@ -31,10 +31,11 @@ pytestmark = pytest.mark.slow
 
 CLIENTS = 16
 DURATION_S = 30.0
-# health checks answered on the event loop vs predictions that wait for a forward: measured over
-# 30 on an idle machine and over 300 on a loaded one; a health check that waited behind the forward
-# would be about a quarter of a prediction (half a forward against two)
-HEALTH_RATIO = 10.0
+# health checks answered on the event loop vs predictions that wait for a forward: measured 30 on an
+# idle machine, 8.7 in a fresh-clone CI run (health 3.8 ms, prediction 33 ms, forwards of 24 ms) and
+# over 300 on a loaded one; a health check that waited behind the forward would wait half a forward
+# on average, about a third to a quarter of a prediction (a ratio of 3 to 4), so 5 sits between
+HEALTH_RATIO = 5.0
 RSS_GROWTH_FRACTION = 0.10
 RSS_GROWTH_BYTES = 50 * 1024 * 1024
 
