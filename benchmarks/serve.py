@@ -14,12 +14,17 @@ Measured in one run, on the same images and with the same thread count, for each
   process with no server running, best of three trials, the backends interleaved, before and again
   after the endpoint runs; the faster figure of each size is the reference (the conservative
   choice: the machine's speed drifts by 20-30% over minutes);
+- ``raw_concurrent`` (ONNX Runtime): the server's concurrent forwards without a server, as many
+  threads as its forward workers (``ServingSettings.workers_for``, 2 on two or more cores) each
+  running a session with its share of the threads; for the goal the raw reference of a backend at
+  ``max_batch`` is the faster of this and the single forward with every thread;
 - ``profile``: each member alone at batch ``max_batch`` on each backend (where the time goes);
 - ``endpoint``: a real ``medens serve --backend B`` on 127.0.0.1, closed-loop clients (threads on
   keep-alive connections, one base64-PNG image per v1 request) at each concurrency, with
   micro-batching (``--max-batch 32`` and each ``--max-wait-ms``) and without (``--max-batch 1``,
-  at concurrency 8): images/s, p50/p99 latency, from ``/metrics`` the mean batch and the fraction
-  of the window the forward thread was busy (and its images/s while busy), the CPU time per image
+  at concurrency 8), for ONNX Runtime also with one forward at a time (``--forward-workers 1``):
+  images/s, p50/p99 latency, from ``/metrics`` the mean batch and the forward seconds per second
+  of the window (up to the number of forward workers; and images/s while busy), the CPU time per image
   of the server process and of the clients, and the latency of a readiness GET every 0.25 s while
   the clients run (health checks must not queue behind the forward). The protocol is a hook
   (``PROTOCOLS``, ``--protocols``): REST v1 and gRPC v2.
@@ -66,6 +71,7 @@ from medens.data.synthetic import CELL_CLASSES, make_cells  # noqa: E402
 from medens.ensemble.artifact import load_ensemble  # noqa: E402
 from medens.ensemble.onnx_members import AUTO_ON_CPU, OnnxMember, export_onnx  # noqa: E402
 from medens.serving.predictor import EnsemblePredictor  # noqa: E402
+from medens.serving.settings import ServingSettings  # noqa: E402
 
 NAME = "bench"
 GOAL_ENDPOINT_RATIO = 0.85
@@ -125,6 +131,33 @@ def raw_throughput(forward: Callable[[np.ndarray], object], x: np.ndarray, batch
             if elapsed >= seconds / trials:
                 break
         best = max(best, n / elapsed)
+    return best
+
+
+def raw_concurrent(forward: Callable[[np.ndarray], object], x: np.ndarray, batch: int, seconds: float,
+                   workers: int, trials: int = 3) -> float:
+    """Images/s of ``workers`` threads each calling ``forward`` on batches of ``batch`` at once (the
+    server's concurrent forwards, without a server): the best of ``trials`` runs."""
+    reps = -(-batch // len(x))
+    xb = np.ascontiguousarray(np.concatenate([x] * reps)[:batch])
+    forward(xb)
+    best = 0.0
+    for _ in range(trials):
+        counts = [0] * workers
+        t_end = time.perf_counter() + seconds / trials
+
+        def work(i: int, counts: list[int] = counts, t_end: float = t_end) -> None:
+            while time.perf_counter() < t_end:
+                forward(xb)
+                counts[i] += batch
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        best = max(best, sum(counts) / (time.perf_counter() - t0))
     return best
 
 
@@ -340,7 +373,8 @@ def endpoint_run(server: ServerProcess, payloads: list, concurrency: int, second
         "health_max_ms": round(float(health_ms.max()), 1) if len(health_ms) else None,
         "errors": len(errors), "error_examples": errors[:3],
         "mean_batch": round(d["batch_size_sum"] / forwards, 2) if forwards else None,
-        # the fraction of the window the forward thread computed, and its images/s while it did
+        # forward seconds per second of the window (the fraction the forward computed with one worker;
+        # up to the number of workers), and images/s while computing
         "forward_busy_fraction": round(d["forward_seconds_sum"] / (t1 - t0), 3),
         "forward_images_per_busy_s": round(d["batch_size_sum"] / d["forward_seconds_sum"], 2)
         if d["forward_seconds_sum"] else None,
@@ -426,6 +460,17 @@ def endpoints(args: argparse.Namespace, artifact: Path, payloads: dict[str, list
                                    log=tmp / f"{backend}-{protocol}-unbatched.log", concurrency=[8],
                                    protocol=protocol, extra=["--backend", backend, "--max-batch", "1"], **common)
             out.setdefault(backend, {})[protocol] = {"batched": batched, "unbatched": unbatched}
+            if ServingSettings().workers_for(backend, args.threads) > 1:  # for comparison: one forward at a time
+                one = ["--backend", backend, "--forward-workers", "1"]
+                w = args.max_wait_ms[0]
+                out[backend][protocol]["batched_one_worker"] = serve_runs(
+                    artifact, payloads[protocol], expected, mode=f"{backend} {protocol} batched, one forward worker",
+                    log=tmp / f"{backend}-{protocol}-one.log", concurrency=args.concurrency, protocol=protocol,
+                    extra=[*one, "--max-batch", str(args.max_batch), "--max-wait-ms", f"{w:g}"], **common)
+                out[backend][protocol]["unbatched_one_worker"] = serve_runs(
+                    artifact, payloads[protocol], expected, mode=f"{backend} {protocol} unbatched, one forward worker",
+                    log=tmp / f"{backend}-{protocol}-unbatched-one.log", concurrency=[8], protocol=protocol,
+                    extra=[*one, "--max-batch", "1"], **common)
     return out
 
 
@@ -441,6 +486,13 @@ def ratios(args: argparse.Namespace, raw: dict[str, dict[str, float]], ends: dic
                 "endpoint_c32_over_raw_batched": round(runs["32"]["images_per_s"] / raw[backend][mb], 3),
                 "endpoint_c8_over_raw_batch_8": round(runs["8"]["images_per_s"] / raw[backend]["8"], 3),
                 "batched_over_unbatched_c8": round(runs["8"]["images_per_s"] / c8_u, 3) if c8_u else None}
+            if "batched_one_worker" in e:  # the same ratios with one forward at a time, for comparison
+                one = e["batched_one_worker"]["runs"]
+                u1 = e["unbatched_one_worker"]["runs"]["8"]["images_per_s"]
+                out[f"{backend}_{protocol}"].update({
+                    "one_worker_endpoint_c32_over_raw_batched": round(one["32"]["images_per_s"] / raw[backend][mb], 3),
+                    "one_worker_batched_over_unbatched_c8": round(one["8"]["images_per_s"] / u1, 3) if u1 else None,
+                    "batched_over_one_worker_unbatched_c8": round(runs["8"]["images_per_s"] / u1, 3) if u1 else None})
     if "torch" in raw and "onnx" in raw:
         out["onnx_raw_over_torch_raw"] = {b: round(raw["onnx"][b] / raw["torch"][b], 3) for b in raw["torch"]}
     return out
@@ -487,6 +539,15 @@ def main() -> None:
         raw_s = max(3.0, args.duration / 2)
         raw_first = raw_all(predictors, x, sizes, raw_s)
         print(f"raw forward ({args.threads} threads), images/s by batch: {raw_first}", flush=True)
+        concurrent_cfg, raw_conc = {}, {}
+        for b in args.backends:
+            workers = ServingSettings().workers_for(b, args.threads)
+            if workers > 1:
+                share = max(1, args.threads // workers)
+                pred = EnsemblePredictor.load(artifact, backend=b, threads=share)
+                concurrent_cfg[b] = {"workers": workers, "threads_each": share}
+                raw_conc[b] = {str(n): round(raw_concurrent(pred.forward, x, n, raw_s, workers), 2) for n in sizes}
+        print(f"raw concurrent forwards {concurrent_cfg}: {raw_conc}", flush=True)
         profile = member_profile(artifact, x, args.max_batch, raw_s, args.threads) if "onnx" in args.backends else {}
         print(f"members alone at batch {args.max_batch}: {profile}", flush=True)
         loads["after_raw"] = load_average()
@@ -500,7 +561,9 @@ def main() -> None:
         raw_one_thread = raw_all(one, x, [1, args.max_batch], raw_s)
         print(f"raw forward, one thread: {raw_one_thread}", flush=True)
         loads["end"] = load_average()
-    raw = {b: {s: max(v, raw_after[b][s]) for s, v in by.items()} for b, by in raw_first.items()}
+    single = {b: {s: max(v, raw_after[b][s]) for s, v in by.items()} for b, by in raw_first.items()}
+    # the reference: the faster of one forward with every thread and the server's concurrent forwards
+    raw = {b: {s: max(v, raw_conc.get(b, {}).get(s, 0.0)) for s, v in by.items()} for b, by in single.items()}
     rat = ratios(args, raw, ends)
     write_result(args.name, {
         "config": {"members": args.members, "member_parameters": built["member_parameters"], "method": args.method,
@@ -513,8 +576,10 @@ def main() -> None:
                    "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ}},
         "load_average_1_5_15_min": loads,
         "onnx_export": built["onnx_export"],
-        "raw_forward_images_per_s": {"by_backend_and_batch": raw, "before_endpoint_runs": raw_first,
-                                     "after_endpoint_runs": raw_after, "one_thread": raw_one_thread},
+        "raw_forward_images_per_s": {"by_backend_and_batch": raw, "single_forward": single,
+                                     "before_endpoint_runs": raw_first, "after_endpoint_runs": raw_after,
+                                     "concurrent_forwards": raw_conc, "concurrent_config": concurrent_cfg,
+                                     "one_thread": raw_one_thread},
         "profile_members_alone_at_max_batch": profile,
         "endpoint": ends,
         "ratios": rat,

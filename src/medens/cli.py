@@ -276,6 +276,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from medens.serving.settings import ServingSettings
 
     settings = ServingSettings.from_env(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                        forward_workers=args.forward_workers,
                                         max_instances=args.max_instances, max_bytes=args.max_bytes,
                                         max_pixels=args.max_pixels, max_request_pixels=args.max_request_pixels)
     if args.threads is not None:
@@ -438,6 +439,10 @@ def _add_serving_commands(sub: Any) -> None:
     sv.add_argument("--max-batch", type=int, help="images per forward; 1 disables micro-batching (default 32)")
     sv.add_argument("--max-wait-ms", type=float, help="longest a partial batch waits for the images expected "
                                                       "under the current load, at most one forward (default 50)")
+    sv.add_argument("--forward-workers", type=int,
+                    help="forwards that may run at once (MEDENS_SERVE_FORWARD_WORKERS; default 0, auto: 2 with ONNX "
+                         "Runtime on two or more cores, each with half the threads, so one computes while the other "
+                         "batch's clients are answered; PyTorch always 1)")
     sv.add_argument("--max-instances", type=int, help="images per request (default 64)")
     sv.add_argument("--max-bytes", type=int, help="request body bytes (default 32 MiB)")
     sv.add_argument("--max-pixels", type=int, help="pixels per image (default 4096 x 4096)")

@@ -205,6 +205,83 @@ def test_bad_settings():
         MicroBatcher(lambda x: x, max_batch=0)
     with pytest.raises(ValueError, match="max_wait_ms must be >= 0"):
         MicroBatcher(lambda x: x, max_wait_ms=-1)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        MicroBatcher(lambda x: x, workers=0)
+
+
+def _meeting_forward(parties: int, sizes: list[int], inside: list[int]):
+    """A forward that returns only once ``parties`` forwards are inside it at the same time (a
+    barrier; with fewer workers it breaks after 30 s and the batch fails), recording batch sizes
+    and the most forwards seen running at once."""
+    barrier = threading.Barrier(parties, timeout=30)
+    lock = threading.Lock()
+    running = [0]
+
+    def forward(x):
+        with lock:
+            sizes.append(len(x))
+            running[0] += 1
+            inside.append(running[0])
+        try:
+            barrier.wait()
+        finally:
+            with lock:
+                running[0] -= 1
+        return [float(v) * 2 for v in x[:, 0]]
+
+    return forward
+
+
+def test_two_workers_run_two_forwards_at_once():
+    """Two lone requests (twice) become two forwards that run at the same time (each waits for the other
+    inside the forward: one worker would break the barrier), each gets its own rows back, and a
+    third forward never runs beside them."""
+    sizes: list[int] = []
+    inside: list[int] = []
+
+    async def main():
+        b = MicroBatcher(_meeting_forward(2, sizes, inside), max_batch=8, max_wait_ms=0, workers=2)
+        out = [await asyncio.gather(*(b.submit(rows(2 * k + i)) for i in range(2))) for k in range(2)]
+        await b.aclose()
+        return out
+
+    assert asyncio.run(main()) == [[[0.0], [2.0]], [[4.0], [6.0]]]
+    assert sizes == [1, 1, 1, 1] and max(inside) == 2
+
+
+def test_two_workers_split_the_expected_load_into_two_batches():
+    """Eight images expected in flight and two workers: each forward takes its share, four, and the
+    two run at once; one worker takes all eight in one forward."""
+    def run(workers: int) -> list[int]:
+        sizes: list[int] = []
+
+        async def main():
+            forward = _meeting_forward(2, sizes, []) if workers == 2 else doubling(sizes)
+            b = MicroBatcher(forward, max_batch=32, max_wait_ms=0, workers=workers)
+            b.expected = 8
+            out = await asyncio.gather(*(b.submit(rows(i)) for i in range(8)))
+            await b.aclose()
+            assert out == [[2.0 * i] for i in range(8)]
+
+        asyncio.run(main())
+        return sizes
+
+    assert run(2) == [4, 4]
+    assert run(1) == [8]
+
+
+def test_two_workers_split_one_large_request_between_them():
+    """Nothing in flight before, one request of six images: each worker takes half of what is queued."""
+    sizes: list[int] = []
+
+    async def main():
+        b = MicroBatcher(_meeting_forward(2, sizes, []), max_batch=32, max_wait_ms=0, workers=2)
+        out = await b.submit(rows(*range(6)))
+        await b.aclose()
+        return out
+
+    assert asyncio.run(main()) == [2.0 * i for i in range(6)]
+    assert sizes == [3, 3]
 
 
 def test_wrong_row_count_or_failing_callback_fails_the_batch_only():

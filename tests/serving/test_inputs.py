@@ -152,6 +152,13 @@ def test_settings_from_env_flags_and_validation():
     with pytest.raises(ValueError, match="max_batch must be >= 1, got 0"):
         ServingSettings(max_batch=0)
     assert ServingSettings(max_wait_ms=0).max_wait_ms == 0
+    # forward workers: 0 is auto (2 with ONNX Runtime on two or more cores), PyTorch always 1
+    assert ServingSettings().workers_for("onnx", 2) == 2 and ServingSettings().workers_for("onnx", 1) == 1
+    assert ServingSettings().workers_for("torch", 16) == 1
+    s3 = ServingSettings.from_env({"MEDENS_SERVE_FORWARD_WORKERS": "3"})
+    assert s3.workers_for("onnx", 1) == 3 and s3.workers_for("torch", 8) == 1
+    with pytest.raises(ValueError, match="forward_workers must be >= 0"):
+        ServingSettings(forward_workers=-1)
 
 
 def test_request_pixel_budget_and_huge_integers():

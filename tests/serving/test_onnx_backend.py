@@ -51,7 +51,8 @@ def test_rest_v1_v2_and_grpc_agree_with_torch(onnx_ensemble, tiny_ensemble, tmp_
     probs = np.stack([r["probs"] for r in expected])
     members = np.stack([np.stack([r["members"][m] for m in reference.member_ids]) for r in expected])
     log = tmp_path / "server.log"
-    with ServerProcess(onnx_ensemble, "tiny-onnx", log=log, extra_args=["--backend", "onnx", "--threads", "1"]) as server:
+    with ServerProcess(onnx_ensemble, "tiny-onnx", log=log, extra_args=["--backend", "onnx", "--threads", "1",
+                                                                          "--forward-workers", "2"]) as server:
         status, v1, _ = http("POST", f"{server.url}/v1/models/tiny-onnx:predict",
                              {"instances": [_png(img) for img in images], "parameters": {"return_members": True}})
         assert status == 200, v1
@@ -63,7 +64,8 @@ def test_rest_v1_v2_and_grpc_agree_with_torch(onnx_ensemble, tiny_ensemble, tmp_
         code, details, resp = grpc_call(server, [Tensor("image", "BYTES", [len(images)],
                                                         [base64.b64decode(_png(img)) for img in images])], raw=False)
         assert code == grpc.StatusCode.OK, details
-    assert "onnx backend" in log.read_text()
+    # two forwards at once: the five images of one request are split between them (3 + 2)
+    assert "onnx backend, 2 forwards at once" in log.read_text()
     got_v1 = np.array([p["probabilities"] for p in v1["predictions"]])
     assert np.abs(got_v1 - probs).max() <= 1e-5
     assert [p["label"] for p in v1["predictions"]] == list(probs.argmax(1))

@@ -16,6 +16,14 @@ a time (torch already uses every core). The batch size adapts to the load:
 
 ``max_batch`` caps a batch; ``max_batch=1`` turns batching off (every image is its own forward);
 ``max_wait_ms=0`` takes whatever is queued and never waits.
+
+``workers`` forwards may run at once, each in its own thread (ONNX Runtime, whose sessions may
+be run from several threads; PyTorch keeps one, see :func:`torch_thread`). Then a batch waits for
+its share of the images expected, ``expected / workers``: with ``c`` closed-loop clients and two
+workers, two batches of ``c / 2`` alternate, one computing while the other's clients are answered
+and send again. With one worker a batch's clients are answered, and their next images decoded,
+while no forward runs: at concurrency 32 and ``max_batch`` 32 that idle time was a fifth of the
+run (``benchmarks/serve.py``, ``forward_busy_fraction``).
 """
 
 from __future__ import annotations
@@ -53,11 +61,13 @@ class MicroBatcher:
     def __init__(self, forward: Callable[[np.ndarray], Any], *, max_batch: int = 32, max_wait_ms: float = 50.0,
                  on_batch: Callable[[int, float], None] | None = None,
                  on_queue: Callable[[int], None] | None = None,
-                 executor: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
+                 executor: concurrent.futures.ThreadPoolExecutor | None = None, workers: int = 1) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.forward = forward
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0
@@ -68,6 +78,12 @@ class MicroBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         # one thread runs every forward (pass the thread that loaded the model: see torch_thread)
         self._executor = executor or torch_thread()
+        self.workers = int(workers)
+        # the forwards' threads: the one thread above, or a pool of ``workers`` for concurrent forwards
+        self._forward_executor = self._executor if self.workers == 1 else concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="medens-forward")
+        self._running: set[asyncio.Task] = set()
+        self._in_forward = 0  # images in the forwards running now
         self._pending = 0
         self.expected = 1  # images in flight when the last forward ended
         self.forward_seconds: float | None = None  # moving average of the forward time
@@ -106,31 +122,64 @@ class MicroBatcher:
     async def _collect(self) -> None:
         queue = self._queue
         assert queue is not None
-        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.workers)
         while True:
-            batch = [await queue.get()]
-            target = min(self.max_batch, max(1, self.expected))
-            deadline = loop.time() + self.patience()
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if len(batch) >= target or remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), remaining))
-                except TimeoutError:
-                    break
-            live = [(x, f) for x, f in batch if not f.cancelled()]
-            self._pending -= len(batch)
-            self._report_queue()
+            await slots.acquire()  # a batch is formed only when a worker is free to run it
+            try:
+                live = await self._next_batch(queue)
+            except BaseException:
+                slots.release()
+                raise
             if not live:
+                slots.release()
                 continue
+            self._in_forward += len(live)
+            if self.workers == 1:
+                await self._run_then_release(live, slots)
+            else:
+                task = asyncio.get_running_loop().create_task(self._run_then_release(live, slots))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    async def _run_then_release(self, live: list[tuple[np.ndarray, asyncio.Future]],
+                                slots: asyncio.Semaphore) -> None:
+        try:
             await self._run(live)
-            self.expected = len(live) + queue.qsize()
+        finally:
+            assert self._queue is not None
+            # images in flight as this forward ends: it, the others running, and those queued meanwhile
+            self.expected = self._in_forward + self._queue.qsize()
+            self._in_forward -= len(live)
+            slots.release()
+
+    async def _next_batch(self, queue: asyncio.Queue) -> list[tuple[np.ndarray, asyncio.Future]]:
+        """The next batch: what is queued, waiting (:meth:`patience`) for this worker's share of the
+        images expected; the requests still waiting for an answer (cancelled ones dropped)."""
+        loop = asyncio.get_running_loop()
+        batch = [await queue.get()]
+        target = min(self.max_batch, max(1, -(-self.expected // self.workers)))
+        # one worker takes all that is queued; several take their share of the expected or queued
+        # images (a request of many images is split between them), leaving the rest to the next
+        share = max(target, -(-(self._in_forward + 1 + queue.qsize()) // self.workers))
+        limit = self.max_batch if self.workers == 1 else min(self.max_batch, share)
+        deadline = loop.time() + self.patience()
+        while len(batch) < limit:
+            try:
+                batch.append(queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if len(batch) >= target or remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            except TimeoutError:
+                break
+        live = [(x, f) for x, f in batch if not f.cancelled()]
+        self._pending -= len(batch)
+        self._report_queue()
+        return live
 
     async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future]]) -> None:
         loop = asyncio.get_running_loop()
@@ -140,7 +189,7 @@ class MicroBatcher:
             return self.forward(x), time.perf_counter() - start
 
         try:
-            rows, seconds = await loop.run_in_executor(self._executor, timed, np.stack([b[0] for b in batch]))
+            rows, seconds = await loop.run_in_executor(self._forward_executor, timed, np.stack([b[0] for b in batch]))
             if len(rows) != len(batch):
                 raise RuntimeError(f"the forward returned {len(rows)} rows for {len(batch)} inputs")
             self.forward_seconds = seconds if self.forward_seconds is None else \
@@ -161,8 +210,11 @@ class MicroBatcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-                await self._task
+        for task in [self._task, *self._running]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                    await task
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._forward_executor is not self._executor:
+            self._forward_executor.shutdown(wait=False, cancel_futures=True)

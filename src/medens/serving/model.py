@@ -63,6 +63,12 @@ class InputTooLarge(InvalidInput):
     ``RESOURCE_EXHAUSTED`` (:mod:`medens.serving.grpc_server`)."""
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _single_threaded_torch() -> None:
     import torch
 
@@ -114,11 +120,13 @@ class EnsembleModel(Model):
         """Fetch, verify and build every member; ``ready`` only when all of it worked."""
         self.ready = False
         torch_thread = batching.torch_thread()
+        s = self.settings
+        cores = self.threads or _torch_threads()
         try:
+            # ONNX Runtime's threads are shared by the forwards that may run at once (torch ignores them)
             predictor = torch_thread.submit(EnsemblePredictor.load, self.model_dir, device=self.device,
                                             endpoint=self.endpoint, backend=self.backend,
-                                            threads=self.threads).result()
-            s = self.settings
+                                            threads=max(1, cores // s.workers_for("onnx", cores))).result()
             drift = m.DriftMonitor(self.name, predictor.reference, window=s.drift_window)
             embedding_drift = m.EmbeddingDriftMonitor(
                 self.name, predictor.embedding_reference, window=s.drift_embedding_window,
@@ -130,6 +138,7 @@ class EnsembleModel(Model):
         self.embedding_drift = embedding_drift
         self.batcher = MicroBatcher(
             predictor.forward, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, executor=torch_thread,
+            workers=s.workers_for(predictor.backend, cores),
             on_batch=lambda n, secs: (m.BATCH_SIZE.labels(self.name).observe(n),
                                       m.FORWARD_SECONDS.labels(self.name).observe(secs)),
             on_queue=lambda n: m.QUEUE_IMAGES.labels(self.name).set(n))
@@ -154,8 +163,9 @@ class EnsembleModel(Model):
                             str(d["medens_version"])).set(1)
         self.predictor = predictor
         self.ready = True
-        log.info("loaded ensemble %s (%s, %d members, %s backend) from %s", d["name"], d["method"],
-                 len(d["members"]), d["backend"], self.model_dir)
+        log.info("loaded ensemble %s (%s, %d members, %s backend, %d forward%s at once) from %s", d["name"],
+                 d["method"], len(d["members"]), d["backend"], self.batcher.workers,
+                 "s" * (self.batcher.workers != 1), self.model_dir)
         return self.ready
 
     # ------------------------------------------------------------------ decoding

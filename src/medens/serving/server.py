@@ -245,7 +245,8 @@ def serve(model_dir: str, *, name: str | None = None, http_port: int = 8080, grp
         grpc_note = f"; gRPC v2 (inference.GRPCInferenceService/ModelInfer) on 0.0.0.0:{grpc_port}"
     n = len(model.predictor.member_ids)
     print(f"serving {model.name!r} ({model.predictor.describe()['method']}, {n} member{'s' * (n != 1)}, "
-          f"{model.predictor.backend} backend) on "
+          f"{model.predictor.backend} backend, {model.batcher.workers} forward{'s' * (model.batcher.workers != 1)} "
+          f"at once) on "
           f"http://0.0.0.0:{http_port}: POST /v1/models/{model.name}:predict, /v2/models/{model.name}/infer, "
           f"GET /metrics{grpc_note}", flush=True)
     server.start([model])

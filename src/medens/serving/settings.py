@@ -3,6 +3,9 @@
 - ``MEDENS_SERVE_MAX_BATCH`` (32): images per model forward; 1 turns batching off.
 - ``MEDENS_SERVE_MAX_WAIT_MS`` (50): longest a partial batch waits for the images expected under
   load (never longer than one forward).
+- ``MEDENS_SERVE_FORWARD_WORKERS`` (0: auto): forwards that may run at once. Auto is 2 with ONNX
+  Runtime on two or more cores (each forward gets half the threads: one computes while the other
+  batch's clients are answered) and 1 with PyTorch, whose forwards always run one at a time.
 - ``MEDENS_SERVE_MAX_INSTANCES`` (64): images per request.
 - ``MEDENS_SERVE_MAX_BYTES`` (33554432): request body bytes.
 - ``MEDENS_SERVE_MAX_PIXELS`` (16777216): pixels (width x height) of one image.
@@ -20,6 +23,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
+AUTO_ONNX_WORKERS = 2  # concurrent ONNX Runtime forwards when forward_workers is auto (0)
+
 
 @dataclass(frozen=True)
 class ServingSettings:
@@ -27,6 +32,7 @@ class ServingSettings:
 
     max_batch: int = 32
     max_wait_ms: float = 50.0
+    forward_workers: int = 0
     max_instances: int = 64
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 4096 * 4096
@@ -39,7 +45,7 @@ class ServingSettings:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            minimum = 0 if f.name == "max_wait_ms" else 1
+            minimum = 0 if f.name in ("max_wait_ms", "forward_workers") else 1
             if value < minimum:
                 raise ValueError(f"serving setting {f.name} must be >= {minimum}, got {value}")
 
@@ -58,3 +64,11 @@ class ServingSettings:
                     raise ValueError(f"MEDENS_SERVE_{f.name.upper()} must be a number, got {raw!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def workers_for(self, backend: str, cores: int) -> int:
+        """Forwards that may run at once on ``backend`` with ``cores`` threads: the setting, or auto
+        (2 for ONNX Runtime on two or more cores, else 1); PyTorch always 1 (one OpenMP team,
+        :func:`medens.serving.batching.torch_thread`)."""
+        if backend != "onnx":
+            return 1
+        return self.forward_workers or (AUTO_ONNX_WORKERS if cores >= 2 else 1)
