@@ -529,3 +529,39 @@ def test_conformal_calibration_never_reads_the_test_split(stages, tmp_path, monk
         assert sets.n_per_class == [int(n) for n in np.bincount(real(Predictions, opened[-1]).labels, minlength=3)]
     assert {p.name for p in opened} == {"val.npz", "val_oof.npz"}
     assert [p.name for p in opened if p.parent.parent.name in ensembles] == ["val_oof.npz"] * 2
+
+
+def test_conformal_settings_of_the_spec_reach_the_calibration(stages):
+    """``evaluation.conformal`` (levels, score, method) is what the selected system is calibrated
+    with: the thresholds equal a direct ``calibrate`` with those settings on the same predictions,
+    and differ from the defaults'; bad levels are refused by the spec."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from medens.config import parse_spec
+    from medens.ensemble.conformal import calibrate
+    from medens.stages import ensemble_dirs
+    from medens.stages.evaluate import _calibrate_conformal
+    from medens.training.predictions import Predictions
+
+    root, selected = stages["root"], stages["summary"].selected
+    d = stages["spec"].to_dict()
+    d["evaluation"] = {**d.get("evaluation", {}), "conformal": {"coverage": [0.8, 0.99], "score": "raps",
+                                                               "method": "marginal"}}
+    spec = parse_spec(d)
+    members, ensembles = member_dirs(stages["paths"]), ensemble_dirs(root / "ens")
+    chosen = SimpleNamespace(selected=selected, selection={selected: {}})
+    sets = _calibrate_conformal(spec, chosen, members, ensembles)
+    system_dir = Path(stages["summary"].best_path)
+    cal = Predictions.load(system_dir / "predictions" / ("val_oof.npz" if selected in ensembles else "val.npz"))
+    names = ["codocyte", "hypochromia", "normal"]
+    expected = calibrate(cal.probs, cal.labels, names, levels=(0.8, 0.99), score="raps", method="marginal")
+    assert sorted(sets.thresholds) == [0.8, 0.99] and sets.default == 0.8
+    for level in (0.8, 0.99):
+        np.testing.assert_array_equal(sets.thresholds[level], expected.thresholds[level])
+    default = _calibrate_conformal(stages["spec"], chosen, members, ensembles)
+    assert sorted(default.thresholds) == [0.9, 0.95]
+    for bad in ([1.2], [0.9, 0.9], []):
+        d["evaluation"]["conformal"] = {"coverage": bad}
+        with pytest.raises(ValueError, match="coverage"):
+            parse_spec(d)

@@ -292,6 +292,26 @@ class EnsembleSpec(_Spec):
         return v
 
 
+class ConformalSpec(_Spec):
+    """Conformal prediction sets of the selected classifier (docs/methods.md, "Conformal prediction
+    sets"): the stored coverage levels (the first is the endpoint's default; a request may ask for
+    any of them), the conformity score and class-conditional (``mondrian``) or ``marginal`` thresholds."""
+
+    coverage: list[float] = Field(default_factory=lambda: [0.90, 0.95], min_length=1)
+    score: Literal["aps", "raps"] = "aps"
+    method: Literal["mondrian", "marginal"] = "mondrian"
+
+    @field_validator("coverage")
+    @classmethod
+    def _levels(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not 0.0 < x < 1.0]
+        if bad:
+            raise ValueError(f"coverage levels must be between 0 and 1 (exclusive), got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"coverage levels must differ, got {v}")
+        return [float(x) for x in v]
+
+
 class EvaluationSpec(_Spec):
     """Statistics and explanation settings."""
 
@@ -312,6 +332,7 @@ class EvaluationSpec(_Spec):
     #: Under cv selection on small data (the rule above), add the classical member ``hog_mlp``
     #: (fixed HOG features + a trained head) to the models; ``false`` keeps the models as listed.
     classical_member: bool = True
+    conformal: ConformalSpec = Field(default_factory=ConformalSpec)
 
 
 IMAGENET = "imagenet"

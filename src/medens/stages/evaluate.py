@@ -119,8 +119,10 @@ def _calibrate_conformal(spec: ExperimentSpec, chosen: _Choice, members: dict[st
 
     if spec.task != "classification":
         return None
+    c = spec.evaluation.conformal
     return calibrate_selected(chosen.selected, members, ensembles,
-                              basis=chosen.selection[chosen.selected].get("basis"))
+                              basis=chosen.selection[chosen.selected].get("basis"), levels=tuple(c.coverage),
+                              score=c.score, method=c.method)
 
 
 def _record_conformal(result: EvaluationResult, sets: Any, test_probs: np.ndarray, test_labels: np.ndarray | None,
