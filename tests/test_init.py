@@ -300,3 +300,59 @@ def test_cli_times_the_members_prints_the_command_and_keeps_an_existing_spec(tmp
     before = out.read_text()
     assert cli.main(["init", str(tmp_path / "d"), "--out", str(out), "--timing-steps", "0"]) == 2
     assert "exists; pass --force" in capsys.readouterr().err and out.read_text() == before
+
+
+def _shape_folder(root: Path, shape: str, n: int = 24, classes: tuple[str, ...] = ("a", "b")) -> None:
+    """Grey 32 x 32 images of one planted shape per class (its size by class) with noise: ``disc``
+    (every flip maps it on itself), ``tee`` (a T: symmetric left-right only) or ``ell`` (an L: neither)."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:32, :32]
+    for k, cls in enumerate(classes):
+        for i in range(n):
+            img = np.zeros((32, 32))
+            r = 6 + 3 * k
+            if shape == "disc":
+                img[(yy - 15.5) ** 2 + (xx - 15.5) ** 2 <= r * r] = 200
+            elif shape == "tee":
+                img[4:8, 16 - r:16 + r] = 200
+                img[4:28, 14:18] = 200
+            else:
+                img[4:28, 4:8] = 200
+                img[24:28, 4:8 + 2 * r] = 200
+            img += rng.normal(0, 30, img.shape)
+            path = root / cls / f"{cls}{i:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+
+
+@pytest.mark.parametrize(("shape", "flips"), [("disc", "both"), ("tee", "horizontal"), ("ell", "none")])
+def test_init_proposes_the_flips_the_images_show(tmp_path, no_lite0_weights, shape, flips):
+    """A disc looks the same flipped either way, a T only left-right, an L neither: init writes
+    ``training.flips`` accordingly (the recipe flips both ways in training and at test time)."""
+    from medens.data.inspect import FLIP_DEFICIT
+
+    _shape_folder(tmp_path / "d", shape)
+    result = init_experiment(tmp_path / "d", out=tmp_path / "spec.yaml", timing_steps=0)
+    assert result.spec.training.flips == flips
+    assert result.flips.images == 48 and result.flips.flips == flips
+    d = result.flips.deficits
+    assert (d["vertical"] < FLIP_DEFICIT) == (flips == "both")
+    assert (d["horizontal"] < FLIP_DEFICIT) == (flips in ("both", "horizontal"))
+    text = (tmp_path / "spec.yaml").read_text()
+    assert f"# flips in training and at test time: {flips}: flipping loses" in text
+    assert f"training: {{flips: {flips}}}" in text
+    assert f"  flips: {flips}: flipping loses" in init_stage.format_init(result)
+
+
+def test_the_flip_check_never_reads_the_test_folder_and_needs_enough_images(tmp_path, no_lite0_weights):
+    """L-shaped (unflippable) images only in test/, discs in train/ and val/: both (test/ is not
+    read); with fewer than FLIP_MIN_IMAGES images it cannot tell and keeps the default, both."""
+    for part in ("train", "val"):
+        _shape_folder(tmp_path / "d" / part, "disc", n=12)
+    _shape_folder(tmp_path / "d" / "test", "ell", n=40)
+    result = init_experiment(tmp_path / "d", out=tmp_path / "spec.yaml", timing_steps=0)
+    assert result.spec.training.flips == "both" and result.flips.images == 48
+    _shape_folder(tmp_path / "few", "ell", n=8)
+    few = init_experiment(tmp_path / "few", out=tmp_path / "few.yaml", timing_steps=0)
+    assert few.spec.training.flips == "both" and few.flips.images == 16
+    assert "too few images (16)" in few.flips.reason

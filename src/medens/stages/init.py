@@ -16,6 +16,10 @@ settings from it:
   machine (:func:`medens.models.weights.availability`), else written commented out with the reason;
   losses ce, weighted_ce and focal (the benchmark's ``default_spec``). Segmentation: a U-Net with
   dice_ce, dice_focal and the exponential loss, the recipe's metrics replaced by Dice;
+- ``training.flips`` (classification): the flips the images show, from the training (and
+  validation) images, never the test folder (:func:`medens.data.inspect.flip_symmetry`; with one
+  folder, before any split exists, from all of it): the recipe flips both ways in training and at
+  test time, which turns garments, chest X-rays and digits into images the data never holds;
 - the estimate (:func:`estimate_minutes`): a few timed forward + backward steps of each model at
   the chosen size on this machine's training device, times the optimiser steps the recipe will
   run on the training split (``max(epochs, ceil(min_steps / steps_per_epoch))`` epochs), plus the
@@ -36,7 +40,7 @@ from typing import Any
 import yaml
 
 from medens.config import IMAGENET, ExperimentSpec, ModelSpec, load_spec, parse_spec
-from medens.data.inspect import ALL, Survey, survey
+from medens.data.inspect import ALL, FlipCheck, Survey, flip_symmetry, survey
 
 RECIPE = "imbalanced-2d"
 LITE0 = "timm_efficientnet_lite0"
@@ -84,7 +88,7 @@ def _name(found: Survey) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "experiment"
 
 
-def spec_data(found: Survey, *, image_size: int, lite0: bool) -> dict[str, Any]:
+def spec_data(found: Survey, *, image_size: int, lite0: bool, flips: str | None = None) -> dict[str, Any]:
     """The spec (a mapping) that init writes for ``found``."""
     data: dict[str, Any] = {"source": found.source, "path": str(found.path), "image_size": image_size,
                             "channels": 3 if found.channels.get(3) else 1}
@@ -103,6 +107,8 @@ def spec_data(found: Survey, *, image_size: int, lite0: bool) -> dict[str, Any]:
         spec["models"] = ["compact_cnn"] + ([{"name": LITE0, "weights": IMAGENET, "training": dict(LITE0_TRAINING)}]
                                             if lite0 else [])
         spec["losses"] = list(CLASSIFICATION_LOSSES)
+        if flips is not None:
+            spec["training"] = {"flips": flips}
     return spec
 
 
@@ -251,6 +257,7 @@ class InitResult:
     lite0: bool
     lite0_reason: str
     estimates: list[Estimate] = field(default_factory=list)
+    flips: FlipCheck | None = None
 
     @property
     def total_minutes(self) -> float | None:
@@ -316,7 +323,8 @@ def selection_hint(found: Survey, spec: ExperimentSpec) -> str | None:
 
 
 def render_spec(result_data: dict[str, Any], found: Survey, *, size_reason: str, lite0: bool, lite0_reason: str,
-                estimates: list[Estimate], out: Path, selection: str | None = None) -> str:
+                estimates: list[Estimate], out: Path, selection: str | None = None,
+                flip_reason: str | None = None) -> str:
     """The spec's YAML with comments; it loads back to exactly ``result_data``."""
     d = result_data
     data = d["data"]
@@ -375,6 +383,9 @@ def render_spec(result_data: dict[str, Any], found: Survey, *, size_reason: str,
             lines += _comment(f"- name: {LITE0}\n  weights: {IMAGENET}\n  training: {_flow(LITE0_TRAINING)}", "  ")
     lines += _comment("every model trains once with each loss (a member per pair)")
     lines.append(f"losses: {_flow(d['losses'])}")
+    if d["task"] == "classification" and "training" in d:
+        lines += _comment(f"flips in training and at test time: {flip_reason}")
+        lines.append(f"training: {_flow(d['training'])}")
     if selection:
         lines += _comment(f"selection: {selection}; the recipe selects on validation. To cross-validate:\n"
                           "evaluation: {selection: auto}")
@@ -403,17 +414,26 @@ def init_experiment(path: str | Path, *, task: str | None = None, out: str | Pat
         size, why = image_size, f"given: {image_size} (the data suggests {size}: {why})"
     lite0 = found.task == "classification" and pretrained_lite0()[0]
     lite0_reason = pretrained_lite0()[1] if found.task == "classification" else ""
-    d = spec_data(found, image_size=size, lite0=lite0)
+    flip = propose_flips(found)
+    d = spec_data(found, image_size=size, lite0=lite0, flips=flip.flips if flip else None)
     spec = parse_spec(d, source="medens init")
     estimates = estimate_minutes(spec, found, steps=timing_steps) if timing_steps > 0 else []
     text = render_spec(d, found, size_reason=why, lite0=lite0, lite0_reason=lite0_reason, estimates=estimates,
-                       out=out, selection=selection_hint(found, spec))
+                       out=out, selection=selection_hint(found, spec), flip_reason=flip.reason if flip else None)
     from medens.storage.atomic import atomic_write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
     spec = load_spec(out)  # what `medens run --spec` will read
-    return InitResult(found, spec, d, out, text, size, why, lite0, lite0_reason, estimates)
+    return InitResult(found, spec, d, out, text, size, why, lite0, lite0_reason, estimates, flip)
+
+
+def propose_flips(found: Survey) -> FlipCheck | None:
+    """The flips a classification set shows (:func:`flip_symmetry`) from every part but ``test``;
+    ``None`` for segmentation (its recipe keeps flipping image and mask together)."""
+    if found.task != "classification":
+        return None
+    return flip_symmetry([s for s in found.samples if s.part != "test"])
 
 
 def _minutes(m: float) -> str:
@@ -435,6 +455,8 @@ def format_init(result: InitResult) -> str:
     t = result.spec.training
     lines.append(f"  recipe: {RECIPE} (batch {t.batch_size}, {t.epochs} epochs or at least {t.min_steps} steps, "
                  f"{t.optimizer}, {t.schedule}); {len(result.spec.models) * len(result.spec.losses)} members")
+    if result.flips is not None:
+        lines.append(f"  flips: {result.flips.reason}")
     hint = selection_hint(found, result.spec)
     if hint:
         lines.append(f"  selection: {hint}")
