@@ -40,6 +40,27 @@ def import_kserve() -> Any:
     return ms
 
 
+class _NoTiming:
+    """Stands in for KServe's ``TimingMiddleware``: KServe adds it to every REST app whatever
+    ``enable_latency_logging`` says, and per request it calls ``getrusage`` twice (the kernel sums
+    every thread of the process: the forwards' too) and writes two ``kserve.trace`` log lines. On
+    2 cores at concurrency 32 that was half the event loop's busy time (py-spy; benchmarks/serve.py).
+    Latency is in Prometheus (``medens_forward_seconds``, the request counters) instead."""
+
+    def __init__(self, app: Any, **_: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+def without_kserve_timing() -> None:
+    """KServe's REST server builds its app without ``TimingMiddleware`` (see :class:`_NoTiming`)."""
+    import kserve.protocol.rest.server as rest
+
+    rest.TimingMiddleware = _NoTiming  # type: ignore[misc,assignment]
+
+
 class RequestGuard:
     """ASGI middleware: the payload byte limit (413), a counter of every inference request and an
     error counter for every 4xx/5xx answer (the error ratio's numerator and denominator)."""
@@ -231,6 +252,7 @@ def serve(model_dir: str, *, name: str | None = None, http_port: int = 8080, grp
     model = build_model(model_dir, name=name, settings=settings, device=device, endpoint=endpoint, backend=backend,
                         threads=threads)
     ms.app.add_middleware(RequestGuard, max_bytes=settings.max_bytes, model_name=model.name)
+    without_kserve_timing()
     server = ms.ModelServer(http_port=http_port, enable_grpc=False, workers=1, enable_latency_logging=False)
     grpc_note = ""
     if grpc_port:
