@@ -191,6 +191,30 @@ def spec_via_init(folder: Path, out: Path, size: int, quick: bool, seed: int = S
     return parse_spec(d, source=str(out)), text
 
 
+def split_into_folders(folder: Path, out: Path, spec: Any, work: Path) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """The image folder ``folder`` moved into ``out/{train,val,test}/<class>/``, split exactly as the
+    benchmark's own data stage splits it (``spec``: :func:`build_spec`'s, same seed): the layout of a
+    user who hands ``medens init`` a folder with the test split already held out, so that ``--via-init``
+    is scored on the benchmark's test images. Returns the images per split and class, and the test
+    split's ids (``<class>/<file>``, in the data stage's order)."""
+    from medens.data.types import SplitData
+    from medens.stages import prepare_data
+
+    probe = work / "split-probe"
+    prepare_data(spec, probe)
+    data = SplitData.load(probe)
+    written: dict[str, dict[str, int]] = {}
+    for s in ("train", "val", "test"):
+        for rel in data.split(s).ids:
+            dst = out / s / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(folder / rel), dst)
+        written[s] = {c: len(list((out / s / c).glob("*.png"))) for c in data.class_names}
+    shutil.rmtree(probe)
+    shutil.rmtree(folder)
+    return written, list(data.test.ids)
+
+
 def to_probs(p: np.ndarray) -> np.ndarray:
     """float64 rows renormalised to sum to 1 (saved predictions are float16/32)."""
     p = np.asarray(p, dtype=np.float64)
@@ -465,6 +489,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--via-init", action="store_true",
                     help="the user's path: `medens init --size SIZE` on the image folder writes the spec, which runs as "
                          "written (only its seed is set to --seed; --quick still shortens training)")
+    ap.add_argument("--split-folders", action="store_true",
+                    help="with --via-init on elpv or digits: hand init a folder with train/, val/ and test/ "
+                         "holding the benchmark's own split (0.6/0.15/0.25, --seed) instead of one folder that "
+                         "init's default split (0.7/0.15/0.15) divides; results go to <name>_split_folders.json")
     ap.add_argument("--selection", choices=("validation", "cv", "auto"), default=None,
                     help="evaluation.selection of the spec: validation (the spec default), cv (k-fold cross-validation "
                          "on train + val) or auto (cv when the validation split cannot rank systems); results go to "
@@ -479,6 +507,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size = args.size or dataset["size"]
     stem = "real_data" if args.dataset == "elpv" else f"real_data_{args.dataset}"
     stem += "_via_init" if args.via_init else ""
+    if args.split_folders and (not args.via_init or args.dataset in PRESPLIT):
+        ap.error("--split-folders goes with --via-init on a dataset without its own split folders (elpv, digits)")
+    stem += "_split_folders" if args.split_folders else ""
     stem += f"_{args.selection}" if args.selection not in (None, "validation") else ""
     stem += f"_seed{args.seed}" if args.seed != SEED else ""
     name = args.name or (f"{stem}_quick" if args.quick else stem)
@@ -543,6 +574,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             written = write_image_folder(images[keep], labels[keep], folder, names=[f"cell{i + 1:04d}" for i in keep],
                                          class_names=class_names)
         del images
+        bench_test_ids = None
+        if args.split_folders:
+            written, bench_test_ids = split_into_folders(folder, work / f"{args.dataset}-split", build_spec(
+                base, folder, size, args.quick, flips=dataset["flips"], seed=args.seed), work)
+            folder = work / f"{args.dataset}-split"
         print(f"[data] {len(keep)} images into {folder}: {written}", file=sys.stderr)
         init_text = None
         if args.via_init:
@@ -565,6 +601,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_summary = prepare_data(spec, data_dir)
         data_seconds = time.perf_counter() - t
         data = SplitData.load(data_dir)
+        if bench_test_ids is not None and sorted(data.test.ids) != sorted(bench_test_ids):
+            raise RuntimeError("--split-folders: init's test split is not the benchmark's")
         k = data.num_classes
         y = data.test.labels
         counts = {s: np.bincount(data.split(s).labels, minlength=k).tolist() for s in ("train", "val", "test")}
@@ -638,7 +676,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "config": {"size": size, "quick": args.quick, "plain_epochs": epochs, "seed": args.seed,
                        "via_init": args.via_init, "selection": spec.evaluation.selection,
                        "cv_folds": spec.evaluation.cv_folds,
-                       "split": "the source's train/val/test folders" if args.dataset in PRESPLIT else SPLIT,
+                       "split": "the source's train/val/test folders" if args.dataset in PRESPLIT else
+                                ({"split_folders": SPLIT} if args.split_folders else SPLIT),
                        "spec_path": args.spec, "bootstrap": n_boot, "alpha": ALPHA, "hog": HOG},
             "data": {"package": package, "images": int(len(keep)),
                      "class_names": data.class_names, "folder_counts": written, "split_counts": counts,
