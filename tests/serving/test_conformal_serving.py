@@ -90,6 +90,20 @@ def test_v1_and_v2_carry_the_set_and_the_level(with_sets):
     assert out["coverage"].datatype == "FP64" and out["coverage"].as_numpy().tolist() == [0.95] * len(probs)
 
 
+def test_explain_carries_the_same_set_as_predict(with_sets):
+    model, sets, probs = _model(with_sets["new"]), with_sets["sets"], with_sets["probs"]
+    imgs = [img.tolist() for img in with_sets["images"][:3]]
+    for level in (0.9, 0.95):
+        body = asyncio.run(model.explain({"instances": imgs, "parameters": {"coverage": level}}))
+        rows = body["explanations"]
+        assert [r["prediction_set"] for r in rows] == sets.prediction_sets(probs[:3], level)
+        assert all(r["coverage"] == level for r in rows)
+    default = asyncio.run(model.explain({"instances": imgs}))["explanations"]
+    assert [r["coverage"] for r in default] == [0.9] * 3
+    old = asyncio.run(_model(with_sets["old"]).explain({"instances": imgs}))["explanations"]
+    assert all("prediction_set" not in r and "coverage" not in r for r in old)
+
+
 def test_unknown_level_is_a_400_naming_the_stored_levels(with_sets):
     from kserve.errors import InvalidInput
 

@@ -5,7 +5,8 @@
   when all of that succeeded.
 - v1 ``POST /v1/models/<name>:predict`` with ``{"instances": [...], "parameters": {"return_members": true}}``
   returns ``{"predictions": [{"label", "class_name", "probabilities", "confidence", "entropy",
-  "disagreement"[, "members"]}, ...]}``; ``:explain`` adds a Grad-CAM ``overlay_png`` (base64).
+  "disagreement"[, "members"]}, ...]}``; ``:explain`` answers ``{"explanations": [...]}``, the same
+  fields (the set too) with a Grad-CAM ``overlay_png`` (base64) and the member weights.
 - v2 ``POST /v2/models/<name>/infer`` with one ``BYTES`` (encoded images) or ``FP32``/``FP64``/``UINT8``
   (intensities ``[N, H, W(, C)]``) input returns the tensors ``probabilities`` ``[N, K]``,
   ``label`` ``[N]``, ``class_name`` ``[N]``, ``confidence`` ``[N]`` (as v1's), ``entropy`` ``[N]``,
@@ -298,7 +299,8 @@ class EnsembleModel(Model):
             raise self._invalid(InputError("bad_request", f"parameters.class_index must be an integer, got {cls!r}"))
         try:
             # Grad-CAM needs gradients: it runs in the forward thread, after any queued batch
-            result = await self.batcher.run_exclusive(self.predictor.explain, images, cls, self._observe_rows)
+            result = await self.batcher.run_exclusive(self.predictor.explain, images, cls, self._observe_rows,
+                                                      params["coverage"])
         except ValueError as e:
             raise self._invalid(InputError("explain", str(e))) from e
         return {"explanations": result}

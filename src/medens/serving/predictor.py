@@ -205,6 +205,13 @@ class EnsemblePredictor:
         """Each row's conformal prediction set (class names, most probable first) at ``level``."""
         return None if self.conformal is None else self.conformal.prediction_sets(np.atleast_2d(probs), level)
 
+    def _set_of(self, probs: np.ndarray, coverage: float | None) -> dict[str, Any]:
+        """``{"prediction_set", "coverage"}`` of one classification row (nothing without conformal sets)."""
+        if self.conformal is None:
+            return {}
+        level = self.conformal.level(coverage)
+        return {"prediction_set": self.conformal.prediction_sets(probs[None], level)[0], "coverage": level}
+
     def result(self, row: dict[str, np.ndarray], *, members: bool = False, coverage: float | None = None
                ) -> dict[str, Any]:
         """One image's JSON answer (v1); with conformal sets, ``prediction_set`` and ``coverage``
@@ -221,9 +228,7 @@ class EnsemblePredictor:
             out = {"label": label, "class_name": self.class_names[label],
                    "probabilities": [float(p) for p in probs], "confidence": float(probs[label]),
                    "entropy": float(row["entropy"]), "disagreement": float(row["disagreement"])}
-            if self.conformal is not None:
-                level = self.conformal.level(coverage)
-                out.update(prediction_set=self.conformal.prediction_sets(probs[None], level)[0], coverage=level)
+            out.update(self._set_of(probs, coverage))
         if members:
             out["members"] = {m: np.asarray(p, dtype=np.float64).tolist() for m, p in row["members"].items()} \
                 if self.task != "segmentation" else {m: float(np.mean(p.argmax(0) == probs.argmax(0)))
@@ -231,12 +236,15 @@ class EnsemblePredictor:
         return out
 
     def explain(self, images: list[np.ndarray], class_idx: int | None = None,
-                on_rows: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+                on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+                coverage: float | None = None) -> list[dict[str, Any]]:
         """Grad-CAM of the ensemble for its label (or ``class_idx``): the members' maps summed with
         the weights the ensemble gives them for that class (:mod:`medens.ensemble.contribution`),
         then normalised to [0, 1], as a base64 PNG overlay on the image as sent; with the
-        uncertainty of the prediction (confidence, entropy, disagreement) and the member weights.
-        ``on_rows`` receives the forward's rows (the server observes their embeddings for drift)."""
+        uncertainty of the prediction (confidence, entropy, disagreement), the conformal
+        ``prediction_set`` and its ``coverage`` (a stored level, default the artifact's) when the
+        artifact has sets, and the member weights. ``on_rows`` receives the forward's rows (the
+        server observes their embeddings for drift)."""
         from medens.ensemble.contribution import member_weights
         from medens.evaluation.explain import overlay
 
@@ -261,6 +269,7 @@ class EnsemblePredictor:
             out.append({"label": int(lab), "class_name": self.class_names[int(lab)],
                         "probabilities": [float(p) for p in probs], "confidence": float(probs.max()),
                         "entropy": float(row["entropy"]), "disagreement": float(row["disagreement"]),
+                        **self._set_of(probs, coverage),
                         "member_weights": {m: float(v) for m, v in zip(self.member_ids, w)}, "weighting": rule,
                         "overlay_png": png_base64(overlay(shown, cam)), "cam_shape": list(cam.shape)})
         return out
