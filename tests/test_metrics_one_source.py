@@ -18,8 +18,9 @@ from medens.ensemble.segmentation import build_seg_ensemble
 from medens.ensemble.selection import METRICS as RANKING
 from medens.evaluation.gate import gate_decision, per_image_overlap
 from medens.evaluation.metrics import METRICS as REPORT
-from medens.evaluation.metrics import classification_metrics, segmentation_metrics
+from medens.evaluation.metrics import classification_metrics
 from medens.evaluation.report import table_rows
+from medens.evaluation.segmentation import segmentation_metrics
 from medens.evaluation.stats import bootstrap_mean_ci, paired_mean_bootstrap
 from medens.evaluation.systems import evaluate_segmentation, selection_score
 from medens.metric_names import metric_value

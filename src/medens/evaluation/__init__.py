@@ -12,8 +12,8 @@ from medens.evaluation.metrics import (
     kfp_classification_metrics,
     metric_evaluator,
     metric_fn,
-    segmentation_metrics,
 )
+from medens.evaluation.segmentation import segmentation_metrics
 from medens.evaluation.stats import (
     bootstrap_ci,
     delong,

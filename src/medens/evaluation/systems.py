@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from medens.evaluation.metrics import METRICS, classification_metrics, segmentation_metrics
+from medens.evaluation.metrics import METRICS, classification_metrics
+from medens.evaluation.segmentation import segmentation_metrics
 from medens.evaluation.stats import (
     bootstrap_ci,
     bootstrap_mean_ci,
