@@ -46,7 +46,7 @@ def test_segmentation_masks_stay_on_disk_and_train_the_same(tmp_path, monkeypatc
     from medens.config import TrainingSpec, parse_spec
     from medens.data import build_dataset
     from medens.training import fit
-    from medens.training.engine import _targets
+    from medens.training.batches import _targets
 
     _seg_folder(tmp_path / "seg")
     spec = parse_spec({"name": "s", "task": "segmentation", "models": ["unet"], "losses": ["dice"],

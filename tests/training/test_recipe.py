@@ -10,7 +10,8 @@ from torch import nn
 from medens.config import TrainingSpec
 from medens.models.artifact import load_artifact
 from medens.training import fit
-from medens.training.engine import cosine_warmup_factor, ema_model, seed_everything
+from medens.training.engine import seed_everything
+from medens.training.optim import cosine_warmup_factor, ema_model
 
 
 def test_cosine_warmup_factor_by_hand():
@@ -127,7 +128,7 @@ def test_a_frozen_encoder_stays_bit_for_bit_unchanged_and_then_fine_tunes(cells3
 
 def test_encoder_learning_rate_multiplier_and_models_without_an_encoder(cells32):
     from medens.models import build
-    from medens.training.engine import parameter_groups
+    from medens.training.optim import parameter_groups
 
     net = build("compact_cnn", in_channels=3, num_classes=3)
     groups = parameter_groups(net, _spec(encoder_lr_mult=0.1))

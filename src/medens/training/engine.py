@@ -50,9 +50,11 @@ from medens.models.artifact import (
     write_manifest,
 )
 from medens.storage.atomic import atomic_write_bytes
+from medens.training.batches import DeviceTransform, make_loader
 from medens.training.checkpoints import StoreCheckpoints
 from medens.training.collapse import collapse_entry
 from medens.training.device import Precision, select_device, select_precision
+from medens.training.optim import build_optimizer, build_scheduler, ema_model, parameter_groups, set_encoder_frozen
 from medens.training.predictions import Predictions, logits_to_probs
 from medens.training.progress import Display, EpochLines, choose_display
 
@@ -83,91 +85,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-# ---------------------------------------------------------------- batches
-
-
-class _IndexedArrays(torch.utils.data.Dataset):
-    """Fetches a whole batch per ``__getitem__`` (a list of indices): one gather, no per-item
-    collation. The images may be in memory or on disk (a ``FileArray``: only the batch is read)."""
-
-    def __init__(self, images, targets: torch.Tensor) -> None:
-        self.images, self.targets = images, targets
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        i = np.asarray(idx, dtype=np.int64)
-        images = torch.from_numpy(np.ascontiguousarray(self.images[i]))
-        if isinstance(self.targets, torch.Tensor):
-            return images, self.targets[torch.from_numpy(i)]
-        # masks stay uint8 (in memory or on disk): only the batch becomes int64
-        return images, torch.from_numpy(np.asarray(self.targets[i]).astype(np.int64))
-
-
-def _targets(split: Split, task: str):
-    """Labels as one long tensor; masks as they are stored (an int64 copy of every mask would be
-    eight times their size): the loader converts each batch."""
-    if task == "classification":
-        return torch.as_tensor(split.labels, dtype=torch.long)
-    return split.masks
-
-
-def make_loader(split: Split, task: str, batch_size: int, *, shuffle: bool, precision: Precision,
-                generator: torch.Generator | None = None, sample_weights: np.ndarray | None = None):
-    """A DataLoader of uint8 ``(B, H, W, C)`` image batches and long targets."""
-    ds = _IndexedArrays(split.images, _targets(split, task))
-    n = len(ds)
-    if sample_weights is not None:
-        base = torch.utils.data.WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), n,
-                                                      replacement=True, generator=generator)
-    elif shuffle:
-        base = torch.utils.data.RandomSampler(ds, generator=generator)
-    else:
-        base = torch.utils.data.SequentialSampler(ds)
-    # A last batch of one sample breaks BatchNorm in training mode: drop it when shuffling.
-    drop_last = shuffle and n % batch_size == 1 and n > batch_size
-    batches = torch.utils.data.BatchSampler(base, batch_size, drop_last=drop_last)
-    return torch.utils.data.DataLoader(
-        ds, batch_size=None, sampler=batches, num_workers=precision.num_workers,
-        pin_memory=precision.pin_memory, persistent_workers=precision.num_workers > 0,
-    )
-
-
-class DeviceTransform:
-    """uint8/uint16 ``(B, H, W, C)`` on any device -> normalised float ``(B, C, H, W)`` on the run's device,
-    with optional augmentation (:mod:`medens.data.augment`; masks transformed identically)."""
-
-    def __init__(self, spec: InputSpec, precision: Precision, *, augment: str = "none", flips: str = "both",
-                 task: str = "classification") -> None:
-        from medens.data.augment import build_augmentation
-
-        self.augment, self.flips = augment, flips
-        self.compose = build_augmentation(augment, (spec.size, spec.size), segmentation=task == "segmentation",
-                                          flips=flips)
-        dev = precision.device
-        self.device = dev
-        self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-        self.std = torch.tensor(spec.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-        self.max_value = float(spec.max_value)
-        self.channels_last = precision.channels_last
-        self.non_blocking = precision.pin_memory
-
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor, *, augment: bool = False,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalise; with ``augment`` (training batches) apply the configured augmentation."""
-        from medens.data.augment import augment_batch
-
-        x = images.to(self.device, non_blocking=self.non_blocking).permute(0, 3, 1, 2).float().div_(self.max_value)
-        x = (x - self.mean) / self.std
-        y = targets.to(self.device, non_blocking=self.non_blocking)
-        if augment and self.augment != "none":
-            x, y = augment_batch(x, y, self.augment, generator, flips=self.flips, compose=self.compose)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
 
 
 # ---------------------------------------------------------------- losses with trainer-side class weights
@@ -233,73 +150,6 @@ def quick_metrics(task: str, probs: np.ndarray, target: np.ndarray) -> dict[str,
 
 
 # ---------------------------------------------------------------- the loop
-
-
-def _optimizer(params, spec: TrainingSpec) -> torch.optim.Optimizer:
-    if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    if spec.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov and spec.momentum > 0,
-                           weight_decay=spec.weight_decay)
-
-
-def cosine_warmup_factor(step: int, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> float:
-    """Learning-rate factor at optimiser step ``step`` (0-based): linear warm-up to 1 over
-    ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps`` (Loshchilov & Hutter,
-    ICLR 2017, without restarts; Goyal et al. 2017 for the warm-up)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, spec: TrainingSpec, mode: str, steps_per_epoch: int,
-               epochs: int) -> tuple[Any, bool]:
-    """The learning-rate schedule and whether it steps per optimiser step (else per epoch)."""
-    total = max(1, steps_per_epoch * epochs)
-    if spec.schedule == "cosine":
-        warm = int(round(spec.warmup_epochs * steps_per_epoch))
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_warmup_factor(step, total, warm, spec.min_lr_ratio)), True
-    if spec.schedule == "onecycle":
-        # one step more than is taken: the step after the last batch lands on the schedule's end
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                   total_steps=total + 1), True
-    if spec.plateau_patience:
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=spec.plateau_factor,
-                                                          patience=spec.plateau_patience), False
-    return None, False
-
-
-def ema_model(net: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of ``net``'s weights and buffers:
-    ``ema <- decay * ema + (1 - decay) * w`` after every optimiser step (torch's ``AveragedModel``)."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
-def parameter_groups(net: nn.Module, spec: TrainingSpec) -> list[dict[str, Any]]:
-    """One group for the encoder (``features``, at ``lr * encoder_lr_mult``) and one for the rest
-    (the head), when the spec freezes or slows the encoder; else one group of everything."""
-    if not spec.freeze_encoder_epochs and spec.encoder_lr_mult == 1.0:
-        return [{"params": list(net.parameters())}]
-    encoder = getattr(net, "features", None)
-    if not isinstance(encoder, nn.Module) or not isinstance(getattr(net, "head", None), nn.Module):
-        raise ValueError(f"training.freeze_encoder_epochs / encoder_lr_mult need a classification model with an "
-                         f"encoder (features) and a head; {getattr(net, 'name', type(net).__name__)} has none")
-    enc = {id(p) for p in encoder.parameters()}
-    return [{"params": [p for p in net.parameters() if id(p) in enc], "lr": spec.lr * spec.encoder_lr_mult},
-            {"params": [p for p in net.parameters() if id(p) not in enc], "lr": spec.lr}]
-
-
-def _set_encoder_frozen(net: nn.Module, frozen: bool) -> None:
-    """Freeze (no gradients, BatchNorm statistics kept: eval mode) or release ``net.features``."""
-    for p in net.features.parameters():
-        p.requires_grad_(not frozen)
-    if frozen:
-        net.features.eval()
 
 
 DEFAULT_MONITOR = {"classification": "mcc", "segmentation": "dice"}
@@ -547,7 +397,7 @@ def _setup_run(model_spec: ComponentSpec, loss_spec: ComponentSpec, data: SplitD
     counts = (np.bincount(train_split.labels, minlength=k) if task == "classification"
               else pixel_counts(train_split.masks, k)).tolist()
     criterion = build_loss(loss_spec, task, counts, spec.class_weights).to(precision.device)
-    optimizer = _optimizer(parameter_groups(net, spec), spec)
+    optimizer = build_optimizer(parameter_groups(net, spec), spec)
     # loss scaling only for fp16 (CUDA's choice without bf16): bf16 has float32's exponent range
     scaler = torch.amp.GradScaler(precision.device.type) if precision.use_scaler else None
     gens = {"sampler": torch.Generator().manual_seed(seed), "augment": torch.Generator().manual_seed(seed + 1)}
@@ -556,7 +406,7 @@ def _setup_run(model_spec: ComponentSpec, loss_spec: ComponentSpec, data: SplitD
     steps_per_epoch = len(train_loader)
     # a small dataset has few steps an epoch: train for at least min_steps optimiser steps
     n_epochs = max(spec.epochs, math.ceil(spec.min_steps / max(1, steps_per_epoch)))
-    scheduler, per_step = _scheduler(optimizer, spec, mode, steps_per_epoch, n_epochs)
+    scheduler, per_step = build_scheduler(optimizer, spec, mode, steps_per_epoch, n_epochs)
     return _Run(
         spec=spec, model_spec=model_spec, loss_spec=loss_spec, data=data, train_split=train_split, train_on=train_on,
         out=out, seed=seed, member=member, monitor=monitor, mode=mode, precision=precision,
@@ -632,7 +482,7 @@ def _train_epoch(run: _Run, epoch: int, *, bar: bool) -> _Trained:
     net.train()
     frozen = epoch <= spec.freeze_encoder_epochs
     if spec.freeze_encoder_epochs:
-        _set_encoder_frozen(net, frozen)
+        set_encoder_frozen(net, frozen)
     t0 = time.perf_counter()
     total, seen = 0.0, 0
     batches = tqdm(run.train_loader, desc=f"{run.member} epoch {epoch}/{run.n_epochs}", leave=False,
