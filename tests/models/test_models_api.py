@@ -20,7 +20,7 @@ from medens.models import (
     load_weights,
     names,
 )
-from medens.models.classification import quadsnet_parameter_count
+from medens.models.custom import quadsnet_parameter_count
 
 
 @pytest.fixture(autouse=True)

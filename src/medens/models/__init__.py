@@ -14,6 +14,7 @@ Classification models share the timm interface (``forward_features``, ``forward_
 from __future__ import annotations
 
 from medens.models import classification as classification
+from medens.models import custom as custom  # after classification: the registry's order
 from medens.models import fusion as fusion
 from medens.models import hog as hog
 from medens.models import segmentation as segmentation
@@ -29,7 +30,7 @@ from medens.models._common import (
     load_weights,
 )
 from medens.models.artifact import LoadedModel, load_artifact
-from medens.models.classification import CompactCNN, DarkNetBranch, QuadSNet, Study4CustomCNN
+from medens.models.custom import CompactCNN, DarkNetBranch, QuadSNet, Study4CustomCNN
 
 __all__ = [
     "MODELS",
