@@ -277,3 +277,28 @@ def test_via_init_runs_the_spec_medens_init_writes_with_only_the_seed_changed(rd
     assert spec.model_copy(update={"seed": written.seed}).to_dict() == written.to_dict()
     assert spec.data.image_size == 32 and spec.data.channels == 1 and spec.data.path == str(tmp_path / "digits")
     assert spec.training.optimizer == "adamw" and spec.training.ema_decay == 0.99  # the recipe, expanded
+
+
+def test_split_folders_hold_the_benchmarks_own_split(rd, ds, tmp_path):
+    """``--split-folders``: the image folder moved into train/, val/, test/ exactly as the benchmark's
+    data stage splits it; init's spec on that folder reads the same test images."""
+    from medens.data.types import SplitData
+    from medens.stages import prepare_data
+
+    images, labels = ds.long_tailed_digits(16)  # 170 down to 17 a class
+    folder = tmp_path / "digits"
+    ds.write_image_folder(images, labels, folder, names=[f"d{i:04d}" for i in range(len(labels))],
+                          class_names=ds.DIGIT_CLASSES)
+    bench = rd.build_spec(rd.default_spec(), folder, 16, quick=True, flips="none", seed=3)
+    prepare_data(bench, tmp_path / "bench-data")
+    expected = SplitData.load(tmp_path / "bench-data")
+    written, test_ids = rd.split_into_folders(folder, tmp_path / "split", bench, tmp_path)
+    assert not folder.exists() and not (tmp_path / "split-probe").exists()
+    assert sorted(test_ids) == sorted(expected.test.ids)
+    for s in ("train", "val", "test"):
+        on_disk = sorted(f"{p.parent.name}/{p.name}" for p in (tmp_path / "split" / s).glob("*/*.png"))
+        assert on_disk == sorted(expected.split(s).ids)
+        assert sum(written[s].values()) == len(expected.split(s).ids)
+    spec, _ = rd.spec_via_init(tmp_path / "split", tmp_path / "init.yaml", 16, quick=True, seed=3)
+    prepare_data(spec, tmp_path / "init-data")
+    assert sorted(SplitData.load(tmp_path / "init-data").test.ids) == sorted(expected.test.ids)
