@@ -496,9 +496,10 @@ def flip_symmetry(samples: list[Sample], *, size: int = 64, per_class: int = 200
     in two halves and the mean image of each half is taken. The correlation of the two means is the
     class's reliability; the correlation of one mean with the *flipped* other is what survives the
     flip. A flip whose count-weighted mean loss (reliability minus flipped correlation) is below
-    :data:`FLIP_DEFICIT` is one the data shows (on elpv's solar cells the losses are 0.011 vertical
-    and 0.004 horizontal; on long-tailed Fashion-MNIST 0.165 and 0.063, on the scikit-learn digits
-    0.047 and 0.076). Classification samples only; too few images: ``both``, as before."""
+    :data:`FLIP_DEFICIT` is one the data shows (the README's figures: on elpv's solar cells the
+    losses are 0.011 vertical and 0.004 horizontal; on long-tailed Fashion-MNIST 0.169 and 0.072,
+    on the scikit-learn digits 0.050 and 0.067; they move by a few thousandths with the images
+    read). Classification samples only; too few images: ``both``, as before."""
     import numpy as np
 
     from medens.data.sources import READ8, read_image
