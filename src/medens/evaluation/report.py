@@ -249,9 +249,9 @@ CALIBRATION_LABELS = {"ece": "ECE", "classwise_ece": "classwise ECE", "adaptive_
 CALIBRATION_NOTES = [
     "ECE: top-label, 15 equal-width confidence bins (Guo et al. 2017); classwise ECE: the mean over classes of "
     "the binned error of each class's probability (Kull et al. 2019); adaptive ECE: top-label over 15 "
-    "equal-mass bins (Nixon et al. 2019). Lower is better; 95% CIs by the same stratified bootstrap. Binning "
-    "noise biases an ECE upwards, more so on a resample with repeats: on a small test split the interval can "
-    "lie above the point value.",
+    "equal-mass bins (Nixon et al. 2019). Lower is better. Binning noise biases a measured ECE upwards, so its "
+    "95% CI is the basic bootstrap interval over plain resamples, for the model's true calibration error: it "
+    "may lie below the measured value (metrics.json has the bias-corrected value as debiased).",
     "After T: the probabilities as served, with each member's temperature (fitted on validation only) applied. "
     "Before T: the same member's test probabilities without its temperature (the saved probabilities unscaled "
     "with the temperature in model.json; a cross-validated member: the mean of its fold models' unscaled "
@@ -404,7 +404,9 @@ def report_notes(result: dict[str, Any], spec: ExperimentSpec) -> list[str]:
              + (f" Highest test {result['gate_metric']}: {best}"
                 + (" (the selected system)." if best == sel else " (not used for selection).") if best else ""),
              f"Reference = best single member on validation: {result['reference']}.",
-             f"95% CIs: stratified percentile bootstrap, {ev.bootstrap} resamples, seed {spec.seed}.",
+             f"95% CIs: stratified percentile bootstrap, {ev.bootstrap} resamples, seed {spec.seed}"
+             + (" (ECEs: the basic interval over plain resamples, see the calibration notes)."
+                if spec.task == "classification" else "."),
              "p-values compare each system with the reference on the same test images (McNemar for accuracy, "
              "paired bootstrap for the MCC difference, DeLong for macro one-vs-rest AUROC), Holm-corrected "
              "across systems." if spec.task == "classification" else

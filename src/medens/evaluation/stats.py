@@ -1,7 +1,9 @@
 """Confidence intervals and paired tests for comparing systems on one test set (docs/methods.md section 7).
 
 - :func:`bootstrap_ci`: stratified percentile bootstrap (Efron & Tibshirani, "An Introduction to
-  the Bootstrap", 1993).
+  the Bootstrap", 1993), or the basic (reverse-percentile) interval with a bias-corrected point for a
+  statistic the plug-in estimate overstates (the binned calibration errors; Davison & Hinkley,
+  "Bootstrap Methods and their Application", 1997, section 5.2).
 - :func:`normal_ci`: the normal-approximation interval m +- z sqrt(m (1 - m) / n) of study 1.
 - :func:`mcnemar`: McNemar's test for paired accuracies (McNemar, Psychometrika 1947).
 - :func:`paired_bootstrap`: paired bootstrap test of a metric difference;
@@ -129,6 +131,32 @@ def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float |
     return float(low), float(high), std
 
 
+def basic_interval(point: float, values: np.ndarray, confidence: float,
+                   bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict[str, float | None]:
+    """The basic bootstrap interval ``[2 t - q_hi, 2 t - q_lo]`` of a point value ``t`` from its
+    replicates (``q`` their percentile bounds), clipped to ``bounds``, and the bias-corrected point
+    ``2 t - mean(replicates)`` (clipped too).
+
+    The bootstrap treats ``t - theta`` as distributed like ``t* - t``: when the replicates sit above
+    the point (a statistic biased upwards, such as a binned calibration error, whose replicates carry
+    the sample's noise twice), the interval moves down by the same amount, and may lie below ``t``.
+    """
+    ok = values[np.isfinite(values)]
+    if ok.size == 0 or not math.isfinite(point):
+        return {"low": None, "high": None, "debiased": None, "bias": None}
+    lo_b, hi_b = bounds
+    q_lo, q_hi = np.quantile(ok, [(1 - confidence) / 2, (1 + confidence) / 2])
+
+    def clip(v: float) -> float:
+        return float(min(max(v, lo_b), hi_b))
+
+    return {"low": clip(2 * point - q_hi), "high": clip(2 * point - q_lo),
+            "debiased": clip(2 * point - float(ok.mean())), "bias": float(ok.mean() - point)}
+
+
+INTERVALS = ("percentile", "basic")
+
+
 def bootstrap_ci(
     y_true: Any,
     probs: Any,
@@ -138,12 +166,17 @@ def bootstrap_ci(
     confidence: float = 0.95,
     seed: int = 0,
     stratified: bool = True,
+    interval: str = "percentile",
+    bounds: tuple[float, float] = (-math.inf, math.inf),
 ) -> dict[str, Any]:
-    """Percentile bootstrap confidence interval of a classification metric.
+    """Bootstrap confidence interval of a classification metric.
 
     Efron & Tibshirani (1993), ch. 13: resample the test set with replacement ``n_resamples``
     times (within each true class when ``stratified``), recompute the metric, and take the
-    ``(1 - confidence)/2`` and ``(1 + confidence)/2`` quantiles of the replicates.
+    ``(1 - confidence)/2`` and ``(1 + confidence)/2`` quantiles of the replicates
+    (``interval="percentile"``), or reflect them about the point value (``"basic"``, see
+    :func:`basic_interval`; the result then also has ``debiased`` and ``bias``, and the interval is
+    clipped to ``bounds``).
 
     Args:
         y_true: integer labels (N,).
@@ -154,20 +187,25 @@ def bootstrap_ci(
         confidence: interval coverage, e.g. 0.95.
         seed: seed of the resampling; the same seed and N give the same resamples.
         stratified: keep the class sizes of ``y_true`` in every resample.
+        interval: ``"percentile"`` or ``"basic"``.
+        bounds: the metric's range, for the basic interval (e.g. ``(0, 1)`` for an ECE).
 
     Returns:
-        ``{"point", "low", "high", "std", "confidence", "n_resamples", "n_valid"}``: the metric on
-        the full set, the interval, the bootstrap standard error, and how many replicates were
-        finite (replicates where the metric is undefined are dropped).
+        ``{"point", "low", "high", "std", "confidence", "n_resamples", "n_valid", "interval"}``:
+        the metric on the full set, the interval, the bootstrap standard error, how many
+        replicates were finite (replicates where the metric is undefined are dropped) and the
+        interval's kind; with ``"basic"`` also ``"debiased"`` and ``"bias"``.
 
     Raises:
         ValueError: for invalid inputs, an unknown metric name or bad options.
     """
     y, p = check_classification_inputs(y_true, probs)
     _check_resampling(n_resamples, confidence)
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     (point,), (values,) = _bootstrap_values(y, [p], metric, int(n_resamples), seed, stratified)
     low, high, std = _percentile_interval(values, confidence)
-    return {
+    out: dict[str, Any] = {
         "point": _json(point),
         "low": low,
         "high": high,
@@ -175,7 +213,11 @@ def bootstrap_ci(
         "confidence": float(confidence),
         "n_resamples": int(n_resamples),
         "n_valid": int(np.isfinite(values).sum()),
+        "interval": interval,
     }
+    if interval == "basic":
+        out.update(basic_interval(float(point), values, confidence, bounds))
+    return out
 
 
 def normal_ci(m: float, n: int, z: float = 1.96) -> tuple[float, float]:
