@@ -33,7 +33,8 @@ Goals (issue 24), judged at the first ``--max-wait-ms`` (the server's default): 
 endpoint at concurrency 32 delivers ``>= 0.85`` of the raw forward at batch ``max_batch``; the
 default backend's raw forward at batch ``max_batch`` is ``>= 1.3x`` PyTorch's; batching at least
 doubles throughput at concurrency 8. Like-for-like ratios beside them compare each concurrency with
-the raw forward at the batch that concurrency can fill. The load average of the machine is
+the raw forward at the batch that concurrency can fill, and ``ceilings`` (:func:`ceilings`) gives
+what the CPU accounting and the raw forwards allow each ratio to reach on this machine. The load average of the machine is
 recorded at each phase: on a shared machine the clients, the HTTP stack, the forward and other
 work share the same cores, and PyTorch's spin-waiting OpenMP threads suffer most from that.
 
@@ -520,6 +521,45 @@ def goals(args: argparse.Namespace, raw: dict[str, dict[str, float]], rat: dict)
     }
 
 
+def ceilings(args: argparse.Namespace, raw: dict[str, dict[str, float]], ends: dict,
+             cores: int | None = None) -> dict:
+    """What the measured CPU and raw forwards allow each goal ratio to reach, per backend and protocol.
+
+    ``endpoint_c32``: the reference forward (``raw`` at ``max_batch``, every core busy) costs
+    ``forward_cpu_ms_per_image = cores * 1000 / raw``; the server spent ``server_cpu_ms_per_image``
+    at concurrency 32, the clients ``client_cpu_ms_per_image``. With every core busy, the
+    endpoint's ratio can reach at most ``forward / server`` (the server alone on the machine) and
+    ``forward / (server + client)`` with the clients on the same cores, as here; ``cores_busy``
+    is the fraction of the machine the two used during the run (1.0: nothing left idle).
+    ``batching_c8``: concurrency 8 can fill batches of at most 8, so the batched endpoint can gain
+    at most ``raw[8] / unbatched`` over the unbatched one (a batched endpoint that paid nothing
+    beyond its forwards), and ``raw[8] / raw[1]`` is what batching gains in the forwards alone.
+    """
+    cores = cores or os.cpu_count() or 1
+    mb, w = str(args.max_batch), f"{args.max_wait_ms[0]:g}"
+    out: dict[str, dict] = {}
+    for backend, by_protocol in ends.items():
+        forward_ms = cores * 1000.0 / raw[backend][mb]
+        for protocol, e in by_protocol.items():
+            c32 = e["batched"][w]["runs"]["32"]
+            server, client = c32["server_cpu_ms_per_image"], c32["client_cpu_ms_per_image"]
+            unbatched = e["unbatched"]["runs"]["8"]["images_per_s"]
+            out[f"{backend}_{protocol}"] = {
+                "endpoint_c32": {
+                    "forward_cpu_ms_per_image": round(forward_ms, 2), "server_cpu_ms_per_image": server,
+                    "client_cpu_ms_per_image": client, "server_overhead_cpu_ms_per_image": round(server - forward_ms, 2),
+                    "ratio_ceiling_server_alone": round(forward_ms / server, 3),
+                    "ratio_ceiling_clients_on_the_same_cores": round(forward_ms / (server + client), 3),
+                    "cores_busy": round(c32["images_per_s"] * (server + client) / (cores * 1000.0), 3),
+                    "measured_ratio": round(c32["images_per_s"] / raw[backend][mb], 3)},
+                "batching_c8": {
+                    "raw_batch_8_over_batch_1": round(raw[backend]["8"] / raw[backend]["1"], 3),
+                    "ceiling_raw_batch_8_over_unbatched_endpoint": round(raw[backend]["8"] / unbatched, 3)
+                    if unbatched else None,
+                    "measured": round(e["batched"][w]["runs"]["8"]["images_per_s"] / unbatched, 3) if unbatched else None}}
+    return out
+
+
 def main() -> None:
     args = parse_args()
     import torch
@@ -584,6 +624,7 @@ def main() -> None:
         "endpoint": ends,
         "ratios": rat,
         "goals": goals(args, raw, rat),
+        "ceilings": ceilings(args, raw, ends),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
     })
 
