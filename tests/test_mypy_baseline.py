@@ -1,19 +1,17 @@
 """scripts/mypy_baseline.py: the compare logic of the type-check ratchet in `make lint`."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests._scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def mb():
-    spec = importlib.util.spec_from_file_location("mypy_baseline", ROOT / "scripts" / "mypy_baseline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "mypy_baseline.py", "mypy_baseline")
 
 
 OUTPUT = """\

@@ -3,26 +3,20 @@ the goal logic, and the sets of ``benchmarks/real_datasets.py``. No training; th
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests._scripts import load_script
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def rd():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports _common from its own folder
-    try:
-        spec = importlib.util.spec_from_file_location("real_data_benchmark", BENCHMARKS / "real_data.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return load_script(BENCHMARKS / "real_data.py", "real_data_benchmark")
 
 
 @pytest.fixture(scope="module")

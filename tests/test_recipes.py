@@ -4,8 +4,6 @@ defaults that give small data enough optimiser steps (issue 22)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import yaml
 
 from medens.cli import main
 from medens.config import DEFAULT_MIN_STEPS, TrainingSpec, load_recipe, parse_spec, recipe_names
+from tests._scripts import load_script
 
 BASE = {"name": "r", "models": ["compact_cnn"], "losses": ["ce"]}
 
@@ -112,14 +111,7 @@ def test_medens_recipes_lists_and_shows(capsys):
 
 
 def test_the_benchmark_uses_the_recipe_by_name_and_gets_its_old_spec():
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        mod_spec = importlib.util.spec_from_file_location("real_data_recipe_check", bench / "real_data.py")
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(bench))
+    module = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "real_data.py", "real_data_recipe_check")
     base = module.default_spec()
     assert base["recipe"] == "imbalanced-2d" and "training" not in base and "ensemble" not in base
     spec = parse_spec(base)

@@ -13,6 +13,8 @@ import helm_python
 import pytest
 import yaml
 
+from tests._scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "medens"
 KUBE_VERSION = "1.34"
@@ -607,8 +609,6 @@ def test_alert_rules_pass_promtool_and_fire_only_on_planted_trouble(all_on_docs,
 
 
 def test_the_dockerfile_installs_exactly_the_lock_and_matches_the_chart(default_docs):
-    import importlib.util
-
     text = (ROOT / "Dockerfile").read_text()
     installs = [line.strip() for line in text.splitlines() if "pip install" in line]
     assert len(installs) == 4 and all("-c requirements.lock" in line for line in installs)
@@ -623,9 +623,7 @@ def test_the_dockerfile_installs_exactly_the_lock_and_matches_the_chart(default_
     c = by_kind(default_docs)["InferenceService"]["spec"]["predictor"]["containers"][0]
     assert cmd[0] == c["command"][0] and cmd[1:4] == c["args"][:3]
     # the check the build runs: this environment (installed from the lock) passes, a drift fails
-    spec = importlib.util.spec_from_file_location("check_lock", ROOT / "scripts" / "check_lock.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = load_script(ROOT / "scripts" / "check_lock.py", "check_lock")
     lock = check.read_lock(ROOT / "requirements.lock")
     assert check.main([str(ROOT / "requirements.lock")]) == 0
     assert check.problems(lock, {"numpy": "0.1", "left-pad": "1.0", "torch": lock["torch"] + "+cpu"}) == [

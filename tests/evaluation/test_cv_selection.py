@@ -1,7 +1,6 @@
 """Cross-validated selection (medens.stages.cv): the rule, folds and OOF predictions, the tie-break,
 the served fold models, the test split touched once after selection, the report, the classical member."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from medens.stages.cv import (
     tie_reason,
 )
 from medens.training.predictions import Predictions
+from tests._scripts import load_script
 
 
 def _split(labels, prefix):
@@ -105,10 +105,7 @@ def _digits(size=16) -> SplitData:
     five classes, 30/14/10/6/4 training images, validation 15/10/4/2/2 (every class under 10
     but the first), 25 per class in test, read at ``size`` px."""
     path = Path(__file__).parents[1] / "training" / "test_small_long_tail.py"
-    spec = importlib.util.spec_from_file_location("small_long_tail_set", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    data = module.long_tailed_digits()
+    data = load_script(path, "small_long_tail_set").long_tailed_digits()
     keep = np.concatenate([np.flatnonzero(data.train.labels == c)[:n] for c, n in enumerate((30, 14, 10, 6, 4))])
 
     def resized(s: Split) -> Split:

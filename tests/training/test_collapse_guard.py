@@ -4,7 +4,6 @@ never promoted by the gate, and named in the report and the CLI."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from medens.models.artifact import write_manifest
 from medens.training import fit
 from medens.training.collapse import collapse_entry, collapsed_class
 from medens.training.predictions import Predictions
+from tests._scripts import load_script
 
 LOSSES = ["ce", "weighted_ce", "focal", "class_balanced", "ldam"]
 
@@ -29,10 +29,7 @@ def small_long_tailed_digits(size: int) -> SplitData:
     """tests/training/test_small_long_tail.py's set (190 real digit scans, 138/30/12/6/4 training
     images, validation 15/10/4/2/2, 25 per class in test), read at ``size`` px."""
     path = Path(__file__).with_name("test_small_long_tail.py")
-    spec = importlib.util.spec_from_file_location("small_long_tail_set", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    data = module.long_tailed_digits()
+    data = load_script(path, "small_long_tail_set").long_tailed_digits()
 
     def resized(s: Split) -> Split:
         x = torch.from_numpy(s.images).permute(0, 3, 1, 2).float()
