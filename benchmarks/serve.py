@@ -297,6 +297,13 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_ticks() -> tuple[int, int]:
+    """Idle (idle + iowait) and total CPU ticks of the whole machine so far (``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return ticks[3] + ticks[4], sum(ticks)
+
+
 def _load_threads(server: ServerProcess, protocol: str, payloads: list, concurrency: int, stop: threading.Event,
                   results: list[list[tuple[float, float]]], health: list[tuple[float, float]],
                   errors: list[str]) -> list[threading.Thread]:
@@ -348,11 +355,11 @@ def endpoint_run(server: ServerProcess, payloads: list, concurrency: int, second
         t.start()
     time.sleep(warmup)
     before = server_counters(server)
-    cpu0, own0 = process_cpu_seconds(server.proc.pid), time.process_time()
+    cpu0, own0, idle0 = process_cpu_seconds(server.proc.pid), time.process_time(), machine_cpu_ticks()
     t0 = time.perf_counter()
     time.sleep(seconds)
     t1 = time.perf_counter()
-    cpu1, own1 = process_cpu_seconds(server.proc.pid), time.process_time()
+    cpu1, own1, idle1 = process_cpu_seconds(server.proc.pid), time.process_time(), machine_cpu_ticks()
     after = server_counters(server)
     stop.set()
     for t in threads:
@@ -382,6 +389,8 @@ def endpoint_run(server: ServerProcess, payloads: list, concurrency: int, second
         # CPU seconds per answered image: the whole server process, and this (client) process
         "server_cpu_ms_per_image": round(1000 * (cpu1 - cpu0) / len(window), 2) if window else None,
         "client_cpu_ms_per_image": round(1000 * (own1 - own0) / len(window), 2) if window else None,
+        # the fraction of the machine's cores that ran nothing during the window
+        "machine_idle_fraction": round((idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1]), 3),
         "load_average": load_average(),
     }
 
@@ -530,7 +539,8 @@ def ceilings(args: argparse.Namespace, raw: dict[str, dict[str, float]], ends: d
     at concurrency 32, the clients ``client_cpu_ms_per_image``. With every core busy, the
     endpoint's ratio can reach at most ``forward / server`` (the server alone on the machine) and
     ``forward / (server + client)`` with the clients on the same cores, as here; ``cores_busy``
-    is the fraction of the machine the two used during the run (1.0: nothing left idle).
+    is the fraction of the machine the two used during the run, ``machine_idle_fraction`` the
+    fraction that ran nothing at all (``/proc/stat``).
     ``batching_c8``: concurrency 8 can fill batches of at most 8, so the batched endpoint can gain
     at most ``raw[8] / unbatched`` over the unbatched one (a batched endpoint that paid nothing
     beyond its forwards), and ``raw[8] / raw[1]`` is what batching gains in the forwards alone.
@@ -551,6 +561,7 @@ def ceilings(args: argparse.Namespace, raw: dict[str, dict[str, float]], ends: d
                     "ratio_ceiling_server_alone": round(forward_ms / server, 3),
                     "ratio_ceiling_clients_on_the_same_cores": round(forward_ms / (server + client), 3),
                     "cores_busy": round(c32["images_per_s"] * (server + client) / (cores * 1000.0), 3),
+                    "machine_idle_fraction": c32.get("machine_idle_fraction"),
                     "measured_ratio": round(c32["images_per_s"] / raw[backend][mb], 3)},
                 "batching_c8": {
                     "raw_batch_8_over_batch_1": round(raw[backend]["8"] / raw[backend]["1"], 3),

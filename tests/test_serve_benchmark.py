@@ -18,6 +18,20 @@ def serve():
     return load_script(BENCHMARKS / "serve.py", "serve_benchmark")
 
 
+def test_machine_cpu_ticks_cover_every_core(serve):
+    """Over 0.3 s the machine's ticks grow by about cores * 0.3 s * ticks per second, idle ones included."""
+    import os
+    import time
+
+    idle0, total0 = serve.machine_cpu_ticks()
+    t0 = time.perf_counter()
+    time.sleep(0.3)
+    idle1, total1 = serve.machine_cpu_ticks()
+    expected = (os.cpu_count() or 1) * (time.perf_counter() - t0) * os.sysconf("SC_CLK_TCK")
+    assert 0.5 * expected <= total1 - total0 <= 1.5 * expected + 5
+    assert 0 <= idle1 - idle0 <= total1 - total0
+
+
 def test_ceilings_from_the_cpu_accounting(serve):
     """Two cores; the reference forward 250 images/s costs 2000 / 250 = 8 ms of CPU per image. The
     server spent 9 ms per image at concurrency 32 and the clients 0.2: at most 8 / 9 = 0.889 of the
@@ -27,7 +41,8 @@ def test_ceilings_from_the_cpu_accounting(serve):
     its unbatched 100 images/s, and measured 150 / 100 = 1.5."""
     args = argparse.Namespace(max_batch=32, max_wait_ms=[50.0])
     raw = {"onnx": {"1": 125.0, "8": 200.0, "32": 250.0}}
-    runs = {"32": {"images_per_s": 200.0, "server_cpu_ms_per_image": 9.0, "client_cpu_ms_per_image": 0.2},
+    runs = {"32": {"images_per_s": 200.0, "server_cpu_ms_per_image": 9.0, "client_cpu_ms_per_image": 0.2,
+                   "machine_idle_fraction": 0.07},
             "8": {"images_per_s": 150.0, "server_cpu_ms_per_image": 11.0, "client_cpu_ms_per_image": 0.3}}
     ends = {"onnx": {"rest": {"batched": {"50": {"runs": runs}},
                               "unbatched": {"runs": {"8": {"images_per_s": 100.0}}}}}}
@@ -35,6 +50,7 @@ def test_ceilings_from_the_cpu_accounting(serve):
     assert c["endpoint_c32"] == {
         "forward_cpu_ms_per_image": 8.0, "server_cpu_ms_per_image": 9.0, "client_cpu_ms_per_image": 0.2,
         "server_overhead_cpu_ms_per_image": 1.0, "ratio_ceiling_server_alone": 0.889,
-        "ratio_ceiling_clients_on_the_same_cores": 0.87, "cores_busy": 0.92, "measured_ratio": 0.8}
+        "ratio_ceiling_clients_on_the_same_cores": 0.87, "cores_busy": 0.92, "machine_idle_fraction": 0.07,
+        "measured_ratio": 0.8}
     assert c["batching_c8"] == {"raw_batch_8_over_batch_1": 1.6, "ceiling_raw_batch_8_over_unbatched_endpoint": 2.0,
                                 "measured": 1.5}
