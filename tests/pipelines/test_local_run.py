@@ -92,6 +92,7 @@ def test_progress_and_leaderboard_printed(classification_run):
     assert f"selected: {summary['selected']} (highest validation mcc" in board
     for system in ("compact_cnn__ce", "compact_cnn__focal", "fusion-top2", "mean-top2", "weighted-top2"):
         assert system in board
+    assert "ECE intervals are for the true calibration error" in board  # the leaderboard says how to read them
     assert f"medens serve --model-dir {out / 't1' / 'registry' / 'tiny' / 'versions' / 't1'}" in stdout
     assert "Got executor_input" in (out / "t1" / "run.log").read_text()
 

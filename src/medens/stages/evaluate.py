@@ -369,7 +369,14 @@ def leaderboard_text(summary: EvaluationSummary | dict[str, Any], limit: int = 1
     widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
     lines = ["  ".join(k.ljust(widths[k]) for k in keys).rstrip()]
     lines += ["  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip() for r in rows]
+    if any("ECE" in k for k in keys):
+        lines.append(ECE_INTERVAL_NOTE)
     return "\n".join(lines)
+
+
+ECE_INTERVAL_NOTE = ("ECE intervals are for the true calibration error, which binning noise makes a measured ECE "
+                     "overstate: an interval may lie below its measured value (docs/methods.md section 7.1; "
+                     "bias-corrected values in metrics.json).")
 
 
 def export_report(evaluation_dir: str | os.PathLike, html_path: str | os.PathLike,
