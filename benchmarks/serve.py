@@ -532,7 +532,9 @@ def goals(args: argparse.Namespace, raw: dict[str, dict[str, float]], rat: dict)
 
 def ceilings(args: argparse.Namespace, raw: dict[str, dict[str, float]], ends: dict,
              cores: int | None = None) -> dict:
-    """What the measured CPU and raw forwards allow each goal ratio to reach, per backend and protocol.
+    """What the measured CPU and raw forwards allow each goal ratio to reach, per backend and protocol
+(``cores``: those the forwards ran on, by default ``--threads`` within this process's CPU affinity;
+``None`` for a protocol whose concurrency-32 window answered nothing).
 
     ``endpoint_c32``: the reference forward (``raw`` at ``max_batch``, every core busy) costs
     ``forward_cpu_ms_per_image = cores * 1000 / raw``; the server spent ``server_cpu_ms_per_image``
@@ -545,7 +547,7 @@ def ceilings(args: argparse.Namespace, raw: dict[str, dict[str, float]], ends: d
     at most ``raw[8] / unbatched`` over the unbatched one (a batched endpoint that paid nothing
     beyond its forwards), and ``raw[8] / raw[1]`` is what batching gains in the forwards alone.
     """
-    cores = cores or os.cpu_count() or 1
+    cores = cores or min(args.threads, len(os.sched_getaffinity(0)))  # the cores the forwards ran on
     mb, w = str(args.max_batch), f"{args.max_wait_ms[0]:g}"
     out: dict[str, dict] = {}
     for backend, by_protocol in ends.items():
@@ -554,6 +556,9 @@ def ceilings(args: argparse.Namespace, raw: dict[str, dict[str, float]], ends: d
             c32 = e["batched"][w]["runs"]["32"]
             server, client = c32["server_cpu_ms_per_image"], c32["client_cpu_ms_per_image"]
             unbatched = e["unbatched"]["runs"]["8"]["images_per_s"]
+            if not server or client is None:  # no image answered in the window: nothing to account
+                out[f"{backend}_{protocol}"] = {"endpoint_c32": None, "batching_c8": None}
+                continue
             out[f"{backend}_{protocol}"] = {
                 "endpoint_c32": {
                     "forward_cpu_ms_per_image": round(forward_ms, 2), "server_cpu_ms_per_image": server,
