@@ -141,11 +141,11 @@ def basic_interval(point: float, values: np.ndarray, confidence: float,
     the point (a statistic biased upwards, such as a binned calibration error, whose replicates carry
     the sample's noise twice), the interval moves down by the same amount, and may lie below ``t``.
     """
-    ok = values[np.isfinite(values)]
-    if ok.size == 0 or not math.isfinite(point):
+    q_lo, q_hi, _ = _percentile_interval(values, confidence)
+    if q_lo is None or q_hi is None or not math.isfinite(point):
         return {"low": None, "high": None, "debiased": None, "bias": None}
+    ok = values[np.isfinite(values)]
     lo_b, hi_b = bounds
-    q_lo, q_hi = np.quantile(ok, [(1 - confidence) / 2, (1 + confidence) / 2])
 
     def clip(v: float) -> float:
         return float(min(max(v, lo_b), hi_b))
