@@ -105,6 +105,40 @@ def test_existing_run_directory_is_refused(classification_run):
     assert "already exists and is not empty" in proc.stderr
 
 
+def test_fingerprint_register_and_report_tasks_run_without_torch(classification_run, tmp_path):
+    """The light tasks of a run (one kfp container each) import neither torch nor MONAI: each
+    would otherwise spend about 6 s of its start importing them (medens.stages loads lazily)."""
+    out, _ = classification_run
+    run = out / "t1"
+    code = f"""
+import json, sys
+from medens.stages import export_report, register_artifact, source_fingerprint, spec_from_text
+spec = spec_from_text(open({str(run / "spec.yaml")!r}).read())
+fp = source_fingerprint(spec)
+reg = register_artifact({str(run / "best")!r}, {str(tmp_path / "store")!r}, "tiny", version="v1")
+board = export_report({str(run / "evaluation")!r}, {str(tmp_path / "r.html")!r}, {str(tmp_path / "r.md")!r})
+print(json.dumps({{"heavy": sorted(m for m in ("torch", "monai", "torchvision", "timm") if m in sys.modules),
+                  "fp": fp, "version": reg["version"], "board": board}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["heavy"] == []
+    assert got["version"] == "v1" and (tmp_path / "store" / "tiny" / "versions" / "v1" / "ensemble.json").is_file()
+    assert got["fp"] == json.loads((run / "data" / "dataset.json").read_text())["info"]["source"]
+    assert "compact_cnn__focal" in got["board"] and "ECE intervals are for the true calibration error" in got["board"]
+    assert (tmp_path / "r.html").read_bytes() == (run / "evaluation" / "report.html").read_bytes()
+
+
+def test_stages_resolve_every_exported_name_and_refuse_others():
+    import medens.stages as stages
+
+    assert sorted(stages._HOME) == sorted(stages.__all__)  # the lazy table and the exports are one list
+    assert all(callable(getattr(stages, n)) or isinstance(getattr(stages, n), str) for n in stages.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        stages.nope  # noqa: B018
+
+
 @pytest.mark.slow
 def test_retraining_promotes_a_challenger_that_beats_a_planted_champion(classification_run, tmp_path):
     """dsl.If on the gate's output through kfp.local: a useless champion is replaced and registered."""

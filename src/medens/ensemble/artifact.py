@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from medens import __version__
+from medens.ensemble.manifest import ENSEMBLE_MANIFEST, read_ensemble_manifest
 from medens.models.artifact import LoadedModel, ManifestView, load_artifact, read_manifest, verify_checksums
 from medens.models.embed import capture_embeddings
 from medens.storage.atomic import atomic_write_text
 from medens.storage.checksum import checksums
 
-ENSEMBLE_MANIFEST = "ensemble.json"
 MEMBER_FILES = ("model.json", "weights.pt")
 
 
@@ -102,13 +102,6 @@ def _plain(o: Any) -> Any:
     if isinstance(o, np.generic | np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def read_ensemble_manifest(path: str | os.PathLike) -> dict:
-    p = Path(path) / ENSEMBLE_MANIFEST
-    if not p.is_file():
-        raise ValueError(f"{Path(path)} is not an ensemble artifact: {ENSEMBLE_MANIFEST} is missing")
-    return json.loads(p.read_text())
 
 
 class MemberRunner(Protocol):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,7 +24,9 @@ from medens.data.types import SplitData
 from medens.stages.data import dataset_lineage
 from medens.stages.results import EnsembleIndex, MemberResult, SelectionBasis
 from medens.stages.train import member_dirs
-from medens.training.predictions import Predictions
+
+if TYPE_CHECKING:  # imported where used: torch and MONAI are not needed to read an ensemble index
+    from medens.training.predictions import Predictions
 
 INDEX = "ensembles.json"
 OOF = "val_oof.npz"
@@ -49,6 +51,8 @@ def _class_name(names: list[str] | None, c: int) -> str | int:
 
 
 def _load(members: dict[str, Path], split: str) -> dict[str, Predictions]:
+    from medens.training.predictions import Predictions
+
     return {mid: Predictions.load(Path(d) / "predictions" / f"{split}.npz") for mid, d in members.items()}
 
 
@@ -150,6 +154,7 @@ class _EnsembleRun:
                          **extra: Any) -> None:
         """Fit one prediction-level ensemble, save it, and its cross-fitted validation predictions."""
         from medens.ensemble.crossfit import DEFAULT_FOLDS, crossfit_predictions
+        from medens.training.predictions import Predictions
 
         try:
             ens = fit()
@@ -203,6 +208,7 @@ def _fusion(spec: ExperimentSpec, data_dir, members: dict[str, Path], path: Path
     from medens.ensemble.artifact import write_ensemble
     from medens.training import predict_split
     from medens.training.fusion import fit_fusion
+    from medens.training.predictions import Predictions
 
     data = SplitData.load(data_dir)
     model_dir = path.parent / f".{path.name}-model"
@@ -219,6 +225,7 @@ def _fusion(spec: ExperimentSpec, data_dir, members: dict[str, Path], path: Path
 def _save(path: Path, name: str, ens: Any, members: dict[str, Path], val: dict, test: dict, lineage: dict,
           extra: dict) -> Path:
     from medens.ensemble.artifact import write_ensemble
+    from medens.training.predictions import Predictions
 
     ids = list(members)
     write_ensemble(path, name=name, member_dirs=members, combiner=ens.to_dict(),

@@ -49,7 +49,7 @@ def register_artifact(artifact_dir: str | os.PathLike, store_uri: str, name: str
     Returns:
         ``{"uri", "name", "version", "champion_uri"}``; ``uri`` is what KServe's storageUri takes.
     """
-    from medens.ensemble.artifact import read_ensemble_manifest
+    from medens.ensemble.manifest import read_ensemble_manifest
 
     manifest = read_ensemble_manifest(artifact_dir)  # refuse anything that is not an ensemble artifact
     version = version or time.strftime("%Y%m%d-%H%M%S")
