@@ -40,3 +40,36 @@ CONF
 containers_can_run() {
   "$CONTAINER_ENGINE" info >/dev/null 2>&1
 }
+
+# The digest of what the image's dependency layer is made of: the Dockerfile, the lock,
+# pyproject.toml, the lock check, the variant and the base image (its id when it is here). The
+# image is labelled org.medens.deps=<digest>, so a later build can tell whether the engine will
+# take that layer from its cache.
+image_deps_digest() {
+  local variant="$1" base="$2" base_id
+  base_id="$("$CONTAINER_ENGINE" image inspect --format '{{.Id}}' "$base" 2>/dev/null || echo "$base")"
+  { cat Dockerfile requirements.lock pyproject.toml scripts/check_lock.py; echo "$variant $base_id"; } \
+    | sha256sum | cut -c1-16
+}
+
+# Fails, saying so, when the engine's storage has too little room for the build. The dependency
+# layer is about 7 GB (PyPI's torch with its CUDA wheels), written once as a layer and once more
+# while it is committed: about 20 GB free when it has to be built, 3 GB when an image with the
+# same digest shows the engine has it cached (then the build writes little more than medens).
+image_space_check() {
+  local digest="$1" need_gb cached storage free_gb
+  if [ -n "$("$CONTAINER_ENGINE" images -q --filter "label=org.medens.deps=$digest" 2>/dev/null)" ]; then
+    need_gb=3; cached="cached"
+  else
+    need_gb=20; cached="not cached"
+  fi
+  storage="$("$CONTAINER_ENGINE" info --format '{{.Store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers)"
+  [ -d "$storage" ] || storage=/
+  free_gb=$(( $(df -Pk "$storage" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+  if [ "$free_gb" -lt "$need_gb" ]; then
+    echo "image.sh: only ${free_gb} GB free under $storage; building the image needs about ${need_gb} GB" \
+         "(dependency layer $digest $cached; remove old images: $CONTAINER_ENGINE image prune -f)" >&2
+    return 1
+  fi
+  echo "== space: ${free_gb} GB free under $storage, about ${need_gb} GB needed (dependency layer $digest $cached)"
+}

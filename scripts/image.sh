@@ -23,18 +23,6 @@ IMAGE_BASE="${IMAGE_BASE:-local}"
 ref="$IMAGE_NAME:$IMAGE_TAG$suffix"
 start=$(date +%s)
 
-# The dependency layer is about 7 GB here (PyPI's torch with its CUDA wheels), written once as a
-# layer and once more while it is committed: say so instead of failing mid-commit.
-need_gb=20
-storage="$("$CONTAINER_ENGINE" info --format '{{.Store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers)"
-[ -d "$storage" ] || storage=/
-free_gb=$(( $(df -Pk "$storage" | awk 'NR==2 {print $4}') / 1024 / 1024 ))
-if [ "$free_gb" -lt "$need_gb" ]; then
-  echo "image.sh: only ${free_gb} GB free under $storage; building the image needs about ${need_gb} GB" \
-       "(remove old images: $CONTAINER_ENGINE image prune -f)" >&2
-  exit 1
-fi
-
 if [ "$IMAGE_BASE" = local ]; then
   base="localhost/medens-base:bookworm"
   if ! "$CONTAINER_ENGINE" image exists "$base" 2>/dev/null; then
@@ -48,6 +36,9 @@ else
   base="$IMAGE_BASE"
 fi
 
+deps_digest="$(image_deps_digest "$variant" "$base")"
+image_space_check "$deps_digest" || exit 1
+
 echo "== wheelhouse build/wheelhouse (requirements.lock; torch and torchvision as the lock pins them)"
 mapfile -t deps < <("$PYTHON" -c 'import tomllib
 for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]: print(d.replace(" ", ""))')
@@ -57,7 +48,8 @@ for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]: 
 echo "== $CONTAINER_ENGINE build $ref (VARIANT=$variant, base $base, no network)"
 "$CONTAINER_ENGINE" build --network none -v "$root/build/wheelhouse:/wheels:ro" \
   --build-arg "PYTHON_IMAGE=$base" --build-arg "VARIANT=$variant" \
-  --build-arg "PIP_SOURCE=--no-index --find-links /wheels" -t "$ref" -f Dockerfile .
+  --build-arg "PIP_SOURCE=--no-index --find-links /wheels" --label "org.medens.deps=$deps_digest" \
+  -t "$ref" -f Dockerfile .
 # the previous build of this tag is now a dangling image of several GB: drop it
 "$CONTAINER_ENGINE" image prune -f >/dev/null 2>&1 || true
 seconds=$(( $(date +%s) - start ))
