@@ -36,18 +36,18 @@ def experiment_dag(spec: str, settings: ClusterSettings, evaluate_component, *, 
     # The data source's fingerprint is computed afresh every run (never cached) and is an input
     # of preprocess, so preprocess's cache key changes whenever the data at data_uri does: a cached
     # dataset is reused only for the same data (a scheduled retraining run sees what is there now).
-    fp = fingerprint(spec=spec, data_uri=data_uri, store_endpoint=store_endpoint).set_display_name("fingerprint data")
-    settings.cpu_task(fp, cache=False)
+    fp = fingerprint(spec=spec, data_uri=data_uri, store_endpoint=store_endpoint)
+    settings.cpu_task(fp, cache=False, name="fingerprint data")
     settings.store_access(fp)
     prep = preprocess(spec=spec, data_uri=data_uri, store_endpoint=store_endpoint,
-                      source_fingerprint=fp.output).set_display_name("preprocess")
-    settings.cpu_task(prep, cache=True)
+                      source_fingerprint=fp.output)
+    settings.cpu_task(prep, cache=True, name="preprocess")
     settings.store_access(prep)
     dataset = prep.outputs["dataset"]
     with dsl.ParallelFor(prep.outputs["Output"], name="members") as member:
         tr = train(spec=spec, dataset=dataset, member=member, store_uri=store_uri, store_endpoint=store_endpoint,
-                   model_name=model_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("train (model, loss)")
-        settings.gpu_task(tr, settings.train_gpus, retries=True)
+                   model_name=model_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        settings.gpu_task(tr, settings.train_gpus, retries=True, name="train (model, loss)")
         settings.store_access(tr)
     ens = ensemble(spec=spec, dataset=dataset, members=dsl.Collected(tr.outputs["model"]))
     settings.gpu_task(ens, settings.ensemble_gpus)
@@ -56,6 +56,6 @@ def experiment_dag(spec: str, settings: ClusterSettings, evaluate_component, *, 
     settings.cpu_task(ev)
     rep = report(evaluation=ev.outputs["evaluation"])
     settings.cpu_task(rep)
-    pred = predict(model=ev.outputs["best"], dataset=dataset, split="test").set_display_name("predict (best, test)")
-    settings.cpu_task(pred)
+    pred = predict(model=ev.outputs["best"], dataset=dataset, split="test")
+    settings.cpu_task(pred, name="predict (best, test)")
     return ExperimentTasks(fp, prep, ens, ev, rep, pred)

@@ -54,9 +54,9 @@ def retraining_pipeline(
                        store_endpoint=store_endpoint, model_name=model_name)
     g = gate(spec=spec, challenger=t.evaluate.outputs["best"], dataset=t.preprocess.outputs["dataset"],
              store_uri=store_uri, store_endpoint=store_endpoint, model_name=model_name, version=version,
-             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("champion gate")
+             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     g.after(t.predict)
-    s.cpu_task(g)
+    s.cpu_task(g, name="champion gate")
     s.store_access(g)
     with dsl.If(g.outputs["Output"] == True, name="challenger-wins"):  # noqa: E712 - a pipeline condition
         reg = register(spec=spec, best=t.evaluate.outputs["best"], store_uri=store_uri, store_endpoint=store_endpoint,
