@@ -80,7 +80,8 @@ def _fast_task_setters() -> Iterator[None]:
     on disk (the import machinery's frames): in a process that has torch loaded (a test session, a
     notebook) that is about 0.2 s a call, and it made defining and compiling the pipelines 8x slower
     (2 s -> 16 s). Only the setter's name is used, so the setters run here with a stack of just
-    the frames read; the module's ``inspect`` is put back afterwards."""
+    the frames read; the module's ``inspect`` is put back afterwards. Not thread-safe (it swaps a
+    module attribute): kfp builds a pipeline on one thread."""
     saved = _kfp_pipeline_task.inspect
     _kfp_pipeline_task.inspect = _CallerNameOnly  # type: ignore[assignment]
     try:
