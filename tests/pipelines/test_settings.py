@@ -75,6 +75,7 @@ def test_defining_the_pipelines_is_fast_with_torch_loaded():
     """kfp's setters call ``inspect.stack()`` per call; with torch in ``sys.modules`` that made
     defining and compiling the three pipelines take 16 s instead of 2. Counted here by the calls of
     ``inspect.stack`` (each one a scan of every frame), not by a clock: none are left."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -91,6 +92,6 @@ print(len(calls))
 """
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+                         env={**os.environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.split()[-1]) == 0
